@@ -1,0 +1,3 @@
+"""aebnas: hardware-aware evolutionary NAS for early-exit neural networks."""
+
+__version__ = "0.1.0"

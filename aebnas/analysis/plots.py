@@ -1,0 +1,44 @@
+"""Figures people look at instead of tables: the accuracy / expected-MACs front."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def plot_pareto(evaluations: pd.DataFrame, pareto: pd.DataFrame, path: str | Path | None = None,
+                title: str = "accuracy vs expected MACs"):
+    """All candidates (grey), the Pareto set (line), and each Pareto network's static full-depth reference.
+
+    The reference is the same backbone run to its final classifier with no exit
+    heads: the arrow from it to the adaptive point is what early exiting buys.
+    """
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    if len(evaluations):
+        ax.scatter(evaluations["expected_macs"] / 1e6, evaluations["val_accuracy"], s=12, c="0.7",
+                   label=f"evaluated ({len(evaluations)})", zorder=1)
+    if len(pareto):
+        p = pareto.sort_values("expected_macs")
+        ax.plot(p["expected_macs"] / 1e6, p["val_accuracy"], "-o", c="tab:blue", ms=5,
+                label=f"Pareto set ({len(p)}), early exits", zorder=3)
+        ax.scatter(p["static_macs"] / 1e6, p["static_val_accuracy"], marker="s", facecolors="none",
+                   edgecolors="tab:red", s=30, label="same backbone, static full depth", zorder=2)
+        for _, r in p.iterrows():
+            ax.annotate("", xy=(r["expected_macs"] / 1e6, r["val_accuracy"]),
+                        xytext=(r["static_macs"] / 1e6, r["static_val_accuracy"]),
+                        arrowprops=dict(arrowstyle="->", color="tab:red", lw=0.6, alpha=0.6), zorder=2)
+    ax.set_xlabel("expected MACs per image (millions)")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path)
+        plt.close(fig)
+    return fig

@@ -1,0 +1,36 @@
+"""What every entry point shares: where conf/ lives and how a bad input is reported."""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from aebnas.data import DatasetError
+from aebnas.space import GenomeError, SpaceConfigError
+
+
+def config_dir() -> str:
+    """``$AEBNAS_CONFIG_DIR`` if set, else the repository's ``conf/`` (editable install)."""
+    env = os.environ.get("AEBNAS_CONFIG_DIR")
+    if env:
+        return str(Path(env).resolve())
+    return str(Path(__file__).resolve().parents[2] / "conf")
+
+
+USER_ERRORS = (DatasetError, GenomeError, SpaceConfigError, ValueError, FileNotFoundError)
+
+
+@contextmanager
+def user_errors(prog: str) -> Iterator[None]:
+    """Turn a user-facing error into ``prog: error: <one line>`` and exit status 2, no traceback."""
+    try:
+        yield
+    except USER_ERRORS as exc:
+        if os.environ.get("AEBNAS_TRACEBACK"):
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,63 @@
+"""``aebnas-search``: one Hydra run = one NSGA-II search, written to one run directory."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from aebnas.cli.common import config_dir, user_errors
+from aebnas.data import load_dataset
+from aebnas.search import SearchSettings, run_search
+from aebnas.space import SearchSpace, SpaceConfig
+from aebnas.train import TrainerConfig, resolve_device
+
+log = logging.getLogger("aebnas")
+
+
+def search(cfg: DictConfig, run_dir: Path) -> Path:
+    """Validate every setting, then load data and search; returns the run directory."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    space = SearchSpace(SpaceConfig.from_dict(plain["space"]))
+    settings = SearchSettings.from_dict(plain["search"])
+    trainer = TrainerConfig.from_dict(plain["trainer"])
+    device = resolve_device(trainer.device)
+    if not isinstance(plain.get("seed"), int):
+        raise ValueError(f"seed: expected an integer, got {plain.get('seed')!r}")
+    if trainer.num_threads:
+        torch.set_num_threads(trainer.num_threads)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    data = load_dataset(plain["dataset"])
+    log.info("data %s: train %d, val %d, test %d, %d classes, %dx%dx%d; device %s",
+             data.name, len(data.train), len(data.val), len(data.test), data.num_classes,
+             data.in_channels, data.resolution, data.resolution, device)
+    result = run_search(space, data, trainer, settings, device, run_dir, seed=plain["seed"],
+                        progress=bool(plain.get("progress", True)))
+    best = max(result.pareto, key=lambda r: r["test_accuracy"], default=None)
+    print(f"\n{len(result.evaluations)} candidates in {result.seconds:.0f}s; Pareto set: {len(result.pareto)} networks")
+    for r in result.pareto:
+        print(f"  val {r['val_accuracy']:.4f}  test {r['test_accuracy']:.4f}  "
+              f"E[MACs] {r['expected_macs'] / 1e6:7.3f}M (static {r['static_macs'] / 1e6:.3f}M)  {r['genome']}")
+    if best is not None:
+        print(f"most accurate on test: {best['test_accuracy']:.4f}")
+    print(f"run directory: {run_dir}")
+    return run_dir
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
+def _hydra_main(cfg: DictConfig) -> None:
+    with user_errors("aebnas-search"):
+        search(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

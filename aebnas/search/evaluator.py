@@ -1,0 +1,164 @@
+"""Candidate evaluation: genome -> trained network -> per-exit val predictions -> metrics.
+
+Training is by far the costliest step, and thresholds do not change weights, so
+trained networks are cached by ``Genome.network_key``: two genomes that differ
+only in thresholds share one training run, and their exit behaviour is then
+computed from the cached per-exit confidences without running the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from aebnas.cost import NetworkCost, network_cost
+from aebnas.data import DataSplits
+from aebnas.nn import build_model, count_parameters
+from aebnas.search.objectives import constraint_values, objective_values
+from aebnas.search.settings import SearchSettings
+from aebnas.search.thresholds import confidence, simulate_exits, tune_thresholds
+from aebnas.space import Genome
+from aebnas.train import TrainerConfig, fit, predict_logits
+
+
+def short_hash(text: str, n: int = 12) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:n]
+
+
+def candidate_seed(seed: int, network_key: str) -> int:
+    """Seed of one candidate's training, independent of the order candidates are met in."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{network_key}".encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
+@dataclass
+class TrainedNetwork:
+    confidences: np.ndarray        # [n_exits, N_val] decision metric
+    correct: np.ndarray            # [n_exits, N_val] bool
+    cost: NetworkCost
+    params: int
+    train_seconds: float
+    eval_seconds: float
+    model_file: str | None
+
+
+@dataclass
+class Evaluation:
+    """One evaluated candidate; ``to_row`` gives its line in evaluations.csv."""
+
+    key: str
+    network_key: str
+    generation: int
+    val_accuracy: float
+    expected_macs: float
+    static_macs: int
+    total_macs: int
+    params: int
+    n_exits: int
+    exit_stages: list[int]
+    thresholds: list[float]
+    path_macs: list[int]
+    exit_rates: list[float]
+    exit_accuracies: list[float]
+    head_accuracies: list[float]
+    static_val_accuracy: float
+    train_seconds: float
+    eval_seconds: float
+    objectives: list[float] = field(default_factory=list)
+    constraints: list[float] = field(default_factory=list)
+    model_file: str | None = None
+
+    @property
+    def feasible(self) -> bool:
+        return all(g <= 0 for g in self.constraints)
+
+    def to_row(self) -> dict[str, Any]:
+        row = asdict(self)
+        for name in ("exit_stages", "thresholds", "path_macs", "exit_rates", "exit_accuracies", "head_accuracies",
+                     "constraints"):
+            row[name] = json.dumps([None if isinstance(v, float) and math.isnan(v) else v for v in row[name]])
+        objectives = row.pop("objectives")
+        for i, v in enumerate(objectives):
+            row[f"objective_{i}"] = v
+        row["feasible"] = self.feasible
+        return row
+
+
+class CandidateEvaluator:
+    def __init__(self, data: DataSplits, trainer: TrainerConfig, settings: SearchSettings, device: torch.device,
+                 seed: int = 0, model_dir: Path | None = None):
+        self.data = data
+        self.trainer = trainer
+        self.settings = settings
+        self.device = device
+        self.seed = seed
+        self.model_dir = model_dir
+        self.evaluations: list[Evaluation] = []
+        self._by_key: dict[str, Evaluation] = {}
+        self._networks: dict[str, TrainedNetwork] = {}
+        self.on_evaluated: list = []   # callbacks(evaluation, cached: bool)
+
+    def evaluate(self, genome: Genome, generation: int = 0) -> Evaluation:
+        key = genome.key
+        if key in self._by_key:
+            for cb in self.on_evaluated:
+                cb(self._by_key[key], True)
+            return self._by_key[key]
+        net = self._networks.get(genome.network_key)
+        if net is None:
+            net = self._train(genome)
+            self._networks[genome.network_key] = net
+        thresholds = list(genome.thresholds)
+        if self.settings.threshold_tuning and thresholds:
+            thresholds = list(tune_thresholds(net.confidences, net.correct, net.cost.path_macs,
+                                              genome.space.thresholds, self.settings.max_accuracy_drop))
+        outcome = simulate_exits(net.confidences, net.correct, thresholds, net.cost.path_macs)
+        ev = Evaluation(
+            key=key, network_key=genome.network_key, generation=generation,
+            val_accuracy=outcome.accuracy, expected_macs=outcome.expected_cost,
+            static_macs=net.cost.static_macs, total_macs=net.cost.total_macs, params=net.params,
+            n_exits=len(genome.active_exits), exit_stages=[e.stage for e in genome.active_exits],
+            thresholds=thresholds, path_macs=list(net.cost.path_macs), exit_rates=list(outcome.exit_rates),
+            exit_accuracies=list(outcome.exit_accuracies),
+            head_accuracies=[float(c.mean()) for c in net.correct],
+            static_val_accuracy=float(net.correct[-1].mean()),
+            train_seconds=net.train_seconds, eval_seconds=net.eval_seconds, model_file=net.model_file,
+        )
+        ev.objectives = objective_values(self.settings, ev.val_accuracy, ev.expected_macs)
+        ev.constraints = constraint_values(self.settings, ev.expected_macs)
+        self.evaluations.append(ev)
+        self._by_key[key] = ev
+        for cb in self.on_evaluated:
+            cb(ev, False)
+        return ev
+
+    def _train(self, genome: Genome) -> TrainedNetwork:
+        seed = candidate_seed(self.seed, genome.network_key)
+        torch.manual_seed(seed)
+        model = build_model(genome, self.data.num_classes, self.data.in_channels)
+        stats = fit(model, self.data, self.trainer, self.device, seed=seed)
+        start = time.perf_counter()
+        logits = predict_logits(model, self.data.val, self.data.mean, self.data.std, self.device,
+                                self.trainer.eval_batch_size, self.trainer.amp)
+        labels = self.data.val.y.numpy()
+        conf = confidence(logits, self.settings.exit_metric)
+        correct = logits.argmax(-1) == labels[None, :]
+        eval_seconds = time.perf_counter() - start
+        model_file = None
+        if self.model_dir is not None:
+            self.model_dir.mkdir(parents=True, exist_ok=True)
+            path = self.model_dir / f"{short_hash(genome.network_key)}.pt"
+            tmp = path.with_suffix(".pt.tmp")
+            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+            tmp.replace(path)
+            model_file = str(path)
+        cost = network_cost(genome, self.data.num_classes, self.data.in_channels, self.data.resolution)
+        return TrainedNetwork(conf.astype(np.float32), correct, cost, count_parameters(model),
+                              stats.seconds, eval_seconds, model_file)

@@ -1,0 +1,200 @@
+"""The NSGA-II loop and the run directory it fills.
+
+``run_search`` wires the space, the evaluator and pymoo together, logs each
+generation, and at the end scores the Pareto set once on the test split and
+saves those networks with everything needed to rebuild them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pymoo.algorithms.moo.nsga2 import NSGA2
+from pymoo.core.callback import Callback
+from pymoo.optimize import minimize
+from tqdm.auto import tqdm
+
+from aebnas.analysis.pareto import hypervolume_2d, non_dominated_mask
+from aebnas.data import DataSplits
+from aebnas.nn import build_model
+from aebnas.search.archive import CsvLog, write_csv_atomic
+from aebnas.search.evaluator import CandidateEvaluator, Evaluation, short_hash
+from aebnas.search.operators import (GeneResetMutation, GenomeDuplicateElimination, GroupUniformCrossover,
+                                     SpaceRepair, SpaceSampling)
+from aebnas.search.problem import EarlyExitProblem
+from aebnas.search.settings import SearchSettings
+from aebnas.search.thresholds import confidence, simulate_exits
+from aebnas.space import Genome, SearchSpace
+from aebnas.train import TrainerConfig, predict_logits
+
+log = logging.getLogger("aebnas.search")
+
+
+@dataclass
+class SearchResult:
+    run_dir: Path
+    evaluations: list[Evaluation]
+    pareto: list[dict[str, Any]]
+    seconds: float
+
+
+def pareto_evaluations(evaluations: list[Evaluation]) -> list[Evaluation]:
+    """Feasible, non-dominated in objective space, one per objective vector, cheapest first."""
+    feasible = [e for e in evaluations if e.feasible]
+    if not feasible:
+        return []
+    mask = non_dominated_mask(np.array([e.objectives for e in feasible]))
+    seen, front = set(), []
+    for e in sorted((e for e, m in zip(feasible, mask) if m), key=lambda e: (e.expected_macs, -e.val_accuracy)):
+        point = tuple(e.objectives)
+        if point not in seen:
+            seen.add(point)
+            front.append(e)
+    return front
+
+
+class _GenerationLog(Callback):
+    def __init__(self, problem: EarlyExitProblem, path: Path, bar: tqdm, start: float, macs_ref: float):
+        super().__init__()
+        self.problem = problem
+        self.evaluator = problem.evaluator
+        self.csv = CsvLog(path)
+        self.bar = bar
+        self.start = start
+        self.macs_ref = macs_ref
+
+    def notify(self, algorithm):
+        evals = self.evaluator.evaluations
+        front = pareto_evaluations(evals)
+        pts = np.array([[1.0 - e.val_accuracy, e.expected_macs / self.macs_ref] for e in front]) if front else np.zeros((0, 2))
+        row = {
+            "generation": self.problem.generation,
+            "evaluations": len(evals),
+            "trained_networks": len({e.network_key for e in evals}),
+            "pareto_size": len(front),
+            "best_val_accuracy": max((e.val_accuracy for e in evals), default=float("nan")),
+            "min_expected_macs": min((e.expected_macs for e in evals), default=float("nan")),
+            "hypervolume": hypervolume_2d(pts, (1.0, 1.0)),
+            "elapsed_seconds": round(time.perf_counter() - self.start, 3),
+        }
+        self.csv.append(row)
+        self.bar.write(f"gen {row['generation']:3d} | evals {row['evaluations']:4d} | pareto {row['pareto_size']:2d} | "
+                       f"best acc {row['best_val_accuracy']:.4f} | min E[MACs] {row['min_expected_macs'] / 1e6:.3f}M | "
+                       f"HV {row['hypervolume']:.4f} | {row['elapsed_seconds']:.0f}s")
+        log.debug("generation %s", json.dumps(row))
+        self.problem.generation += 1
+
+
+def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, settings: SearchSettings,
+               device: torch.device, run_dir: Path, seed: int = 0, progress: bool = True) -> SearchResult:
+    start = time.perf_counter()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    weights_dir = run_dir / "candidates"
+    evaluator = CandidateEvaluator(data, trainer, settings, device, seed=seed, model_dir=weights_dir)
+    archive = CsvLog(run_dir / "evaluations.csv")
+    total = settings.pop_size * settings.generations
+    bar = tqdm(total=total, desc="candidates", unit="cand", disable=not progress, dynamic_ncols=True)
+
+    def on_evaluated(ev: Evaluation, cached: bool) -> None:
+        bar.update(1)
+        if not cached:
+            archive.append(ev.to_row())
+            bar.set_postfix(gen=ev.generation, acc=f"{ev.val_accuracy:.3f}", mmacs=f"{ev.expected_macs / 1e6:.2f}")
+
+    evaluator.on_evaluated.append(on_evaluated)
+    largest = space.largest()
+    macs_ref = float(_static_macs(largest, data))
+    problem = EarlyExitProblem(space, evaluator, settings)
+    algorithm = NSGA2(
+        pop_size=settings.pop_size,
+        sampling=SpaceSampling(space),
+        crossover=GroupUniformCrossover(space, prob=settings.crossover_prob),
+        mutation=GeneResetMutation(space, settings.gene_mutation_prob),
+        repair=SpaceRepair(space),
+        eliminate_duplicates=GenomeDuplicateElimination(space),
+    )
+    log.info("search space %s: %d genes, %.3e networks; largest static network %.2fM MACs",
+             space.config.name, space.n_var, float(space.size), macs_ref / 1e6)
+    minimize(problem, algorithm, ("n_gen", settings.generations), seed=seed, verbose=False, copy_algorithm=False,
+             callback=_GenerationLog(problem, run_dir / "generations.csv", bar, start, macs_ref))
+    bar.close()
+
+    front = pareto_evaluations(evaluator.evaluations)
+    pareto_rows = _finalise_pareto(front, data, trainer, settings, device, run_dir, space)
+    write_csv_atomic(run_dir / "pareto.csv", pareto_rows)
+    if weights_dir.exists():
+        shutil.rmtree(weights_dir)
+    seconds = time.perf_counter() - start
+    summary = {
+        "evaluations": len(evaluator.evaluations),
+        "trained_networks": len({e.network_key for e in evaluator.evaluations}),
+        "pareto_size": len(pareto_rows),
+        "search_seconds": round(seconds, 2),
+        "device": str(device),
+        "largest_static_macs": macs_ref,
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    try:
+        from aebnas.analysis.plots import plot_pareto
+        from aebnas.analysis.run import load_run
+
+        run = load_run(run_dir)
+        plot_pareto(run.evaluations, run.pareto, run_dir / "pareto.png", title=f"{data.name}: accuracy vs expected MACs")
+    except Exception as exc:  # a plot must never cost the results
+        log.warning("could not draw pareto.png: %s", exc)
+    return SearchResult(run_dir=run_dir, evaluations=evaluator.evaluations, pareto=pareto_rows, seconds=seconds)
+
+
+def _static_macs(genome: Genome, data: DataSplits) -> int:
+    from aebnas.cost import network_cost
+
+    return network_cost(genome, data.num_classes, data.in_channels, data.resolution).static_macs
+
+
+def _finalise_pareto(front: list[Evaluation], data: DataSplits, trainer: TrainerConfig, settings: SearchSettings,
+                     device: torch.device, run_dir: Path, space: SearchSpace) -> list[dict[str, Any]]:
+    """Score each Pareto network once on test and save it (weights, genome JSON, metrics)."""
+    rows = []
+    models_dir = run_dir / "models"
+    labels = data.test.y.numpy()
+    for rank, ev in enumerate(front):
+        genome = space.parse(ev.key).with_thresholds(ev.thresholds)  # tuned thresholds, if tuning is on
+        model = build_model(genome, data.num_classes, data.in_channels)
+        model.load_state_dict(torch.load(ev.model_file, map_location="cpu"))
+        logits = predict_logits(model, data.test, data.mean, data.std, device, trainer.eval_batch_size, trainer.amp)
+        correct = logits.argmax(-1) == labels[None, :]
+        outcome = simulate_exits(confidence(logits, settings.exit_metric), correct, list(genome.thresholds),
+                                 ev.path_macs)
+        row = ev.to_row()
+        row.pop("model_file")
+        row.update({
+            "genome": genome.to_text(),
+            "test_accuracy": outcome.accuracy,
+            "test_expected_macs": outcome.expected_cost,
+            "test_exit_rates": json.dumps(list(outcome.exit_rates)),
+            "test_static_accuracy": float(correct[-1].mean()),
+        })
+        if settings.save_models:
+            out = models_dir / f"{rank:02d}_{short_hash(genome.key, 8)}"
+            out.mkdir(parents=True, exist_ok=True)
+            torch.save(model.state_dict(), out / "model.pt")
+            (out / "genome.json").write_text(genome.dumps())
+            metrics = {k: (json.loads(v) if k in ("exit_rates", "test_exit_rates", "thresholds", "path_macs",
+                                                   "exit_accuracies", "head_accuracies", "exit_stages") else v)
+                       for k, v in row.items() if k not in ("constraints",)}
+            metrics.update({"num_classes": data.num_classes, "in_channels": data.in_channels,
+                            "resolution": data.resolution, "exit_metric": settings.exit_metric,
+                            "mean": list(data.mean), "std": list(data.std)})
+            (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+            row["model_dir"] = str(out.relative_to(run_dir))
+        rows.append(row)
+    return rows

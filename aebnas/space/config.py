@@ -1,0 +1,187 @@
+"""The fixed macro-structure of a search space and the choices its genes pick from.
+
+Everything that is *not* searched (stage widths, strides, stem, head) lives here,
+next to the lists of choices that *are* searched. Both come from
+``conf/space/*.yaml`` so a user changes the space without touching code. The
+object is frozen and hashable because it travels inside every genome: a saved
+genome then carries all it needs to rebuild its network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
+
+LAYER_TYPES = ("conv", "dwsep", "ir")
+POOL_TYPES = ("none", "max", "avg")
+ACTIVATIONS = ("relu", "hswish")
+
+
+class SpaceConfigError(ValueError):
+    """A search-space setting is invalid; the message names the field and the fix."""
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    width: int
+    stride: int
+
+
+@dataclass(frozen=True)
+class BranchChoices:
+    depths: tuple[int, ...] = (1, 2)
+    layer_types: tuple[str, ...] = LAYER_TYPES
+    widths: tuple[int, ...] = (32, 64, 128)
+    kernels: tuple[int, ...] = (3, 5)
+    pools: tuple[str, ...] = POOL_TYPES
+    ir_expansion: int = 3
+
+
+@dataclass(frozen=True)
+class SpaceConfig:
+    name: str
+    stem_channels: int
+    stages: tuple[StageSpec, ...]
+    depths: tuple[int, ...]
+    kernels: tuple[int, ...]
+    expansions: tuple[int, ...]
+    exit_stages: tuple[int, ...]
+    thresholds: tuple[float, ...]
+    branch: BranchChoices = field(default_factory=BranchChoices)
+    stem_stride: int = 1
+    squeeze_excite: bool = False
+    activation: str = "hswish"
+    final_head_channels: int = 0
+
+    @property
+    def n_stages(self) -> int:
+        return len(self.stages)
+
+    @property
+    def max_depth(self) -> int:
+        return max(self.depths)
+
+    @property
+    def max_branch_depth(self) -> int:
+        return max(self.branch.depths)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["stages"] = [asdict(s) for s in self.stages]
+        for key in ("depths", "kernels", "expansions", "exit_stages", "thresholds"):
+            d[key] = list(d[key])
+        d["branch"] = {k: list(v) if isinstance(v, tuple) else v for k, v in d["branch"].items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, cfg: Mapping[str, Any]) -> "SpaceConfig":
+        """Build and validate from a plain mapping (a Hydra ``space`` group)."""
+        cfg = _to_plain(cfg)
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise SpaceConfigError(f"space.{unknown[0]}: unknown key; valid keys are {sorted(known)}")
+        for key in ("name", "stem_channels", "stages", "depths", "kernels", "expansions", "exit_stages", "thresholds"):
+            if key not in cfg or cfg[key] is None:
+                raise SpaceConfigError(f"space.{key}: missing; add it to the space config")
+        stages = []
+        for i, s in enumerate(cfg["stages"]):
+            if not isinstance(s, Mapping) or "width" not in s or "stride" not in s:
+                raise SpaceConfigError(f"space.stages[{i}]: needs 'width' and 'stride', e.g. {{width: 24, stride: 1}}")
+            stages.append(StageSpec(_pos_int(s["width"], f"space.stages[{i}].width"),
+                                    _pos_int(s["stride"], f"space.stages[{i}].stride")))
+        branch_cfg = dict(cfg.get("branch") or {})
+        bunknown = sorted(set(branch_cfg) - set(BranchChoices.__dataclass_fields__))
+        if bunknown:
+            raise SpaceConfigError(f"space.branch.{bunknown[0]}: unknown key; valid keys are "
+                                   f"{sorted(BranchChoices.__dataclass_fields__)}")
+        branch = BranchChoices(
+            depths=_int_choices(branch_cfg.get("depths", (1, 2)), "space.branch.depths"),
+            layer_types=_str_choices(branch_cfg.get("layer_types", LAYER_TYPES), "space.branch.layer_types", LAYER_TYPES),
+            widths=_int_choices(branch_cfg.get("widths", (32, 64, 128)), "space.branch.widths"),
+            kernels=_odd_choices(branch_cfg.get("kernels", (3, 5)), "space.branch.kernels"),
+            pools=_str_choices(branch_cfg.get("pools", POOL_TYPES), "space.branch.pools", POOL_TYPES),
+            ir_expansion=_pos_int(branch_cfg.get("ir_expansion", 3), "space.branch.ir_expansion"),
+        )
+        thresholds = tuple(float(t) for t in _seq(cfg["thresholds"], "space.thresholds"))
+        for t in thresholds:
+            if not 0.0 < t <= 1.0:
+                raise SpaceConfigError(f"space.thresholds: choice {t} is outside (0, 1]; "
+                                       "'off' is implicit (gene 0), list only confidences in (0, 1]")
+        if len(set(thresholds)) != len(thresholds):
+            raise SpaceConfigError("space.thresholds: choices must be distinct")
+        exit_stages = _int_choices(cfg["exit_stages"], "space.exit_stages", allow_empty=True)
+        for s in exit_stages:
+            if not 1 <= s < len(stages):
+                raise SpaceConfigError(f"space.exit_stages: stage {s} must be in 1..{len(stages) - 1} "
+                                       "(the last stage always ends in the final classifier)")
+        activation = str(cfg.get("activation", "hswish"))
+        if activation not in ACTIVATIONS:
+            raise SpaceConfigError(f"space.activation: '{activation}' is not one of {list(ACTIVATIONS)}")
+        if not stages:
+            raise SpaceConfigError("space.stages: at least one stage is needed")
+        return cls(
+            name=str(cfg["name"]),
+            stem_channels=_pos_int(cfg["stem_channels"], "space.stem_channels"),
+            stem_stride=_pos_int(cfg.get("stem_stride", 1), "space.stem_stride"),
+            stages=tuple(stages),
+            depths=_int_choices(cfg["depths"], "space.depths"),
+            kernels=_odd_choices(cfg["kernels"], "space.kernels"),
+            expansions=_int_choices(cfg["expansions"], "space.expansions"),
+            exit_stages=tuple(sorted(exit_stages)),
+            thresholds=thresholds,
+            branch=branch,
+            squeeze_excite=bool(cfg.get("squeeze_excite", False)),
+            activation=activation,
+            final_head_channels=int(cfg.get("final_head_channels", 0) or 0),
+        )
+
+
+def _to_plain(cfg: Any) -> dict[str, Any]:
+    try:  # accept OmegaConf objects without importing omegaconf in this torch-free layer
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    return dict(cfg)
+
+
+def _seq(value: Any, name: str) -> Sequence[Any]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise SpaceConfigError(f"{name}: expected a list, got {value!r}")
+    return value
+
+
+def _pos_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SpaceConfigError(f"{name}: expected a positive integer, got {value!r}")
+    return value
+
+
+def _int_choices(value: Any, name: str, allow_empty: bool = False) -> tuple[int, ...]:
+    items = tuple(_pos_int(v, name) for v in _seq(value, name))
+    if not items and not allow_empty:
+        raise SpaceConfigError(f"{name}: needs at least one choice")
+    if len(set(items)) != len(items):
+        raise SpaceConfigError(f"{name}: choices must be distinct, got {list(items)}")
+    return items
+
+
+def _odd_choices(value: Any, name: str) -> tuple[int, ...]:
+    items = _int_choices(value, name)
+    for k in items:
+        if k % 2 == 0:
+            raise SpaceConfigError(f"{name}: kernel {k} must be odd so 'same' padding keeps the resolution")
+    return items
+
+
+def _str_choices(value: Any, name: str, allowed: Sequence[str]) -> tuple[str, ...]:
+    items = tuple(str(v) for v in _seq(value, name))
+    if not items:
+        raise SpaceConfigError(f"{name}: needs at least one choice")
+    for v in items:
+        if v not in allowed:
+            raise SpaceConfigError(f"{name}: '{v}' is not one of {list(allowed)}")
+    return items

@@ -1,0 +1,8 @@
+"""Fitting candidates: joint exit training and per-exit evaluation."""
+
+from aebnas.train.device import resolve_device
+from aebnas.train.losses import exit_loss_weights, joint_exit_loss
+from aebnas.train.trainer import TrainerConfig, TrainingDiverged, TrainStats, fit, predict_logits
+
+__all__ = ["TrainStats", "TrainerConfig", "TrainingDiverged", "exit_loss_weights", "fit",
+           "joint_exit_loss", "predict_logits", "resolve_device"]
