@@ -20,6 +20,23 @@ def config_dir() -> str:
     return str(Path(__file__).resolve().parents[2] / "conf")
 
 
+def check_group_choices(prog: str, argv: list[str]) -> None:
+    """Refuse ``group=name`` overrides naming no config file, in one line (Hydra's own report is a page)."""
+    root = Path(config_dir())
+    for arg in argv:
+        if "=" not in arg or arg.startswith(("+", "~", "hydra")):
+            continue
+        key, value = arg.split("=", 1)
+        key = key.removeprefix("++")
+        group = root / key
+        if "." in key or not group.is_dir() or "," in value or value in ("null", ""):
+            continue
+        if not (group / f"{value}.yaml").exists():
+            options = sorted(p.stem for p in group.glob("*.yaml"))
+            print(f"{prog}: error: {key}: no config '{value}'; choose one of: {', '.join(options)}", file=sys.stderr)
+            sys.exit(2)
+
+
 USER_ERRORS = (DatasetError, GenomeError, SpaceConfigError, ValueError, FileNotFoundError)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -10,9 +11,10 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from aebnas.cli.common import config_dir, user_errors
+from aebnas.cli.common import check_group_choices, config_dir, user_errors
 from aebnas.data import load_dataset
 from aebnas.search import SearchSettings, run_search
+from aebnas.search.runner import parse_initial_genomes
 from aebnas.space import SearchSpace, SpaceConfig
 from aebnas.train import TrainerConfig, resolve_device
 
@@ -24,15 +26,16 @@ def search(cfg: DictConfig, run_dir: Path) -> Path:
     plain = OmegaConf.to_container(cfg, resolve=True)
     space = SearchSpace(SpaceConfig.from_dict(plain["space"]))
     settings = SearchSettings.from_dict(plain["search"])
+    parse_initial_genomes(space, settings)
     trainer = TrainerConfig.from_dict(plain["trainer"])
     device = resolve_device(trainer.device)
     if not isinstance(plain.get("seed"), int):
         raise ValueError(f"seed: expected an integer, got {plain.get('seed')!r}")
     if trainer.num_threads:
         torch.set_num_threads(trainer.num_threads)
+    data = load_dataset(plain["dataset"])
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    data = load_dataset(plain["dataset"])
     log.info("data %s: train %d, val %d, test %d, %d classes, %dx%dx%d; device %s",
              data.name, len(data.train), len(data.val), len(data.test), data.num_classes,
              data.in_channels, data.resolution, data.resolution, device)
@@ -56,6 +59,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    check_group_choices("aebnas-search", sys.argv[1:])
     _hydra_main()
 
 

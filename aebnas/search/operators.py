@@ -9,6 +9,8 @@ among its other choices. Randomness comes only from pymoo's ``random_state``.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 from pymoo.core.crossover import Crossover
 from pymoo.core.duplicate import DuplicateElimination
@@ -16,16 +18,22 @@ from pymoo.core.mutation import Mutation
 from pymoo.core.repair import Repair
 from pymoo.core.sampling import Sampling
 
-from aebnas.space import SearchSpace
+from aebnas.space import Genome, SearchSpace
 
 
 class SpaceSampling(Sampling):
-    def __init__(self, space: SearchSpace):
+    """Uniform random genomes, after any user-given seed genomes (a known network to improve on)."""
+
+    def __init__(self, space: SearchSpace, initial: Sequence[Genome] = ()):
         super().__init__()
         self.space = space
+        self.initial = [space.encode(g) for g in initial]
 
     def _do(self, problem, n_samples, *args, random_state=None, **kwargs):
-        return self.space.sample_x(random_state, n_samples)
+        X = self.space.sample_x(random_state, n_samples)
+        for i, x in enumerate(self.initial[:n_samples]):
+            X[i] = x
+        return X
 
 
 class GroupUniformCrossover(Crossover):

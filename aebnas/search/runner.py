@@ -32,7 +32,7 @@ from aebnas.search.operators import (GeneResetMutation, GenomeDuplicateEliminati
 from aebnas.search.problem import EarlyExitProblem
 from aebnas.search.settings import SearchSettings
 from aebnas.search.thresholds import confidence, simulate_exits
-from aebnas.space import Genome, SearchSpace
+from aebnas.space import Genome, GenomeError, SearchSpace
 from aebnas.train import TrainerConfig, predict_logits
 
 log = logging.getLogger("aebnas.search")
@@ -96,6 +96,7 @@ class _GenerationLog(Callback):
 def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, settings: SearchSettings,
                device: torch.device, run_dir: Path, seed: int = 0, progress: bool = True) -> SearchResult:
     start = time.perf_counter()
+    initial = parse_initial_genomes(space, settings)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     weights_dir = run_dir / "candidates"
@@ -116,7 +117,7 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
     problem = EarlyExitProblem(space, evaluator, settings)
     algorithm = NSGA2(
         pop_size=settings.pop_size,
-        sampling=SpaceSampling(space),
+        sampling=SpaceSampling(space, initial),
         crossover=GroupUniformCrossover(space, prob=settings.crossover_prob),
         mutation=GeneResetMutation(space, settings.gene_mutation_prob),
         repair=SpaceRepair(space),
@@ -152,6 +153,16 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
     except Exception as exc:  # a plot must never cost the results
         log.warning("could not draw pareto.png: %s", exc)
     return SearchResult(run_dir=run_dir, evaluations=evaluator.evaluations, pareto=pareto_rows, seconds=seconds)
+
+
+def parse_initial_genomes(space: SearchSpace, settings: SearchSettings) -> list[Genome]:
+    genomes = []
+    for i, text in enumerate(settings.initial_genomes):
+        try:
+            genomes.append(space.parse(text))
+        except GenomeError as exc:
+            raise GenomeError(f"search.initial_genomes[{i}]: {exc}") from None
+    return genomes
 
 
 def _static_macs(genome: Genome, data: DataSplits) -> int:

@@ -28,6 +28,7 @@ class SearchSettings:
     crossover_prob: float = 0.9
     gene_mutation_prob: float | None = None
     save_models: bool = True
+    initial_genomes: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> "SearchSettings":
@@ -35,7 +36,12 @@ class SearchSettings:
         unknown = sorted(set(cfg) - known)
         if unknown:
             raise SearchConfigError(f"search.{unknown[0]}: unknown key; valid keys are {sorted(known)}")
-        s = cls(**dict(cfg))
+        cfg = dict(cfg)
+        initial = cfg.get("initial_genomes") or ()
+        if isinstance(initial, str):
+            initial = (initial,)
+        cfg["initial_genomes"] = tuple(str(g) for g in initial)
+        s = cls(**cfg)
         if not isinstance(s.pop_size, int) or isinstance(s.pop_size, bool) or s.pop_size < 2:
             raise SearchConfigError(f"search.pop_size: must be an integer >= 2 (NSGA-II needs parents to mate), got {s.pop_size!r}")
         if not isinstance(s.generations, int) or s.generations < 1:
@@ -54,4 +60,6 @@ class SearchSettings:
             raise SearchConfigError(f"search.crossover_prob: must be in [0, 1], got {s.crossover_prob!r}")
         if s.gene_mutation_prob is not None and not 0.0 < s.gene_mutation_prob <= 1.0:
             raise SearchConfigError(f"search.gene_mutation_prob: must be in (0, 1] or null, got {s.gene_mutation_prob!r}")
+        if len(s.initial_genomes) > s.pop_size:
+            raise SearchConfigError(f"search.initial_genomes: {len(s.initial_genomes)} genomes do not fit a population of {s.pop_size}")
         return s

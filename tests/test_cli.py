@@ -1,0 +1,47 @@
+"""The console script as a user meets it: a short real run, and one-line errors for bad input."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from aebnas.analysis import load_run
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def _cli(tmp_path, *args):
+    cmd = [sys.executable, "-m", "aebnas.cli.search", f"hydra.run.dir={tmp_path / 'run'}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=300)
+
+
+def test_short_search_through_the_cli(tmp_path):
+    proc = _cli(tmp_path, "dataset=synthetic", "dataset.num_samples=300", "dataset.resolution=8", "dataset.channels=1",
+                "dataset.num_classes=3", "search.pop_size=3", "search.generations=1", "trainer.epochs=1",
+                "trainer.device=cpu", "progress=false")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = load_run(tmp_path / "run")
+    assert len(run.evaluations) == 3 and len(run.pareto) >= 1
+    assert run.config["search"]["pop_size"] == 3
+    assert "Pareto set" in proc.stdout
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["dataset=imagenet"], "dataset: no config 'imagenet'"),
+    (["dataset.name=imagenet"], "dataset.name: unknown dataset 'imagenet'"),
+    (["dataset=cifar10", "dataset.data_dir=/nonexistent/cifar"], "dataset.data_dir: CIFAR-10 not found"),
+    (["search.pop_size=1"], "search.pop_size: must be an integer >= 2"),
+    (["space.thresholds=[0.5,1.5]"], "space.thresholds: choice 1.5 is outside (0, 1]"),
+    (["search.initial_genomes=[k3e2/garbage]"], "search.initial_genomes[0]: genome text"),
+    (["search.objective=aebnas"], "search.target_macs"),
+    (["trainer.optimizer=adam"], "trainer.optimizer"),
+])
+def test_bad_input_gets_one_line(tmp_path, args, fragment):
+    proc = _cli(tmp_path, *args)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("aebnas-search: error: ") and fragment in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "evaluations.csv").exists()

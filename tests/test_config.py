@@ -1,0 +1,51 @@
+"""Every shipped config composes, and what it composes to is accepted by the code that reads it."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from aebnas.cli.common import config_dir
+from aebnas.search import SearchSettings
+from aebnas.space import SearchSpace, SpaceConfig
+from aebnas.train import TrainerConfig
+
+CONF = Path(config_dir())
+GROUPS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml")) for g in ("dataset", "space", "search", "trainer", "experiment")}
+
+
+def _compose(overrides):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        return compose("config", overrides=overrides)
+
+
+def _validate(cfg):
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    SearchSpace(SpaceConfig.from_dict(plain["space"]))
+    SearchSettings.from_dict(plain["search"])
+    TrainerConfig.from_dict(plain["trainer"])
+    assert plain["dataset"]["name"] in GROUPS["dataset"]
+    return plain
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g, opts in GROUPS.items() for o in opts])
+def test_every_group_option_composes(group, option):
+    _validate(_compose([f"{group}={option}"]))
+
+
+def test_paper_presets_have_paper_settings():
+    for name in ("cifar10", "cifar100", "svhn", "fashion_mnist"):
+        plain = _validate(_compose([f"experiment={name}"]))
+        assert plain["dataset"]["name"] == name
+        assert plain["space"]["name"] == "mbv3_32"
+        assert plain["search"]["pop_size"] == 40 and plain["search"]["objective"] == "aebnas"
+        assert plain["trainer"]["epochs"] == 5
+        if name != "fashion_mnist":
+            assert plain["dataset"]["val_size"] == 5000
+
+
+def test_quickstart_is_small_and_on_cpu():
+    plain = _validate(_compose(["experiment=quickstart"]))
+    assert plain["dataset"]["name"] == "digits" and plain["trainer"]["device"] == "cpu"
+    assert plain["search"]["pop_size"] * plain["search"]["generations"] <= 32

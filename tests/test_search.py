@@ -1,0 +1,106 @@
+"""A real (small) search end to end, in process: synthetic data, tiny space, 1-epoch training."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from aebnas.analysis import load_run, non_dominated_mask
+from aebnas.data import load_dataset
+from aebnas.nn import build_model
+from aebnas.search import SearchSettings, run_search
+from aebnas.search.operators import GeneResetMutation, GroupUniformCrossover
+from aebnas.space import Genome
+from aebnas.train import TrainerConfig
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return load_dataset({"name": "synthetic", "num_classes": 4, "num_samples": 400, "resolution": 8, "channels": 1,
+                         "val_size": 0.25, "test_size": 0.2, "seed": 0})
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_space, synthetic):
+    run_dir = tmp_path_factory.mktemp("run")
+    seed_genome = "k3e2/k3e2/k3e2/k3e2/k3e2|t0.9:conv8k3|off|off|off"
+    settings = SearchSettings(pop_size=4, generations=2, exit_metric="max_softmax", initial_genomes=(seed_genome,))
+    trainer = TrainerConfig(epochs=1, batch_size=64, device="cpu", crop_padding=1)
+    result = run_search(tiny_space, synthetic, trainer, settings, torch.device("cpu"), run_dir, seed=0, progress=False)
+    return result, seed_genome
+
+
+def test_run_dir_holds_every_output(finished_run):
+    result, seed_genome = finished_run
+    run = load_run(result.run_dir)
+    assert len(run.evaluations) == 8 and len(result.evaluations) == 8
+    assert run.evaluations["key"].is_unique
+    assert seed_genome in set(run.evaluations["key"])
+    assert list(run.evaluations["generation"].unique()) == [1, 2]
+    assert list(run.generations["generation"]) == [1, 2]
+    assert (result.run_dir / "pareto.png").stat().st_size > 10_000
+    assert not (result.run_dir / "candidates").exists()  # non-Pareto weights are cleaned up
+    # every row's expected MACs follows from its own rates and path costs
+    for _, r in run.evaluations.iterrows():
+        assert abs(r["expected_macs"] - float(np.dot(r["exit_rates"], r["path_macs"]))) < 1e-6 * r["expected_macs"]
+        assert len(r["exit_rates"]) == r["n_exits"] + 1 == len(r["path_macs"])
+
+
+def test_pareto_set_is_the_non_dominated_evaluations(finished_run):
+    result, _ = finished_run
+    run = load_run(result.run_dir)
+    F = run.evaluations[["objective_0", "objective_1"]].to_numpy()
+    front = {tuple(f) for f in F[non_dominated_mask(F)]}
+    assert {tuple(f) for f in run.pareto[["objective_0", "objective_1"]].to_numpy()} == front
+    assert run.pareto["expected_macs"].is_monotonic_increasing
+
+
+def test_saved_pareto_model_rebuilds_and_reproduces_test_accuracy(finished_run, synthetic):
+    result, _ = finished_run
+    run = load_run(result.run_dir)
+    model_dir = run.model_dir(len(run.pareto) - 1)
+    genome = Genome.from_json((model_dir / "genome.json").read_text())
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    model = build_model(genome, metrics["num_classes"], metrics["in_channels"])
+    model.load_state_dict(torch.load(model_dir / "model.pt"))
+    from aebnas.search.thresholds import confidence, simulate_exits
+    from aebnas.train import predict_logits
+
+    logits = predict_logits(model, synthetic.test, synthetic.mean, synthetic.std, torch.device("cpu"))
+    correct = logits.argmax(-1) == synthetic.test.y.numpy()[None]
+    out = simulate_exits(confidence(logits, "max_softmax"), correct, list(genome.thresholds), metrics["path_macs"])
+    assert out.accuracy == pytest.approx(metrics["test_accuracy"])
+    assert out.accuracy == pytest.approx(run.pareto.iloc[-1]["test_accuracy"])
+
+
+def test_threshold_only_changes_reuse_the_trained_network(tiny_space, synthetic, tmp_path):
+    from aebnas.search.evaluator import CandidateEvaluator
+
+    ev = CandidateEvaluator(synthetic, TrainerConfig(epochs=1, batch_size=64, device="cpu"),
+                            SearchSettings(exit_metric="max_softmax"), torch.device("cpu"), seed=0)
+    g = tiny_space.parse("k3e2/k3e2/k3e2/k3e2/k3e2|t0.9:conv8k3|off|off|t0.5:conv8k3")
+    a = ev.evaluate(g)
+    b = ev.evaluate(g.with_thresholds([0.5, 0.5]))
+    assert b.train_seconds == a.train_seconds  # same cached training
+    assert b.head_accuracies == a.head_accuracies
+    assert sum(b.exit_rates[:2]) >= sum(a.exit_rates[:2])  # lower thresholds let more samples out early
+    assert len(ev._networks) == 1 and len(ev.evaluations) == 2
+    # tuning picks from the space's threshold choices
+    tuned = CandidateEvaluator(synthetic, TrainerConfig(epochs=1, batch_size=64, device="cpu"),
+                               SearchSettings(exit_metric="max_softmax", threshold_tuning=True), torch.device("cpu"))
+    assert set(tuned.evaluate(g).thresholds) <= set(tiny_space.config.thresholds)
+
+
+def test_operators_keep_genes_in_range_and_groups_whole(tiny_space):
+    rng = np.random.default_rng(0)
+    X = tiny_space.sample_x(rng, 2)
+    parents = X[:, None, :].repeat(50, axis=1)  # 2 parents x 50 matings
+    children = GroupUniformCrossover(tiny_space)._do(None, parents, random_state=rng)
+    for child in children.reshape(-1, tiny_space.n_var):
+        for g in tiny_space.groups:  # each group comes whole from one parent
+            assert any(np.array_equal(child[g.start:g.stop], p[g.start:g.stop]) for p in X)
+    M = GeneResetMutation(tiny_space, gene_prob=1.0)._do(None, X, random_state=rng)
+    assert np.all((M >= tiny_space.xl) & (M <= tiny_space.xu))
+    varied = tiny_space.xu > 0
+    assert np.all(M[:, varied] != X[:, varied])  # with prob 1 every gene takes another choice
