@@ -24,3 +24,21 @@ def tiny_space() -> SearchSpace:
 @pytest.fixture(scope="session")
 def mbv3_space() -> SearchSpace:
     return SearchSpace(space_config("mbv3_32"))
+
+
+HAND_SPACE = {
+    "name": "hand", "stem_channels": 8, "stem_stride": 1,
+    "stages": [{"width": 8, "stride": 1}, {"width": 16, "stride": 2}, {"width": 24, "stride": 1},
+               {"width": 32, "stride": 2}, {"width": 48, "stride": 1}],
+    "depths": [1, 2, 3], "kernels": [3, 5, 7], "expansions": [2, 3, 4], "squeeze_excite": False,
+    "activation": "hswish", "final_head_channels": 96, "exit_stages": [1, 2, 3, 4],
+    "thresholds": [0.5, 0.6, 0.7, 0.8, 0.9, 0.95],
+    "branch": {"depths": [1, 2], "layer_types": ["conv", "dwsep", "ir"], "widths": [8, 16, 32],
+               "kernels": [3, 5], "pools": ["none", "max", "avg"], "ir_expansion": 2},
+}
+
+
+@pytest.fixture(scope="session")
+def hand_space() -> SearchSpace:
+    """A space fixed in the tests (not read from conf/), for hand-computed numbers that must not drift."""
+    return SearchSpace(SpaceConfig.from_dict(HAND_SPACE))

@@ -37,9 +37,9 @@ def test_analytic_macs_equal_flop_counter(request, space_name, res, channels):
                 assert _flop_macs(path, k) == cost.path_macs[k]
 
 
-def test_hand_computed_macs(tiny_space):
+def test_hand_computed_macs(hand_space):
     """One small network counted by hand, layer by layer (1x8x8 input, 10 classes)."""
-    g = tiny_space.parse("k3e2/k3e2/k3e2/k3e2/k3e2|t0.9:conv8k3|off|off|off")
+    g = hand_space.parse("k3e2/k3e2/k3e2/k3e2/k3e2|t0.9:conv8k3|off|off|off")
     cost = network_cost(g, 10, 1, 8)
     stem = 8 * 8 * 8 * 1 * 9                                  # 3x3 conv 1->8 at 8x8
     s1 = 64 * 16 * 8 + 64 * 16 * 9 + 64 * 8 * 16              # expand 8->16, dw 3x3, project 16->8 at 8x8

@@ -34,9 +34,9 @@ def test_hidden_genes_do_not_change_the_key(mbv3_space: SearchSpace):
     assert mbv3_space.key(x) == mbv3_space.key(z)
 
 
-def test_known_genome_text(tiny_space: SearchSpace):
+def test_known_genome_text(hand_space: SearchSpace):
     text = "k3e2/k5e3-k7e4/k3e2/k3e2-k3e2-k3e2/k7e4|t0.9:conv8k3-max+dwsep16k5|off|off|t0.5:ir32k3"
-    g = tiny_space.parse(text)
+    g = hand_space.parse(text)
     assert g.depths == (1, 2, 1, 3, 1)
     assert [e.stage for e in g.active_exits] == [1, 4]
     assert g.thresholds == (0.9, 0.5)
@@ -57,24 +57,24 @@ def test_known_genome_text(tiny_space: SearchSpace):
     ("k3e2/k5e3/k3e2/k3e2/k7e4|t0.9:conv8k3+conv8k3+conv8k3|off|off|off", "branch depth 3"),
     ("k3e2/k5e3/k3e2/k3e2/k7e4|on|off|off|off", "neither 'off'"),
 ])
-def test_malformed_genome_text_names_the_problem(tiny_space, text, fragment):
+def test_malformed_genome_text_names_the_problem(hand_space, text, fragment):
     with pytest.raises(GenomeError, match="genome text") as info:
-        tiny_space.parse(text)
+        hand_space.parse(text)
     assert fragment in str(info.value)
     assert "\n" not in str(info.value)
 
 
-def test_space_size_hand_computed(tiny_space: SearchSpace):
+def test_space_size_hand_computed(hand_space: SearchSpace):
     # stage: depths 1..3 with 3 kernels x 3 expansions = 9 per block -> 9 + 81 + 729 = 819
     # exit: off + 6 thresholds * (36 + 36^2) with 3 types x 3 widths x 2 kernels x 2... pools 3 -> 54 per layer
     per_layer = 3 * 3 * 2 * 3
     exit_ = 1 + 6 * (per_layer + per_layer ** 2)
-    assert tiny_space.size == 819 ** 5 * exit_ ** 4
+    assert hand_space.size == 819 ** 5 * exit_ ** 4
     # every sampled canonical vector decodes inside the space and repairs are no-ops on valid vectors
-    X = tiny_space.sample_x(np.random.default_rng(0), 50)
-    assert np.array_equal(tiny_space.repair(X), X)
-    assert np.array_equal(tiny_space.repair(X + 0.4), X)
-    assert np.all(tiny_space.repair(X + 100) == tiny_space.xu)
+    X = hand_space.sample_x(np.random.default_rng(0), 50)
+    assert np.array_equal(hand_space.repair(X), X)
+    assert np.array_equal(hand_space.repair(X + 0.4), X)
+    assert np.all(hand_space.repair(X + 100) == hand_space.xu)
 
 
 def test_sampling_is_seeded(tiny_space: SearchSpace):
@@ -103,7 +103,9 @@ def test_with_thresholds_keeps_network(tiny_space):
     ({"branch": {"layer_types": ["conv", "lstm"]}}, "space.branch.layer_types"),
 ])
 def test_bad_space_config(patch, fragment):
-    cfg = space_config("tiny").to_dict()
+    from tests.conftest import HAND_SPACE
+
+    cfg = dict(HAND_SPACE)
     cfg.update(patch)
     with pytest.raises(SpaceConfigError, match=fragment.replace(".", r"\.")):
         SpaceConfig.from_dict(cfg)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from aebnas.search.thresholds import METRICS
+from aebnas.validation import reject_unknown_keys
 
 OBJECTIVES = ("error_macs", "aebnas")
 
@@ -32,10 +33,7 @@ class SearchSettings:
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> "SearchSettings":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise SearchConfigError(f"search.{unknown[0]}: unknown key; valid keys are {sorted(known)}")
+        reject_unknown_keys(cfg, (f.name for f in fields(cls)), "search", SearchConfigError)
         cfg = dict(cfg)
         initial = cfg.get("initial_genomes") or ()
         if isinstance(initial, str):

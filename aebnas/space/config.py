@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
+from aebnas.validation import reject_unknown_keys
+
 LAYER_TYPES = ("conv", "dwsep", "ir")
 POOL_TYPES = ("none", "max", "avg")
 ACTIVATIONS = ("relu", "hswish")
@@ -77,10 +79,7 @@ class SpaceConfig:
     def from_dict(cls, cfg: Mapping[str, Any]) -> "SpaceConfig":
         """Build and validate from a plain mapping (a Hydra ``space`` group)."""
         cfg = _to_plain(cfg)
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise SpaceConfigError(f"space.{unknown[0]}: unknown key; valid keys are {sorted(known)}")
+        reject_unknown_keys(cfg, cls.__dataclass_fields__, "space", SpaceConfigError)
         for key in ("name", "stem_channels", "stages", "depths", "kernels", "expansions", "exit_stages", "thresholds"):
             if key not in cfg or cfg[key] is None:
                 raise SpaceConfigError(f"space.{key}: missing; add it to the space config")
@@ -91,10 +90,7 @@ class SpaceConfig:
             stages.append(StageSpec(_pos_int(s["width"], f"space.stages[{i}].width"),
                                     _pos_int(s["stride"], f"space.stages[{i}].stride")))
         branch_cfg = dict(cfg.get("branch") or {})
-        bunknown = sorted(set(branch_cfg) - set(BranchChoices.__dataclass_fields__))
-        if bunknown:
-            raise SpaceConfigError(f"space.branch.{bunknown[0]}: unknown key; valid keys are "
-                                   f"{sorted(BranchChoices.__dataclass_fields__)}")
+        reject_unknown_keys(branch_cfg, BranchChoices.__dataclass_fields__, "space.branch", SpaceConfigError)
         branch = BranchChoices(
             depths=_int_choices(branch_cfg.get("depths", (1, 2)), "space.branch.depths"),
             layer_types=_str_choices(branch_cfg.get("layer_types", LAYER_TYPES), "space.branch.layer_types", LAYER_TYPES),

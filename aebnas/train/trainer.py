@@ -18,6 +18,7 @@ from torch import nn
 
 from aebnas.data import ArraySplit, DataSplits, augment_batch, normalize
 from aebnas.train.losses import exit_loss_weights, joint_exit_loss
+from aebnas.validation import reject_unknown_keys
 
 
 class TrainingDiverged(RuntimeError):
@@ -43,10 +44,7 @@ class TrainerConfig:
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> "TrainerConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"trainer.{unknown[0]}: unknown key; valid keys are {sorted(known)}")
+        reject_unknown_keys(cfg, (f.name for f in fields(cls)), "trainer")
         tc = cls(**dict(cfg))
         if not isinstance(tc.epochs, int) or tc.epochs < 0:
             raise ValueError(f"trainer.epochs: expected an integer >= 0, got {tc.epochs!r}")

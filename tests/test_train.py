@@ -1,0 +1,57 @@
+import math
+
+import pytest
+import torch
+
+from aebnas.data import load_dataset
+from aebnas.nn import build_model
+from aebnas.train import TrainerConfig, TrainingDiverged, exit_loss_weights, fit, joint_exit_loss, predict_logits
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset({"name": "synthetic", "num_classes": 4, "num_samples": 600, "resolution": 8, "channels": 1,
+                         "val_size": 0.25, "seed": 1})
+
+
+def test_loss_weights():
+    assert exit_loss_weights(3, "uniform") == [1.0, 1.0, 1.0]
+    assert exit_loss_weights(4, "linear") == [0.25, 0.5, 0.75, 1.0]
+    assert exit_loss_weights(2, [0.3, 0.5, 1.0]) == [0.5, 1.0]      # matched from the final exit backwards
+    assert exit_loss_weights(3, [0.5, 1.0]) == [0.5, 0.5, 1.0]
+    with pytest.raises(ValueError, match="trainer.exit_weights"):
+        exit_loss_weights(2, "cubic")
+
+
+def test_joint_loss_is_the_weighted_sum():
+    target = torch.tensor([0, 1])
+    a, b = torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[0.0, 0.0], [0.0, 0.0]])
+    ce_a = (math.log(1 + math.exp(-2)) + math.log(1 + math.exp(-1))) / 2
+    assert joint_exit_loss([a, b], target, [0.5, 2.0]).item() == pytest.approx(0.5 * ce_a + 2.0 * math.log(2))
+
+
+def test_training_learns_every_exit(data, tiny_space):
+    torch.manual_seed(0)
+    g = tiny_space.parse("k3e2/k3e2/k3e2/k3e2/k3e2|t0.9:conv16k3|off|t0.9:conv16k3|off")
+    model = build_model(g, data.num_classes, data.in_channels)
+    before = predict_logits(model, data.val, data.mean, data.std, torch.device("cpu"))
+    stats = fit(model, data, TrainerConfig(epochs=15, batch_size=64, device="cpu", crop_padding=1), torch.device("cpu"))
+    after = predict_logits(model, data.val, data.mean, data.std, torch.device("cpu"))
+    assert before.shape == after.shape == (3, len(data.val), 4)
+    acc = (after.argmax(-1) == data.val.y.numpy()).mean(axis=1)
+    assert stats.steps == 15 * math.ceil(len(data.train) / 64)
+    assert acc.min() > 0.6, acc  # chance is 0.25
+
+
+def test_divergence_is_reported(data, tiny_space):
+    model = build_model(tiny_space.smallest(), data.num_classes, data.in_channels)
+    with pytest.raises(TrainingDiverged):
+        fit(model, data, TrainerConfig(epochs=2, lr=1e12, momentum=0.0, device="cpu"), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("patch, field", [({"epochs": -1}, "trainer.epochs"), ({"lr": 0}, "trainer.lr"),
+                                          ({"optimizer": "adam"}, "trainer.optimizer"), ({"epoch": 3}, "trainer.epoch"),
+                                          ({"label_smoothing": 1.0}, "trainer.label_smoothing")])
+def test_bad_trainer_config(patch, field):
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        TrainerConfig.from_dict(patch)
