@@ -64,3 +64,12 @@ def test_expected_cost_counts_every_head_on_the_way():
         expected_cost([0.5, 0.6, 0.0], paths)
     with pytest.raises(ValueError, match="exit_rates"):
         expected_cost([1.0], paths)
+
+
+def test_pooling_comes_first_in_exit_layers(hand_space):
+    """avg-conv8k3 after stage 1 of an 8x8 input: the conv runs at 4x4, then max-dwsep16k5 at 2x2."""
+    g = hand_space.parse("k3e2/k3e2/k3e2/k3e2/k3e2|t0.9:avg-conv8k3+max-dwsep16k5|off|off|off")
+    head = network_cost(g, 10, 1, 8).head_macs[0]
+    conv = 4 * 4 * 8 * 8 * 9                 # 8->8, 3x3, at 4x4
+    dwsep = 2 * 2 * 8 * 25 + 2 * 2 * 16 * 8  # depthwise 5x5 on 8 ch + pointwise 8->16, at 2x2
+    assert head == conv + dwsep + 16 * 10

@@ -5,7 +5,7 @@ from aebnas.nn import build_model
 
 
 def test_forward_returns_every_active_exit(hand_space):
-    g = hand_space.parse("k3e2/k5e3-k7e4/k3e2/k3e2-k3e2-k3e2/k7e4|t0.9:conv8k3-max+dwsep16k5|off|t0.7:ir8k5-avg|off")
+    g = hand_space.parse("k3e2/k5e3-k7e4/k3e2/k3e2-k3e2-k3e2/k7e4|t0.9:max-conv8k3+dwsep16k5|off|t0.7:avg-ir8k5|off")
     model = build_model(g, 7, 1)
     outs = model(torch.randn(4, 1, 16, 16))
     assert model.n_exits == 3 and len(outs) == 3

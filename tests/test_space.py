@@ -35,14 +35,14 @@ def test_hidden_genes_do_not_change_the_key(mbv3_space: SearchSpace):
 
 
 def test_known_genome_text(hand_space: SearchSpace):
-    text = "k3e2/k5e3-k7e4/k3e2/k3e2-k3e2-k3e2/k7e4|t0.9:conv8k3-max+dwsep16k5|off|off|t0.5:ir32k3"
+    text = "k3e2/k5e3-k7e4/k3e2/k3e2-k3e2-k3e2/k7e4|t0.9:max-conv8k3+dwsep16k5|off|off|t0.5:ir32k3"
     g = hand_space.parse(text)
     assert g.depths == (1, 2, 1, 3, 1)
     assert [e.stage for e in g.active_exits] == [1, 4]
     assert g.thresholds == (0.9, 0.5)
     assert g.exits[0].layers[0].pool == "max"
     assert g.to_text() == text
-    assert g.network_key == "k3e2/k5e3-k7e4/k3e2/k3e2-k3e2-k3e2/k7e4|t*:conv8k3-max+dwsep16k5|off|off|t*:ir32k3"
+    assert g.network_key == "k3e2/k5e3-k7e4/k3e2/k3e2-k3e2-k3e2/k7e4|t*:max-conv8k3+dwsep16k5|off|off|t*:ir32k3"
 
 
 @pytest.mark.parametrize("text, fragment", [

@@ -42,6 +42,8 @@ def mbconv_macs(size: int, c_in: int, c_out: int, kernel: int, expansion: int, s
 
 
 def branch_layer_macs(layer: BranchLayer, size: int, c_in: int, space: SpaceConfig) -> tuple[int, int]:
+    if layer.pool != "none":  # pooling comes first in an exit layer
+        size = pool_out(size)
     if layer.type == "conv":
         macs = conv_macs(size, c_in, layer.width, layer.kernel)
     elif layer.type == "dwsep":
@@ -50,8 +52,6 @@ def branch_layer_macs(layer: BranchLayer, size: int, c_in: int, space: SpaceConf
         macs, size = mbconv_macs(size, c_in, layer.width, layer.kernel, space.branch.ir_expansion, 1, False)
     else:
         raise ValueError(f"exit layer type '{layer.type}' is unknown")
-    if layer.pool != "none":
-        size = pool_out(size)
     return macs, size
 
 

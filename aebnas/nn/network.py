@@ -25,21 +25,23 @@ def build_stage(space: SpaceConfig, stage_index: int, blocks, c_in: int) -> nn.S
 
 
 def build_branch_layer(layer: BranchLayer, c_in: int, space: SpaceConfig) -> list[nn.Module]:
+    """Optional 2x2 pooling first (it shrinks what the layer pays for), then the layer."""
     act = space.activation
-    if layer.type == "conv":
-        mods: list[nn.Module] = [ConvBNAct(c_in, layer.width, layer.kernel, activation=act)]
-    elif layer.type == "dwsep":
-        mods = [ConvBNAct(c_in, c_in, layer.kernel, groups=c_in, activation=act),
-                ConvBNAct(c_in, layer.width, 1, activation=act)]
-    elif layer.type == "ir":
-        mods = [MBConv(c_in, layer.width, layer.kernel, space.branch.ir_expansion, 1,
-                       squeeze_excite=False, activation=act)]
-    else:  # the genome parser already refuses other types
-        raise ValueError(f"exit layer type '{layer.type}' is unknown")
+    mods: list[nn.Module] = []
     if layer.pool == "max":
         mods.append(nn.MaxPool2d(2, ceil_mode=True))
     elif layer.pool == "avg":
         mods.append(nn.AvgPool2d(2, ceil_mode=True))
+    if layer.type == "conv":
+        mods.append(ConvBNAct(c_in, layer.width, layer.kernel, activation=act))
+    elif layer.type == "dwsep":
+        mods += [ConvBNAct(c_in, c_in, layer.kernel, groups=c_in, activation=act),
+                 ConvBNAct(c_in, layer.width, 1, activation=act)]
+    elif layer.type == "ir":
+        mods.append(MBConv(c_in, layer.width, layer.kernel, space.branch.ir_expansion, 1,
+                           squeeze_excite=False, activation=act))
+    else:  # the genome parser already refuses other types
+        raise ValueError(f"exit layer type '{layer.type}' is unknown")
     return mods
 
 

@@ -7,12 +7,13 @@ branch layers of a disabled exit) simply have no place in the dataclasses.
 
 Text grammar (stages separated by ``/``, exits by ``|`` after the backbone)::
 
-    k3e3-k5e6/k3e4-k5e4-k7e6/...|t0.8:conv32k3-max+dwsep64k5|off|...
+    k3e3-k5e6/k3e4-k5e4-k7e6/...|t0.8:max-conv32k3+dwsep64k5|off|...
 
 * a block is ``k<kernel>e<expansion>``; a stage is its blocks joined by ``-``;
 * an exit is ``off`` or ``t<threshold>:`` followed by its branch layers joined
-  by ``+``; a layer is ``<type><width>k<kernel>`` with ``-max``/``-avg`` when a
-  2x2 pooling follows it.
+  by ``+``; a layer is ``<type><width>k<kernel>``, prefixed ``max-``/``avg-`` when
+  a 2x2 pooling comes first (pooling first makes the layer 4x cheaper, which is
+  what lets exits early in the network, at full resolution, pay for themselves).
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ class BranchLayer:
     pool: str = "none"
 
     def to_text(self) -> str:
-        pool = "" if self.pool == "none" else f"-{self.pool}"
-        return f"{self.type}{self.width}k{self.kernel}{pool}"
+        pool = "" if self.pool == "none" else f"{self.pool}-"
+        return f"{pool}{self.type}{self.width}k{self.kernel}"
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ class Genome:
 
 
 _BLOCK = re.compile(r"^k(\d+)e(\d+)$")
-_LAYER = re.compile(r"^([a-z]+?)(\d+)k(\d+)(?:-(max|avg))?$")
+_LAYER = re.compile(r"^(?:(max|avg)-)?([a-z]+?)(\d+)k(\d+)$")
 _EXIT = re.compile(r"^t([0-9.eE+-]+):(.+)$")
 
 
@@ -186,8 +187,8 @@ def _parse_exit(text: str, stage: int, space: SpaceConfig) -> Exit:
     for lt in m.group(2).split("+"):
         lm = _LAYER.match(lt)
         if not lm:
-            raise GenomeError(f"genome text: exit after stage {stage} layer {lt!r} is not <type><width>k<kernel>[-pool]")
-        ltype, width, kernel, pool = lm.group(1), int(lm.group(2)), int(lm.group(3)), lm.group(4) or "none"
+            raise GenomeError(f"genome text: exit after stage {stage} layer {lt!r} is not [pool-]<type><width>k<kernel>")
+        pool, ltype, width, kernel = lm.group(1) or "none", lm.group(2), int(lm.group(3)), int(lm.group(4))
         _check(ltype, b.layer_types, f"exit {stage} layer type")
         _check(width, b.widths, f"exit {stage} layer width")
         _check(kernel, b.kernels, f"exit {stage} layer kernel")
