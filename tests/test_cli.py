@@ -36,6 +36,11 @@ def test_short_search_through_the_cli(tmp_path):
     (["search.initial_genomes=[k3e2/garbage]"], "search.initial_genomes[0]: genome text"),
     (["search.objective=aebnas"], "search.target_macs"),
     (["trainer.optimizer=adam"], "trainer.optimizer"),
+    (["trainer.lr=abc"], "trainer.lr: expected a number"),
+    (["search.threshold_tuning=no"], "search.threshold_tuning: expected true or false"),
+    (["+dataset.val_sise=3"], "dataset.val_sise: unknown key"),
+    (["trainer.device=cuda:0"] if not __import__("torch").cuda.is_available() else ["trainer.device=tpu"],
+     "trainer.device"),
 ])
 def test_bad_input_gets_one_line(tmp_path, args, fragment):
     proc = _cli(tmp_path, *args)

@@ -92,10 +92,9 @@ def test_val_size_larger_than_train_is_rejected():
         load_dataset({"name": "digits", "val_size": 5000})
 
 
-def test_unknown_keys_warn_but_load():
-    with pytest.warns(UserWarning, match="val_sise"):
-        d = load_dataset({"name": "digits", "val_sise": 3})
-    assert len(d.train) > 0
+def test_unknown_keys_are_refused():
+    with pytest.raises(DatasetError, match=r"dataset\.val_sise: unknown key"):
+        load_dataset({"name": "digits", "val_sise": 3})
 
 
 # --------------------------------------------------------------------------- conf/dataset/*.yaml

@@ -104,3 +104,40 @@ def test_operators_keep_genes_in_range_and_groups_whole(tiny_space):
     assert np.all((M >= tiny_space.xl) & (M <= tiny_space.xu))
     varied = tiny_space.xu > 0
     assert np.all(M[:, varied] != X[:, varied])  # with prob 1 every gene takes another choice
+
+
+def test_existing_run_dir_is_refused(finished_run, tiny_space, synthetic):
+    result, _ = finished_run
+    with pytest.raises(FileExistsError, match="run dir"):
+        run_search(tiny_space, synthetic, TrainerConfig(epochs=1, device="cpu"), SearchSettings(pop_size=2, generations=1),
+                   torch.device("cpu"), result.run_dir, progress=False)
+
+
+def test_diverging_candidates_are_recorded_and_no_feasible_front_still_loads(tiny_space, synthetic, tmp_path):
+    """lr=1e12 makes every candidate diverge: the search completes, rows say failed, pareto.csv is empty."""
+    trainer = TrainerConfig(epochs=1, batch_size=64, lr=1e12, momentum=0.0, device="cpu")
+    result = run_search(tiny_space, synthetic, trainer, SearchSettings(pop_size=2, generations=1),
+                        torch.device("cpu"), tmp_path / "run", progress=False)
+    run = load_run(result.run_dir)
+    assert list(run.evaluations["status"]) == ["failed", "failed"]
+    assert run.evaluations["error"].str.startswith("TrainingDiverged").all()
+    assert len(run.pareto) == 0 and "genome" in run.pareto.columns
+    assert run.summary["failed"] == 2
+
+
+def test_threshold_tuning_makes_threshold_genes_one_candidate(tiny_space, synthetic):
+    from aebnas.search.evaluator import CandidateEvaluator
+    from aebnas.search.operators import GenomeDuplicateElimination
+
+    ev = CandidateEvaluator(synthetic, TrainerConfig(epochs=1, batch_size=64, device="cpu"),
+                            SearchSettings(exit_metric="max_softmax", threshold_tuning=True), torch.device("cpu"))
+    g = tiny_space.parse("k3e2/k3e2/k3e2/k3e2/k3e2|t0.9:conv8k3|off|off|t0.5:conv8k3")
+    a = ev.evaluate(g)
+    assert ev.evaluate(g.with_thresholds([0.6, 0.7])) is a
+    assert a.key == g.with_thresholds(a.thresholds).key  # the row names the tuned genome
+    x, y = tiny_space.encode(g), tiny_space.encode(g.with_thresholds([0.6, 0.7]))
+    from pymoo.core.population import Population
+
+    dup = GenomeDuplicateElimination(tiny_space, ignore_thresholds=True).do(Population.new("X", np.array([x, y])),
+                                                                             return_indices=True)[1]
+    assert len(dup) == 1

@@ -9,15 +9,24 @@ from pathlib import Path
 from typing import Iterator
 
 from aebnas.data import DatasetError
-from aebnas.space import GenomeError, SpaceConfigError
+from aebnas.space import GenomeError
+from aebnas.validation import ConfigError
 
 
 def config_dir() -> str:
-    """``$AEBNAS_CONFIG_DIR`` if set, else the repository's ``conf/`` (editable install)."""
+    """``$AEBNAS_CONFIG_DIR`` if set, else the repository's ``conf/`` (the README's editable install)."""
     env = os.environ.get("AEBNAS_CONFIG_DIR")
     if env:
         return str(Path(env).resolve())
     return str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def require_config_dir(prog: str) -> None:
+    """A non-editable install has no conf/ beside the package: say so in one line."""
+    if not (Path(config_dir()) / "config.yaml").exists():
+        print(f"{prog}: error: no config.yaml in '{config_dir()}'; install with 'pip install -e .' from a clone "
+              "or set AEBNAS_CONFIG_DIR to the repository's conf/ directory", file=sys.stderr)
+        sys.exit(2)
 
 
 def check_group_choices(prog: str, argv: list[str]) -> None:
@@ -37,7 +46,7 @@ def check_group_choices(prog: str, argv: list[str]) -> None:
             sys.exit(2)
 
 
-USER_ERRORS = (DatasetError, GenomeError, SpaceConfigError, ValueError, FileNotFoundError)
+USER_ERRORS = (ConfigError, DatasetError, GenomeError, FileNotFoundError, FileExistsError)
 
 
 @contextmanager

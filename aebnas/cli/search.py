@@ -11,12 +11,13 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from aebnas.cli.common import check_group_choices, config_dir, user_errors
+from aebnas.cli.common import check_group_choices, config_dir, require_config_dir, user_errors
 from aebnas.data import load_dataset
 from aebnas.search import SearchSettings, run_search
 from aebnas.search.runner import parse_initial_genomes
 from aebnas.space import SearchSpace, SpaceConfig
 from aebnas.train import TrainerConfig, resolve_device
+from aebnas.validation import check_int
 
 log = logging.getLogger("aebnas")
 
@@ -29,8 +30,7 @@ def search(cfg: DictConfig, run_dir: Path) -> Path:
     parse_initial_genomes(space, settings)
     trainer = TrainerConfig.from_dict(plain["trainer"])
     device = resolve_device(trainer.device)
-    if not isinstance(plain.get("seed"), int):
-        raise ValueError(f"seed: expected an integer, got {plain.get('seed')!r}")
+    check_int(plain.get("seed"), "seed", lo=0)
     if trainer.num_threads:
         torch.set_num_threads(trainer.num_threads)
     data = load_dataset(plain["dataset"])
@@ -42,7 +42,9 @@ def search(cfg: DictConfig, run_dir: Path) -> Path:
     result = run_search(space, data, trainer, settings, device, run_dir, seed=plain["seed"],
                         progress=bool(plain.get("progress", True)))
     best = max(result.pareto, key=lambda r: r["test_accuracy"], default=None)
-    print(f"\n{len(result.evaluations)} candidates in {result.seconds:.0f}s; Pareto set: {len(result.pareto)} networks")
+    failed = sum(e.status != "ok" for e in result.evaluations)
+    print(f"\n{len(result.evaluations)} candidates ({failed} failed) in {result.seconds:.0f}s; "
+          f"Pareto set: {len(result.pareto)} networks")
     for r in result.pareto:
         print(f"  val {r['val_accuracy']:.4f}  test {r['test_accuracy']:.4f}  "
               f"E[MACs] {r['expected_macs'] / 1e6:7.3f}M (static {r['static_macs'] / 1e6:.3f}M)  {r['genome']}")
@@ -59,6 +61,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    require_config_dir("aebnas-search")
     check_group_choices("aebnas-search", sys.argv[1:])
     _hydra_main()
 

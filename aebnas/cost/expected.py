@@ -2,7 +2,8 @@
 
 One convention, stated once: a sample that leaves at exit k has paid for the
 backbone up to k *and* every exit head evaluated on the way (heads 1..k), so
-``E[cost] = sum_k rate_k * path_cost_k``. MACs and latency both go through here.
+``E[cost] = sum_k rate_k * path_cost_k``. Any per-path cost (MACs today, a
+measured latency tomorrow) goes through this one function.
 """
 
 from __future__ import annotations

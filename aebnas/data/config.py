@@ -11,6 +11,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from aebnas.validation import reject_unknown_keys
+
 from .errors import DatasetError
 
 __all__ = ["DataConfig", "parse_config", "KNOWN_KEYS", "DATASET_SPECIFIC_KEYS"]
@@ -140,14 +142,8 @@ def parse_config(cfg: Any, available: list[str]) -> DataConfig:
             f"dataset.name: unknown dataset {cfg.get('name')!r}; choose one of: {', '.join(available)}"
         )
 
-    # Unknown keys are most likely typos; warn (not fail) so configs written by other
-    # components that add their own keys to the dataset group still load.
-    unknown = sorted(str(k) for k in cfg if k not in KNOWN_KEYS)
-    if unknown:
-        warnings.warn(
-            f"dataset: ignoring unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(KNOWN_KEYS)}",
-            stacklevel=3,
-        )
+    # Unknown keys are most likely typos: refuse them like every other config section.
+    reject_unknown_keys(cfg, KNOWN_KEYS, "dataset", DatasetError)
     for key, users in DATASET_SPECIFIC_KEYS.items():
         if cfg.get(key) is not None and name not in users:
             warnings.warn(

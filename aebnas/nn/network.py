@@ -1,8 +1,9 @@
 """Genome -> EarlyExitNet: ordered backbone segments, an exit head after each but the last.
 
 The backbone is cut right after every stage that carries an active exit, so the
-network can be run segment by segment (adaptive inference stops early) or in one
-pass that returns the logits of every exit (joint training, evaluation).
+network can be run segment by segment (an adaptive runtime can stop after any
+segment) or in one pass that returns the logits of every exit (joint training,
+evaluation).
 """
 
 from __future__ import annotations

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -26,7 +27,9 @@ from aebnas.search.objectives import constraint_values, objective_values
 from aebnas.search.settings import SearchSettings
 from aebnas.search.thresholds import confidence, simulate_exits, tune_thresholds
 from aebnas.space import Genome
-from aebnas.train import TrainerConfig, fit, predict_logits
+from aebnas.train import TrainerConfig, TrainingDiverged, fit, predict_logits
+
+log = logging.getLogger("aebnas.search")
 
 
 def short_hash(text: str, n: int = 12) -> str:
@@ -74,13 +77,17 @@ class Evaluation:
     objectives: list[float] = field(default_factory=list)
     constraints: list[float] = field(default_factory=list)
     model_file: str | None = None
+    status: str = "ok"
+    error: str = ""
 
     @property
     def feasible(self) -> bool:
-        return all(g <= 0 for g in self.constraints)
+        return self.status == "ok" and all(g <= 0 for g in self.constraints)
 
     def to_row(self) -> dict[str, Any]:
+        """The candidate's evaluations.csv line; list fields as JSON, weights' temp path left out."""
         row = asdict(self)
+        row.pop("model_file")
         for name in ("exit_stages", "thresholds", "path_macs", "exit_rates", "exit_accuracies", "head_accuracies",
                      "constraints"):
             row[name] = json.dumps([None if isinstance(v, float) and math.isnan(v) else v for v in row[name]])
@@ -92,6 +99,13 @@ class Evaluation:
 
 
 class CandidateEvaluator:
+    """Scores genomes: trains each distinct network once, then derives exit behaviour from cached predictions.
+
+    With threshold tuning on, candidates are identified by their network alone
+    (threshold genes are overwritten by the tuned values), so genomes differing
+    only in threshold genes are one candidate.
+    """
+
     def __init__(self, data: DataSplits, trainer: TrainerConfig, settings: SearchSettings, device: torch.device,
                  seed: int = 0, model_dir: Path | None = None):
         self.data = data
@@ -103,17 +117,28 @@ class CandidateEvaluator:
         self.evaluations: list[Evaluation] = []
         self._by_key: dict[str, Evaluation] = {}
         self._networks: dict[str, TrainedNetwork] = {}
-        self.on_evaluated: list = []   # callbacks(evaluation, cached: bool)
+        self.on_evaluated: list[Callable[[Evaluation, bool], None]] = []   # (evaluation, was it cached)
+
+    def candidate_key(self, genome: Genome) -> str:
+        return genome.network_key if self.settings.threshold_tuning else genome.key
+
+    @property
+    def failures(self) -> list[Evaluation]:
+        return [e for e in self.evaluations if e.status != "ok"]
 
     def evaluate(self, genome: Genome, generation: int = 0) -> Evaluation:
-        key = genome.key
+        """Metrics and objectives of one genome (cached by candidate key)."""
+        key = self.candidate_key(genome)
         if key in self._by_key:
             for cb in self.on_evaluated:
                 cb(self._by_key[key], True)
             return self._by_key[key]
         net = self._networks.get(genome.network_key)
         if net is None:
-            net = self._train(genome)
+            try:
+                net = self._train(genome)
+            except (TrainingDiverged, torch.cuda.OutOfMemoryError) as exc:
+                return self._record(self._failed(genome, generation, exc), key)
             self._networks[genome.network_key] = net
         thresholds = list(genome.thresholds)
         if self.settings.threshold_tuning and thresholds:
@@ -121,7 +146,7 @@ class CandidateEvaluator:
                                               genome.space.thresholds, self.settings.max_accuracy_drop))
         outcome = simulate_exits(net.confidences, net.correct, thresholds, net.cost.path_macs)
         ev = Evaluation(
-            key=key, network_key=genome.network_key, generation=generation,
+            key=genome.with_thresholds(thresholds).key, network_key=genome.network_key, generation=generation,
             val_accuracy=outcome.accuracy, expected_macs=outcome.expected_cost,
             static_macs=net.cost.static_macs, total_macs=net.cost.total_macs, params=net.params,
             n_exits=len(genome.active_exits), exit_stages=[e.stage for e in genome.active_exits],
@@ -131,6 +156,9 @@ class CandidateEvaluator:
             static_val_accuracy=float(net.correct[-1].mean()),
             train_seconds=net.train_seconds, eval_seconds=net.eval_seconds, model_file=net.model_file,
         )
+        return self._record(ev, key)
+
+    def _record(self, ev: Evaluation, key: str) -> Evaluation:
         ev.objectives = objective_values(self.settings, ev.val_accuracy, ev.expected_macs)
         ev.constraints = constraint_values(self.settings, ev.expected_macs)
         self.evaluations.append(ev)
@@ -138,6 +166,20 @@ class CandidateEvaluator:
         for cb in self.on_evaluated:
             cb(ev, False)
         return ev
+
+    def _failed(self, genome: Genome, generation: int, exc: BaseException) -> Evaluation:
+        """A candidate that could not be trained: accuracy 0 at the cost of running everything."""
+        cost = network_cost(genome, self.data.num_classes, self.data.in_channels, self.data.resolution)
+        n = len(cost.path_macs)
+        log.warning("candidate failed (%s): %s", type(exc).__name__, genome.key)
+        return Evaluation(
+            key=genome.key, network_key=genome.network_key, generation=generation, val_accuracy=0.0,
+            expected_macs=float(cost.total_macs), static_macs=cost.static_macs, total_macs=cost.total_macs, params=0,
+            n_exits=n - 1, exit_stages=[e.stage for e in genome.active_exits], thresholds=list(genome.thresholds),
+            path_macs=list(cost.path_macs), exit_rates=[0.0] * (n - 1) + [1.0], exit_accuracies=[float("nan")] * n,
+            head_accuracies=[0.0] * n, static_val_accuracy=0.0, train_seconds=0.0, eval_seconds=0.0,
+            status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0][:500],
+        )
 
     def _train(self, genome: Genome) -> TrainedNetwork:
         seed = candidate_seed(self.seed, genome.network_key)

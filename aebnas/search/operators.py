@@ -81,18 +81,27 @@ class SpaceRepair(Repair):
 
 
 class GenomeDuplicateElimination(DuplicateElimination):
-    """Two vectors are duplicates when they build the same network (same canonical text)."""
+    """Two vectors are duplicates when they are the same candidate (same canonical key).
 
-    def __init__(self, space: SearchSpace):
+    The key is the genome text by default; with threshold tuning it is the
+    network alone (``Genome.network_key``), since tuning overwrites thresholds.
+    """
+
+    def __init__(self, space: SearchSpace, ignore_thresholds: bool = False):
         super().__init__()
         self.space = space
+        self.ignore_thresholds = ignore_thresholds
+
+    def _key(self, x) -> str:
+        genome = self.space.decode(x)
+        return genome.network_key if self.ignore_thresholds else genome.key
 
     def _do(self, pop, other, is_duplicate):
         seen = set()
         if other is not None:
-            seen.update(self.space.key(ind.X) for ind in other)
+            seen.update(self._key(ind.X) for ind in other)
         for i, ind in enumerate(pop):
-            key = self.space.key(ind.X)
+            key = self._key(ind.X)
             if key in seen:
                 is_duplicate[i] = True
             else:

@@ -37,6 +37,9 @@ from aebnas.train import TrainerConfig, predict_logits
 
 log = logging.getLogger("aebnas.search")
 
+PARETO_COLUMNS = ["genome", "val_accuracy", "test_accuracy", "expected_macs", "test_expected_macs", "static_macs",
+                  "model_dir"]
+
 
 @dataclass
 class SearchResult:
@@ -47,6 +50,7 @@ class SearchResult:
 
 
 def pareto_evaluations(evaluations: list[Evaluation]) -> list[Evaluation]:
+    """The search's answer, recomputed from all evaluations (not pymoo's last population)."""
     """Feasible, non-dominated in objective space, one per objective vector, cheapest first."""
     feasible = [e for e in evaluations if e.feasible]
     if not feasible:
@@ -95,9 +99,13 @@ class _GenerationLog(Callback):
 
 def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, settings: SearchSettings,
                device: torch.device, run_dir: Path, seed: int = 0, progress: bool = True) -> SearchResult:
+    """Run NSGA-II and fill ``run_dir``; the library entry point behind ``aebnas-search``."""
     start = time.perf_counter()
     initial = parse_initial_genomes(space, settings)
     run_dir = Path(run_dir)
+    if (run_dir / "evaluations.csv").exists():
+        raise FileExistsError(f"run dir: '{run_dir}' already holds a search (evaluations.csv); "
+                              "choose a new hydra.run.dir or remove the old one")
     run_dir.mkdir(parents=True, exist_ok=True)
     weights_dir = run_dir / "candidates"
     evaluator = CandidateEvaluator(data, trainer, settings, device, seed=seed, model_dir=weights_dir)
@@ -121,7 +129,7 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
         crossover=GroupUniformCrossover(space, prob=settings.crossover_prob),
         mutation=GeneResetMutation(space, settings.gene_mutation_prob),
         repair=SpaceRepair(space),
-        eliminate_duplicates=GenomeDuplicateElimination(space),
+        eliminate_duplicates=GenomeDuplicateElimination(space, ignore_thresholds=settings.threshold_tuning),
     )
     log.info("search space %s: %d genes, %.3e networks; largest static network %.2fM MACs",
              space.config.name, space.n_var, float(space.size), macs_ref / 1e6)
@@ -131,12 +139,16 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
 
     front = pareto_evaluations(evaluator.evaluations)
     pareto_rows = _finalise_pareto(front, data, trainer, settings, device, run_dir, space)
-    write_csv_atomic(run_dir / "pareto.csv", pareto_rows)
+    write_csv_atomic(run_dir / "pareto.csv", pareto_rows, columns=None if pareto_rows else PARETO_COLUMNS)
+    if not pareto_rows:
+        log.warning("no feasible candidate: every one broke search.max_expected_macs or failed; "
+                    "raise the budget or the search size")
     if weights_dir.exists():
         shutil.rmtree(weights_dir)
     seconds = time.perf_counter() - start
     summary = {
         "evaluations": len(evaluator.evaluations),
+        "failed": len(evaluator.failures),
         "trained_networks": len({e.network_key for e in evaluator.evaluations}),
         "pareto_size": len(pareto_rows),
         "search_seconds": round(seconds, 2),
@@ -156,12 +168,15 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
 
 
 def parse_initial_genomes(space: SearchSpace, settings: SearchSettings) -> list[Genome]:
+    """Seed genomes from the config, each checked against the space's choices (thresholds included)."""
     genomes = []
     for i, text in enumerate(settings.initial_genomes):
         try:
-            genomes.append(space.parse(text))
+            genome = space.parse(text)
+            space.encode(genome)  # thresholds must be among space.thresholds to live in the gene vector
         except GenomeError as exc:
             raise GenomeError(f"search.initial_genomes[{i}]: {exc}") from None
+        genomes.append(genome)
     return genomes
 
 
@@ -178,7 +193,7 @@ def _finalise_pareto(front: list[Evaluation], data: DataSplits, trainer: Trainer
     models_dir = run_dir / "models"
     labels = data.test.y.numpy()
     for rank, ev in enumerate(front):
-        genome = space.parse(ev.key).with_thresholds(ev.thresholds)  # tuned thresholds, if tuning is on
+        genome = space.parse(ev.key)  # thresholds as evaluated (tuned ones when tuning is on)
         model = build_model(genome, data.num_classes, data.in_channels)
         model.load_state_dict(torch.load(ev.model_file, map_location="cpu"))
         logits = predict_logits(model, data.test, data.mean, data.std, device, trainer.eval_batch_size, trainer.amp)
@@ -186,7 +201,6 @@ def _finalise_pareto(front: list[Evaluation], data: DataSplits, trainer: Trainer
         outcome = simulate_exits(confidence(logits, settings.exit_metric), correct, list(genome.thresholds),
                                  ev.path_macs)
         row = ev.to_row()
-        row.pop("model_file")
         row.update({
             "genome": genome.to_text(),
             "test_accuracy": outcome.accuracy,

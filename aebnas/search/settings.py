@@ -6,19 +6,21 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from aebnas.search.thresholds import METRICS
-from aebnas.validation import reject_unknown_keys
+from aebnas.validation import ConfigError, check_bool, check_int, check_number, reject_unknown_keys
 
 OBJECTIVES = ("error_macs", "aebnas")
 
 
-class SearchConfigError(ValueError):
+class SearchConfigError(ConfigError):
     """A search setting is invalid; the message names the field and the fix."""
 
 
 @dataclass(frozen=True)
 class SearchSettings:
+    """NSGA-II budget, objectives and exit handling (field meanings in conf/search/nsga2.yaml)."""
+
     pop_size: int = 40
-    generations: int = 10
+    generations: int = 9
     objective: str = "error_macs"
     target_macs: float | None = None
     mape_weight: float = 0.1
@@ -33,31 +35,37 @@ class SearchSettings:
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> "SearchSettings":
+        """Validate types, ranges and combinations before any work starts."""
         reject_unknown_keys(cfg, (f.name for f in fields(cls)), "search", SearchConfigError)
         cfg = dict(cfg)
         initial = cfg.get("initial_genomes") or ()
         if isinstance(initial, str):
             initial = (initial,)
+        if not isinstance(initial, (list, tuple)):
+            raise SearchConfigError(f"search.initial_genomes: expected a list of genome texts, got {initial!r}")
         cfg["initial_genomes"] = tuple(str(g) for g in initial)
         s = cls(**cfg)
-        if not isinstance(s.pop_size, int) or isinstance(s.pop_size, bool) or s.pop_size < 2:
+        if isinstance(s.pop_size, bool) or not isinstance(s.pop_size, int) or s.pop_size < 2:
             raise SearchConfigError(f"search.pop_size: must be an integer >= 2 (NSGA-II needs parents to mate), got {s.pop_size!r}")
-        if not isinstance(s.generations, int) or s.generations < 1:
-            raise SearchConfigError(f"search.generations: must be an integer >= 1, got {s.generations!r}")
+        check_int(s.generations, "search.generations", lo=1, error=SearchConfigError)
         if s.objective not in OBJECTIVES:
             raise SearchConfigError(f"search.objective: '{s.objective}' is not one of {list(OBJECTIVES)}")
-        if s.objective == "aebnas" and not (s.target_macs and s.target_macs > 0):
+        if s.target_macs is not None:
+            check_number(s.target_macs, "search.target_macs", lo=0, lo_open=True, error=SearchConfigError)
+        if s.objective == "aebnas" and s.target_macs is None:
             raise SearchConfigError("search.target_macs: the 'aebnas' objective needs a positive target, e.g. search.target_macs=5e6")
-        if s.max_expected_macs is not None and not s.max_expected_macs > 0:
-            raise SearchConfigError(f"search.max_expected_macs: must be > 0 or null, got {s.max_expected_macs!r}")
+        check_number(s.mape_weight, "search.mape_weight", lo=0, error=SearchConfigError)
+        if s.max_expected_macs is not None:
+            check_number(s.max_expected_macs, "search.max_expected_macs", lo=0, lo_open=True, error=SearchConfigError)
         if s.exit_metric not in METRICS:
             raise SearchConfigError(f"search.exit_metric: '{s.exit_metric}' is not one of {list(METRICS)}")
-        if not 0.0 <= s.max_accuracy_drop <= 1.0:
-            raise SearchConfigError(f"search.max_accuracy_drop: must be in [0, 1], got {s.max_accuracy_drop!r}")
-        if not 0.0 <= s.crossover_prob <= 1.0:
-            raise SearchConfigError(f"search.crossover_prob: must be in [0, 1], got {s.crossover_prob!r}")
-        if s.gene_mutation_prob is not None and not 0.0 < s.gene_mutation_prob <= 1.0:
-            raise SearchConfigError(f"search.gene_mutation_prob: must be in (0, 1] or null, got {s.gene_mutation_prob!r}")
+        check_bool(s.threshold_tuning, "search.threshold_tuning", error=SearchConfigError)
+        check_number(s.max_accuracy_drop, "search.max_accuracy_drop", lo=0, hi=1, error=SearchConfigError)
+        check_number(s.crossover_prob, "search.crossover_prob", lo=0, hi=1, error=SearchConfigError)
+        if s.gene_mutation_prob is not None:
+            check_number(s.gene_mutation_prob, "search.gene_mutation_prob", lo=0, hi=1, lo_open=True,
+                         error=SearchConfigError)
+        check_bool(s.save_models, "search.save_models", error=SearchConfigError)
         if len(s.initial_genomes) > s.pop_size:
             raise SearchConfigError(f"search.initial_genomes: {len(s.initial_genomes)} genomes do not fit a population of {s.pop_size}")
         return s

@@ -12,14 +12,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
-from aebnas.validation import reject_unknown_keys
+from aebnas.validation import ConfigError, check_bool, check_int, reject_unknown_keys
 
 LAYER_TYPES = ("conv", "dwsep", "ir")
 POOL_TYPES = ("none", "max", "avg")
 ACTIVATIONS = ("relu", "hswish")
 
 
-class SpaceConfigError(ValueError):
+class SpaceConfigError(ConfigError):
     """A search-space setting is invalid; the message names the field and the fix."""
 
 
@@ -33,7 +33,7 @@ class StageSpec:
 class BranchChoices:
     depths: tuple[int, ...] = (1, 2)
     layer_types: tuple[str, ...] = LAYER_TYPES
-    widths: tuple[int, ...] = (32, 64, 128)
+    widths: tuple[int, ...] = (16, 32, 64)
     kernels: tuple[int, ...] = (3, 5)
     pools: tuple[str, ...] = POOL_TYPES
     ir_expansion: int = 3
@@ -94,12 +94,15 @@ class SpaceConfig:
         branch = BranchChoices(
             depths=_int_choices(branch_cfg.get("depths", (1, 2)), "space.branch.depths"),
             layer_types=_str_choices(branch_cfg.get("layer_types", LAYER_TYPES), "space.branch.layer_types", LAYER_TYPES),
-            widths=_int_choices(branch_cfg.get("widths", (32, 64, 128)), "space.branch.widths"),
+            widths=_int_choices(branch_cfg.get("widths", (16, 32, 64)), "space.branch.widths"),
             kernels=_odd_choices(branch_cfg.get("kernels", (3, 5)), "space.branch.kernels"),
             pools=_str_choices(branch_cfg.get("pools", POOL_TYPES), "space.branch.pools", POOL_TYPES),
             ir_expansion=_pos_int(branch_cfg.get("ir_expansion", 3), "space.branch.ir_expansion"),
         )
-        thresholds = tuple(float(t) for t in _seq(cfg["thresholds"], "space.thresholds"))
+        try:
+            thresholds = tuple(sorted(float(t) for t in _seq(cfg["thresholds"], "space.thresholds")))
+        except (TypeError, ValueError):
+            raise SpaceConfigError(f"space.thresholds: expected a list of numbers in (0, 1], got {cfg['thresholds']!r}") from None
         for t in thresholds:
             if not 0.0 < t <= 1.0:
                 raise SpaceConfigError(f"space.thresholds: choice {t} is outside (0, 1]; "
@@ -127,9 +130,10 @@ class SpaceConfig:
             exit_stages=tuple(sorted(exit_stages)),
             thresholds=thresholds,
             branch=branch,
-            squeeze_excite=bool(cfg.get("squeeze_excite", False)),
+            squeeze_excite=check_bool(cfg.get("squeeze_excite", False), "space.squeeze_excite", SpaceConfigError),
             activation=activation,
-            final_head_channels=int(cfg.get("final_head_channels", 0) or 0),
+            final_head_channels=check_int(cfg.get("final_head_channels", 0) or 0, "space.final_head_channels", lo=0,
+                                          error=SpaceConfigError),
         )
 
 
@@ -157,7 +161,8 @@ def _pos_int(value: Any, name: str) -> int:
 
 
 def _int_choices(value: Any, name: str, allow_empty: bool = False) -> tuple[int, ...]:
-    items = tuple(_pos_int(v, name) for v in _seq(value, name))
+    """Distinct positive integers, sorted: gene index order is then size order (largest() relies on it)."""
+    items = tuple(sorted(_pos_int(v, name) for v in _seq(value, name)))
     if not items and not allow_empty:
         raise SpaceConfigError(f"{name}: needs at least one choice")
     if len(set(items)) != len(items):

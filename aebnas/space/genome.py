@@ -66,7 +66,7 @@ class Exit:
     def to_text(self) -> str:
         if not self.active:
             return "off"
-        return f"t{self.threshold:g}:" + "+".join(layer.to_text() for layer in self.layers)
+        return f"t{self.threshold!r}:" + "+".join(layer.to_text() for layer in self.layers)
 
 
 @dataclass(frozen=True)

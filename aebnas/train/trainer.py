@@ -18,7 +18,7 @@ from torch import nn
 
 from aebnas.data import ArraySplit, DataSplits, augment_batch, normalize
 from aebnas.train.losses import exit_loss_weights, joint_exit_loss
-from aebnas.validation import reject_unknown_keys
+from aebnas.validation import ConfigError, check_bool, check_int, check_number, reject_unknown_keys
 
 
 class TrainingDiverged(RuntimeError):
@@ -27,6 +27,8 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass(frozen=True)
 class TrainerConfig:
+    """Candidate training settings (the Hydra ``trainer`` group; field meanings in conf/trainer/default.yaml)."""
+
     epochs: int = 5
     batch_size: int = 128
     eval_batch_size: int = 1024
@@ -44,22 +46,25 @@ class TrainerConfig:
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> "TrainerConfig":
+        """Validate types and ranges of every field before any work starts."""
         reject_unknown_keys(cfg, (f.name for f in fields(cls)), "trainer")
         tc = cls(**dict(cfg))
-        if not isinstance(tc.epochs, int) or tc.epochs < 0:
-            raise ValueError(f"trainer.epochs: expected an integer >= 0, got {tc.epochs!r}")
-        for name in ("batch_size", "eval_batch_size"):
-            value = getattr(tc, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"trainer.{name}: expected a positive integer, got {value!r}")
+        check_int(tc.epochs, "trainer.epochs", lo=0)
+        check_int(tc.batch_size, "trainer.batch_size", lo=1)
+        check_int(tc.eval_batch_size, "trainer.eval_batch_size", lo=1)
         if tc.optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"trainer.optimizer: '{tc.optimizer}' is not one of [sgd, adamw]")
-        if not tc.lr > 0:
-            raise ValueError(f"trainer.lr: must be > 0, got {tc.lr!r}")
-        if not 0.0 <= tc.label_smoothing < 1.0:
-            raise ValueError(f"trainer.label_smoothing: must be in [0, 1), got {tc.label_smoothing!r}")
-        if tc.crop_padding < 0:
-            raise ValueError(f"trainer.crop_padding: must be >= 0, got {tc.crop_padding!r}")
+            raise ConfigError(f"trainer.optimizer: '{tc.optimizer}' is not one of [sgd, adamw]")
+        check_number(tc.lr, "trainer.lr", lo=0, lo_open=True)
+        check_number(tc.momentum, "trainer.momentum", lo=0, hi=1)
+        check_bool(tc.nesterov, "trainer.nesterov")
+        check_number(tc.weight_decay, "trainer.weight_decay", lo=0)
+        check_number(tc.label_smoothing, "trainer.label_smoothing", lo=0, hi=0.999)
+        check_int(tc.crop_padding, "trainer.crop_padding", lo=0)
+        check_bool(tc.amp, "trainer.amp")
+        if tc.num_threads is not None:
+            check_int(tc.num_threads, "trainer.num_threads", lo=1)
+        if not isinstance(tc.device, str):
+            raise ConfigError(f"trainer.device: expected a device name such as auto, cpu or cuda, got {tc.device!r}")
         exit_loss_weights(2, tc.exit_weights)  # validates the scheme early
         return tc
 
@@ -72,8 +77,12 @@ class TrainStats:
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """Shuffled index batches; a trailing batch of one sample is dropped (BatchNorm cannot train on it)."""
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    return list(order.split(batch_size))
+    batches = list(order.split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches.pop()
+    return batches
 
 
 def fit(model: nn.Module, data: DataSplits, cfg: TrainerConfig, device: torch.device,
@@ -87,7 +96,7 @@ def fit(model: nn.Module, data: DataSplits, cfg: TrainerConfig, device: torch.de
     y_all = data.train.y.to(device)
     n_exits = model.n_exits if hasattr(model, "n_exits") else 1
     weights = exit_loss_weights(n_exits, cfg.exit_weights)
-    steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
+    steps_per_epoch = len(_batches(len(data.train), cfg.batch_size))
     total_steps = max(1, cfg.epochs * steps_per_epoch)
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
