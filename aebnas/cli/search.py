@@ -17,13 +17,37 @@ from aebnas.search import SearchSettings, run_search
 from aebnas.search.runner import parse_initial_genomes
 from aebnas.space import SearchSpace, SpaceConfig
 from aebnas.train import TrainerConfig, resolve_device
-from aebnas.validation import check_int
+from aebnas.validation import ConfigError, check_int
 
 log = logging.getLogger("aebnas")
 
 
-def search(cfg: DictConfig, run_dir: Path) -> Path:
+IGNORED_FOR_IDENTITY = ("resume", "progress")
+
+
+def resumed_config(cfg: DictConfig, user_overrides: list[str]) -> tuple[DictConfig, Path]:
+    """The saved config of the run to continue; an override that contradicts it is refused."""
+    run_dir = Path(str(cfg.resume)).expanduser()
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.exists():
+        raise FileNotFoundError(f"resume: no config.yaml in '{run_dir}'; pass the run directory of an earlier search")
+    saved = OmegaConf.load(saved_path)
+    for override in user_overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key in IGNORED_FOR_IDENTITY or isinstance(OmegaConf.select(cfg, key), DictConfig) or key == "experiment":
+            continue  # group choices (experiment=, dataset=) are not values; what they set is in the saved config
+        now, then = OmegaConf.select(cfg, key), OmegaConf.select(saved, key)
+        if now != then:
+            raise ConfigError(f"resume: {key} was {then!r} in '{run_dir}', not {now!r}; resume without changing it")
+    saved.resume = str(run_dir)
+    return saved, run_dir
+
+
+def search(cfg: DictConfig, run_dir: Path, user_overrides: list[str] | None = None) -> Path:
     """Validate every setting, then load data and search; returns the run directory."""
+    resume = cfg.get("resume") not in (None, "")
+    if resume:
+        cfg, run_dir = resumed_config(cfg, user_overrides or [])
     plain = OmegaConf.to_container(cfg, resolve=True)
     space = SearchSpace(SpaceConfig.from_dict(plain["space"]))
     settings = SearchSettings.from_dict(plain["search"])
@@ -35,12 +59,14 @@ def search(cfg: DictConfig, run_dir: Path) -> Path:
         torch.set_num_threads(trainer.num_threads)
     data = load_dataset(plain["dataset"])
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if not resume:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     log.info("data %s: train %d, val %d, test %d, %d classes, %dx%dx%d; device %s",
              data.name, len(data.train), len(data.val), len(data.test), data.num_classes,
              data.in_channels, data.resolution, data.resolution, device)
+    record = {k: v for k, v in plain.items() if k not in IGNORED_FOR_IDENTITY}
     result = run_search(space, data, trainer, settings, device, run_dir, seed=plain["seed"],
-                        progress=bool(plain.get("progress", True)))
+                        progress=bool(plain.get("progress", True)), resume=resume, config_record=record)
     best = max(result.pareto, key=lambda r: r["test_accuracy"], default=None)
     failed = sum(e.status != "ok" for e in result.evaluations)
     print(f"\n{len(result.evaluations)} candidates ({failed} failed) in {result.seconds:.0f}s; "
@@ -57,7 +83,8 @@ def search(cfg: DictConfig, run_dir: Path) -> Path:
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
     with user_errors("aebnas-search"):
-        search(cfg, Path(HydraConfig.get().runtime.output_dir))
+        hc = HydraConfig.get()
+        search(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task))
 
 
 def main() -> None:

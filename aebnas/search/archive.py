@@ -45,3 +45,46 @@ def write_csv_atomic(path: Path, rows: Iterable[Mapping[str, Any]], columns: lis
         writer.writeheader()
         writer.writerows(rows)
     tmp.replace(path)
+
+
+class EvaluationArchive:
+    """The run's durable record: one SQLite row per finished evaluation, committed before the next starts.
+
+    WAL mode with full sync means a SIGKILL (or power loss) loses at most the
+    evaluation in flight. Rows are keyed by candidate key and never replaced:
+    a candidate evaluated twice is a bug that must fail loudly, not be hidden.
+    """
+
+    def __init__(self, path: Path):
+        import sqlite3
+
+        self.path = Path(path)
+        self._db = sqlite3.connect(self.path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS evaluations ("
+                         "id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT UNIQUE NOT NULL, data TEXT NOT NULL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+    def add(self, key: str, data: Mapping[str, Any]) -> None:
+        import json
+
+        self._db.execute("INSERT INTO evaluations (key, data) VALUES (?, ?)", (key, json.dumps(data)))
+
+    def rows(self) -> list[dict[str, Any]]:
+        import json
+
+        return [json.loads(d) for (d,) in self._db.execute("SELECT data FROM evaluations ORDER BY id")]
+
+    def __len__(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0])
+
+    def get_meta(self, name: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_meta(self, name: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, value))
+
+    def close(self) -> None:
+        self._db.close()

@@ -84,6 +84,14 @@ class Evaluation:
     def feasible(self) -> bool:
         return self.status == "ok" and all(g <= 0 for g in self.constraints)
 
+    def to_record(self) -> dict[str, Any]:
+        """Everything, losslessly (floats keep full precision in JSON), for the durable archive."""
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> "Evaluation":
+        return cls(**data)
+
     def to_row(self) -> dict[str, Any]:
         """The candidate's evaluations.csv line; list fields as JSON, weights' temp path left out."""
         row = asdict(self)
@@ -117,7 +125,22 @@ class CandidateEvaluator:
         self.evaluations: list[Evaluation] = []
         self._by_key: dict[str, Evaluation] = {}
         self._networks: dict[str, TrainedNetwork] = {}
-        self.on_evaluated: list[Callable[[Evaluation, bool], None]] = []   # (evaluation, was it cached)
+        self._archived: dict[str, Evaluation] = {}
+        # callbacks(evaluation, fresh): fresh is True only for a newly computed evaluation (to be archived)
+        self.on_evaluated: list[Callable[[Evaluation, bool], None]] = []
+
+    def preload(self, evaluations: list[Evaluation]) -> None:
+        """Evaluations finished by an earlier (killed) process: answered from here when asked, never re-run.
+
+        They join ``self.evaluations`` only when the replayed search asks for
+        them, so per-generation logs of a resumed run match an uninterrupted one.
+        """
+        for ev in evaluations:
+            self._archived[self.key_of(ev)] = ev
+
+    def key_of(self, ev: Evaluation) -> str:
+        """The candidate key an evaluation answers for (see ``candidate_key``)."""
+        return ev.network_key if self.settings.threshold_tuning else ev.key
 
     def candidate_key(self, genome: Genome) -> str:
         return genome.network_key if self.settings.threshold_tuning else genome.key
@@ -131,8 +154,10 @@ class CandidateEvaluator:
         key = self.candidate_key(genome)
         if key in self._by_key:
             for cb in self.on_evaluated:
-                cb(self._by_key[key], True)
+                cb(self._by_key[key], False)
             return self._by_key[key]
+        if key in self._archived:
+            return self._record(self._archived.pop(key), key, fresh=False)
         net = self._networks.get(genome.network_key)
         if net is None:
             try:
@@ -158,13 +183,14 @@ class CandidateEvaluator:
         )
         return self._record(ev, key)
 
-    def _record(self, ev: Evaluation, key: str) -> Evaluation:
-        ev.objectives = objective_values(self.settings, ev.val_accuracy, ev.expected_macs)
-        ev.constraints = constraint_values(self.settings, ev.expected_macs)
+    def _record(self, ev: Evaluation, key: str, fresh: bool = True) -> Evaluation:
+        if fresh:
+            ev.objectives = objective_values(self.settings, ev.val_accuracy, ev.expected_macs)
+            ev.constraints = constraint_values(self.settings, ev.expected_macs)
         self.evaluations.append(ev)
         self._by_key[key] = ev
         for cb in self.on_evaluated:
-            cb(ev, False)
+            cb(ev, fresh)
         return ev
 
     def _failed(self, genome: Genome, generation: int, exc: BaseException) -> Evaluation:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from aebnas.analysis.pareto import hypervolume_2d, non_dominated_mask
 from aebnas.data import DataSplits
 from aebnas.nn import build_model
-from aebnas.search.archive import CsvLog, write_csv_atomic
+from aebnas.search.archive import CsvLog, EvaluationArchive, write_csv_atomic
 from aebnas.search.evaluator import CandidateEvaluator, Evaluation, short_hash
 from aebnas.search.operators import (GeneResetMutation, GenomeDuplicateElimination, GroupUniformCrossover,
                                      SpaceRepair, SpaceSampling)
@@ -34,9 +34,11 @@ from aebnas.search.settings import SearchSettings
 from aebnas.search.thresholds import confidence, simulate_exits
 from aebnas.space import Genome, GenomeError, SearchSpace
 from aebnas.train import TrainerConfig, predict_logits
+from aebnas.validation import ConfigError
 
 log = logging.getLogger("aebnas.search")
 
+ARCHIVE_NAME = "archive.sqlite"
 PARETO_COLUMNS = ["genome", "val_accuracy", "test_accuracy", "expected_macs", "test_expected_macs", "static_macs",
                   "model_dir"]
 
@@ -65,12 +67,30 @@ def pareto_evaluations(evaluations: list[Evaluation]) -> list[Evaluation]:
     return front
 
 
+def write_evaluations_view(archive: EvaluationArchive, run_dir: Path) -> None:
+    """evaluations.csv: a readable view derived from the archive (rewritten atomically)."""
+    rows = [Evaluation.from_record(r).to_row() for r in archive.rows()]
+    if rows:
+        write_csv_atomic(run_dir / "evaluations.csv", rows)
+
+
+def _first_difference(a: Any, b: Any, path: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            if a.get(k) != b.get(k):
+                return _first_difference(a.get(k), b.get(k), f"{path}.{k}" if path else k)
+    return f"{path}: {a!r} then, {b!r} now"
+
+
 class _GenerationLog(Callback):
-    def __init__(self, problem: EarlyExitProblem, path: Path, bar: tqdm, start: float, macs_ref: float):
+    def __init__(self, problem: EarlyExitProblem, run_dir: Path, bar: tqdm, start: float, macs_ref: float,
+                 archive: EvaluationArchive):
         super().__init__()
+        self.archive = archive
+        self.run_dir = run_dir
         self.problem = problem
         self.evaluator = problem.evaluator
-        self.csv = CsvLog(path)
+        self.csv = CsvLog(run_dir / "generations.csv")
         self.bar = bar
         self.start = start
         self.macs_ref = macs_ref
@@ -90,6 +110,7 @@ class _GenerationLog(Callback):
             "elapsed_seconds": round(time.perf_counter() - self.start, 3),
         }
         self.csv.append(row)
+        write_evaluations_view(self.archive, self.run_dir)
         self.bar.write(f"gen {row['generation']:3d} | evals {row['evaluations']:4d} | pareto {row['pareto_size']:2d} | "
                        f"best acc {row['best_val_accuracy']:.4f} | min E[MACs] {row['min_expected_macs'] / 1e6:.3f}M | "
                        f"HV {row['hypervolume']:.4f} | {row['elapsed_seconds']:.0f}s")
@@ -98,25 +119,48 @@ class _GenerationLog(Callback):
 
 
 def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, settings: SearchSettings,
-               device: torch.device, run_dir: Path, seed: int = 0, progress: bool = True) -> SearchResult:
-    """Run NSGA-II and fill ``run_dir``; the library entry point behind ``aebnas-search``."""
+               device: torch.device, run_dir: Path, seed: int = 0, progress: bool = True, resume: bool = False,
+               config_record: dict[str, Any] | None = None) -> SearchResult:
+    """Run NSGA-II and fill ``run_dir``; the library entry point behind ``aebnas-search``.
+
+    Resuming replays the search from the start with the same seed: finished
+    evaluations come from the archive instead of being trained again, and since
+    pymoo's choices depend only on the seed and the objective values, the replay
+    walks the same path and then carries on where the killed run stopped.
+    ``config_record`` (the resolved config) is stored with the archive; a resume
+    under another config is refused.
+    """
     start = time.perf_counter()
     initial = parse_initial_genomes(space, settings)
     run_dir = Path(run_dir)
-    if (run_dir / "evaluations.csv").exists():
-        raise FileExistsError(f"run dir: '{run_dir}' already holds a search (evaluations.csv); "
-                              "choose a new hydra.run.dir or remove the old one")
+    archive_path = run_dir / ARCHIVE_NAME
+    if archive_path.exists() and not resume:
+        raise FileExistsError(f"run dir: '{run_dir}' already holds a search ({ARCHIVE_NAME}); "
+                              f"continue it with resume={run_dir}, or choose a new hydra.run.dir")
+    if resume and not archive_path.exists():
+        raise FileNotFoundError(f"resume: no {ARCHIVE_NAME} in '{run_dir}'; pass the directory of a search to continue")
     run_dir.mkdir(parents=True, exist_ok=True)
+    archive = EvaluationArchive(archive_path)
+    fingerprint = json.dumps(config_record or {}, sort_keys=True)
+    stored = archive.get_meta("config")
+    if stored is None:
+        archive.set_meta("config", fingerprint)
+    elif stored != fingerprint:
+        raise ConfigError(f"resume: '{run_dir}' was searched with another config "
+                          f"({_first_difference(json.loads(stored), config_record or {})}); resume it unchanged")
     weights_dir = run_dir / "candidates"
     evaluator = CandidateEvaluator(data, trainer, settings, device, seed=seed, model_dir=weights_dir)
-    archive = CsvLog(run_dir / "evaluations.csv")
+    evaluator.preload([Evaluation.from_record(r) for r in archive.rows()])
+    if resume:
+        log.info("resuming %s: %d finished evaluations are replayed, not re-run", run_dir, len(evaluator._archived))
+        (run_dir / "generations.csv").unlink(missing_ok=True)  # rebuilt identically by the replay
     total = settings.pop_size * settings.generations
     bar = tqdm(total=total, desc="candidates", unit="cand", disable=not progress, dynamic_ncols=True)
 
-    def on_evaluated(ev: Evaluation, cached: bool) -> None:
+    def on_evaluated(ev: Evaluation, fresh: bool) -> None:
         bar.update(1)
-        if not cached:
-            archive.append(ev.to_row())
+        if fresh:
+            archive.add(evaluator.key_of(ev), ev.to_record())
             bar.set_postfix(gen=ev.generation, acc=f"{ev.val_accuracy:.3f}", mmacs=f"{ev.expected_macs / 1e6:.2f}")
 
     evaluator.on_evaluated.append(on_evaluated)
@@ -134,8 +178,9 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
     log.info("search space %s: %d genes, %.3e networks; largest static network %.2fM MACs",
              space.config.name, space.n_var, float(space.size), macs_ref / 1e6)
     minimize(problem, algorithm, ("n_gen", settings.generations), seed=seed, verbose=False, copy_algorithm=False,
-             callback=_GenerationLog(problem, run_dir / "generations.csv", bar, start, macs_ref))
+             callback=_GenerationLog(problem, run_dir, bar, start, macs_ref, archive))
     bar.close()
+    write_evaluations_view(archive, run_dir)
 
     front = pareto_evaluations(evaluator.evaluations)
     pareto_rows = _finalise_pareto(front, data, trainer, settings, device, run_dir, space)
@@ -143,6 +188,7 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
     if not pareto_rows:
         log.warning("no feasible candidate: every one broke search.max_expected_macs or failed; "
                     "raise the budget or the search size")
+    archive.close()
     if weights_dir.exists():
         shutil.rmtree(weights_dir)
     seconds = time.perf_counter() - start

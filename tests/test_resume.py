@@ -1,0 +1,99 @@
+"""A search killed with SIGKILL mid-generation, twice, then resumed, ends exactly like an uninterrupted one."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from aebnas.analysis import load_run
+
+ARGS = ["dataset=synthetic", "dataset.num_samples=400", "dataset.resolution=8", "dataset.channels=1",
+        "dataset.num_classes=4", "search.pop_size=4", "search.generations=3", "trainer.epochs=2",
+        "trainer.device=cpu", "trainer.num_threads=1", "progress=false", "seed=3"]
+
+
+def _start(hydra_dir: Path, *args: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "aebnas.cli.search", f"hydra.run.dir={hydra_dir}", *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _archive(run_dir: Path) -> list[tuple]:
+    path = run_dir / "archive.sqlite"
+    if not path.exists():
+        return []
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT id, key, data FROM evaluations ORDER BY id").fetchall()
+
+
+def _kill_after(proc: subprocess.Popen, run_dir: Path, n_rows: int, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if len(_archive(run_dir)) >= n_rows:
+                break
+        except sqlite3.OperationalError:
+            pass  # the database is being created
+        time.sleep(0.05)
+    assert proc.poll() is None, f"run ended before it could be killed:\n{proc.communicate()[1][-2000:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def _comparable(row: tuple) -> tuple:
+    data = json.loads(row[2])
+    for varying in ("train_seconds", "eval_seconds", "model_file"):
+        data.pop(varying)
+    return row[1], data
+
+
+@pytest.mark.slow
+def test_killed_twice_then_resumed_equals_uninterrupted(tmp_path):
+    run = tmp_path / "killed"
+    _kill_after(_start(run, *ARGS), run, 2)                          # inside generation 1 (4 candidates)
+    first = _archive(run)
+    assert 2 <= len(first) < 4 and not (run / "pareto.csv").exists()
+    _kill_after(_start(tmp_path / "log1", f"resume={run}"), run, 6)  # inside generation 2
+    second = _archive(run)
+    assert second[:len(first)] == first                              # finished rows are kept as they were
+    assert 6 <= len(second) < 8
+    done = _start(tmp_path / "log2", f"resume={run}")
+    _, err = done.communicate(timeout=300)
+    assert done.returncode == 0, err[-2000:]
+
+    clean = tmp_path / "clean"
+    proc = _start(clean, *ARGS)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+
+    resumed_rows, clean_rows = _archive(run), _archive(clean)
+    assert resumed_rows[:len(second)] == second
+    # same candidates, same order, same metrics (timings and paths aside); ids 1..n: nothing evaluated twice
+    assert [_comparable(r) for r in resumed_rows] == [_comparable(r) for r in clean_rows]
+    assert [r[0] for r in resumed_rows] == list(range(1, len(clean_rows) + 1)) == [r[0] for r in clean_rows]
+    a, b = load_run(run), load_run(clean)
+    assert list(a.pareto["genome"]) == list(b.pareto["genome"])
+    assert list(a.pareto["test_accuracy"]) == list(b.pareto["test_accuracy"])
+    assert list(a.generations["pareto_size"]) == list(b.generations["pareto_size"])
+
+
+def test_resume_refuses_another_config(tmp_path):
+    run = tmp_path / "run"
+    proc = _start(run, *[a.replace("search.generations=3", "search.generations=1").replace("search.pop_size=4", "search.pop_size=2") for a in ARGS])
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    proc = _start(tmp_path / "log", f"resume={run}", "search.pop_size=6")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert err.strip().splitlines() == [f"aebnas-search: error: resume: search.pop_size was 2 in '{run}', not 6; "
+                                        "resume without changing it"]
+    proc = _start(tmp_path / "log2", f"resume={tmp_path / 'nothing'}")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "resume: no config.yaml" in err
