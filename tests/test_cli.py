@@ -50,3 +50,14 @@ def test_bad_input_gets_one_line(tmp_path, args, fragment):
     assert lines[0].startswith("aebnas-search: error: ") and fragment in lines[0]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "run" / "evaluations.csv").exists()
+
+
+def test_machine_failure_is_one_line_with_the_way_back(capsys):
+    from aebnas.cli.common import user_errors
+
+    with pytest.raises(SystemExit) as info:
+        with user_errors("aebnas-search"):
+            raise OSError(28, "No space left on device")
+    assert info.value.code == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0] and "resume=<run dir>" in err[0]

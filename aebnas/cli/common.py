@@ -60,3 +60,10 @@ def user_errors(prog: str) -> Iterator[None]:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"{prog}: error: {message}", file=sys.stderr)
         sys.exit(2)
+    except OSError as exc:  # disk full, data removed mid-run: every finished evaluation is in the archive
+        if os.environ.get("AEBNAS_TRACEBACK"):
+            raise
+        print(f"{prog}: error: the machine failed, not a candidate ({type(exc).__name__}: {exc}); finished "
+              "evaluations are safe in the run's archive.sqlite: fix the cause and continue with resume=<run dir>",
+              file=sys.stderr)
+        sys.exit(3)

@@ -27,7 +27,7 @@ from aebnas.search.objectives import constraint_values, objective_values
 from aebnas.search.settings import SearchSettings
 from aebnas.search.thresholds import confidence, simulate_exits, tune_thresholds
 from aebnas.space import Genome
-from aebnas.train import TrainerConfig, TrainingDiverged, fit, predict_logits
+from aebnas.train import TrainerConfig, fit, predict_logits
 
 log = logging.getLogger("aebnas.search")
 
@@ -162,7 +162,11 @@ class CandidateEvaluator:
         if net is None:
             try:
                 net = self._train(genome)
-            except (TrainingDiverged, torch.cuda.OutOfMemoryError) as exc:
+            except OSError:
+                raise  # the machine, not the candidate: disk full, dataset gone -> stop, archive intact
+            except Exception as exc:  # diverged, out of memory, or a bug this genome triggers
+                if isinstance(exc, torch.cuda.OutOfMemoryError) and torch.cuda.is_available():
+                    torch.cuda.empty_cache()
                 return self._record(self._failed(genome, generation, exc), key)
             self._networks[genome.network_key] = net
         thresholds = list(genome.thresholds)
