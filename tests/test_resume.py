@@ -82,6 +82,8 @@ def test_killed_twice_then_resumed_equals_uninterrupted(tmp_path):
     assert list(a.pareto["genome"]) == list(b.pareto["genome"])
     assert list(a.pareto["test_accuracy"]) == list(b.pareto["test_accuracy"])
     assert list(a.generations["pareto_size"]) == list(b.generations["pareto_size"])
+    ca, cb = (json.loads((d / "checkpoint.json").read_text()) for d in (run, clean))
+    assert ca["population"] == cb["population"] and ca["rng_state"] == cb["rng_state"]
 
 
 def test_resume_refuses_another_config(tmp_path):

@@ -41,6 +41,10 @@ def test_run_dir_holds_every_output(finished_run):
     assert list(run.generations["generation"]) == [1, 2]
     assert (result.run_dir / "pareto.png").stat().st_size > 10_000
     assert not (result.run_dir / "candidates").exists()  # non-Pareto weights are cleaned up
+    checkpoint = json.loads((result.run_dir / "checkpoint.json").read_text())
+    assert checkpoint["generation"] == 2 and len(checkpoint["population"]) == 4
+    assert set(checkpoint["population"]) <= set(run.evaluations["key"])
+    assert not list(result.run_dir.rglob("*.tmp*"))
     # every row's expected MACs follows from its own rates and path costs
     for _, r in run.evaluations.iterrows():
         assert abs(r["expected_macs"] - float(np.dot(r["exit_rates"], r["path_macs"]))) < 1e-6 * r["expected_macs"]

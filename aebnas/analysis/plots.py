@@ -39,6 +39,9 @@ def plot_pareto(evaluations: pd.DataFrame, pareto: pd.DataFrame, path: str | Pat
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     if path is not None:
-        fig.savefig(path)
+        path = Path(path)
+        tmp = path.with_name(path.stem + ".tmp" + path.suffix)  # keeps the suffix matplotlib reads the format from
+        fig.savefig(tmp)
+        tmp.replace(path)
         plt.close(fig)
     return fig

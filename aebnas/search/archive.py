@@ -34,6 +34,14 @@ class CsvLog:
             os.fsync(f.fileno())
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write to a temporary sibling and rename: readers see the old file or the new one, never half."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def write_csv_atomic(path: Path, rows: Iterable[Mapping[str, Any]], columns: list[str] | None = None) -> None:
     rows = list(rows)
     path = Path(path)

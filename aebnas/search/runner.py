@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from aebnas.analysis.pareto import hypervolume_2d, non_dominated_mask
 from aebnas.data import DataSplits
 from aebnas.nn import build_model
-from aebnas.search.archive import CsvLog, EvaluationArchive, write_csv_atomic
+from aebnas.search.archive import CsvLog, EvaluationArchive, write_csv_atomic, write_text_atomic
 from aebnas.search.evaluator import CandidateEvaluator, Evaluation, short_hash
 from aebnas.search.operators import (GeneResetMutation, GenomeDuplicateElimination, GroupUniformCrossover,
                                      SpaceRepair, SpaceSampling)
@@ -91,6 +91,8 @@ class _GenerationLog(Callback):
         self.problem = problem
         self.evaluator = problem.evaluator
         self.csv = CsvLog(run_dir / "generations.csv")
+        checkpoint = run_dir / "checkpoint.json"
+        self.replay_checkpoint = json.loads(checkpoint.read_text()) if checkpoint.exists() else None
         self.bar = bar
         self.start = start
         self.macs_ref = macs_ref
@@ -111,11 +113,32 @@ class _GenerationLog(Callback):
         }
         self.csv.append(row)
         write_evaluations_view(self.archive, self.run_dir)
+        self._checkpoint(algorithm, row["generation"])
         self.bar.write(f"gen {row['generation']:3d} | evals {row['evaluations']:4d} | pareto {row['pareto_size']:2d} | "
                        f"best acc {row['best_val_accuracy']:.4f} | min E[MACs] {row['min_expected_macs'] / 1e6:.3f}M | "
                        f"HV {row['hypervolume']:.4f} | {row['elapsed_seconds']:.0f}s")
         log.debug("generation %s", json.dumps(row))
         self.problem.generation += 1
+
+    def _checkpoint(self, algorithm, generation: int) -> None:
+        """checkpoint.json: the population after this generation and pymoo's RNG state.
+
+        Resuming replays from the archive; the checkpoint is the witness that the
+        replay reached the same population (a mismatch means training was not
+        deterministic, e.g. on a GPU) and a readable snapshot of a live search.
+        """
+        state = {
+            "generation": generation,
+            "population": [self.problem.space.key(ind.X) for ind in algorithm.pop],
+            "objectives": algorithm.pop.get("F").tolist(),
+            "rng_state": algorithm.random_state.bit_generator.state if algorithm.random_state is not None else None,
+        }
+        path = self.run_dir / "checkpoint.json"
+        if self.replay_checkpoint and self.replay_checkpoint.get("generation") == generation \
+                and self.replay_checkpoint["population"] != state["population"]:
+            log.warning("the resumed search reached another population at generation %d than the killed run "
+                        "(training is not deterministic here); it carries on from the replayed one", generation)
+        write_text_atomic(path, json.dumps(state, default=int))
 
 
 def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, settings: SearchSettings,
@@ -201,7 +224,7 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
         "device": str(device),
         "largest_static_macs": macs_ref,
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
     try:
         from aebnas.analysis.plots import plot_pareto
         from aebnas.analysis.run import load_run
@@ -257,15 +280,16 @@ def _finalise_pareto(front: list[Evaluation], data: DataSplits, trainer: Trainer
         if settings.save_models:
             out = models_dir / f"{rank:02d}_{short_hash(genome.key, 8)}"
             out.mkdir(parents=True, exist_ok=True)
-            torch.save(model.state_dict(), out / "model.pt")
-            (out / "genome.json").write_text(genome.dumps())
+            torch.save(model.state_dict(), out / "model.pt.tmp")
+            (out / "model.pt.tmp").replace(out / "model.pt")
+            write_text_atomic(out / "genome.json", genome.dumps())
             metrics = {k: (json.loads(v) if k in ("exit_rates", "test_exit_rates", "thresholds", "path_macs",
                                                    "exit_accuracies", "head_accuracies", "exit_stages") else v)
                        for k, v in row.items() if k not in ("constraints",)}
             metrics.update({"num_classes": data.num_classes, "in_channels": data.in_channels,
                             "resolution": data.resolution, "exit_metric": settings.exit_metric,
                             "mean": list(data.mean), "std": list(data.std)})
-            (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+            write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2, default=float))
             row["model_dir"] = str(out.relative_to(run_dir))
         rows.append(row)
     return rows
