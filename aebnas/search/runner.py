@@ -99,6 +99,7 @@ class _GenerationLog(Callback):
 
     def notify(self, algorithm):
         evals = self.evaluator.evaluations
+        ok = [e for e in evals if e.status == "ok"]  # a failed candidate's placeholder metrics are no record
         front = pareto_evaluations(evals)
         pts = np.array([[1.0 - e.val_accuracy, e.expected_macs / self.macs_ref] for e in front]) if front else np.zeros((0, 2))
         row = {
@@ -106,8 +107,9 @@ class _GenerationLog(Callback):
             "evaluations": len(evals),
             "trained_networks": len({e.network_key for e in evals}),
             "pareto_size": len(front),
-            "best_val_accuracy": max((e.val_accuracy for e in evals), default=float("nan")),
-            "min_expected_macs": min((e.expected_macs for e in evals), default=float("nan")),
+            "failed": len(evals) - len(ok),
+            "best_val_accuracy": max((e.val_accuracy for e in ok), default=float("nan")),
+            "min_expected_macs": min((e.expected_macs for e in ok), default=float("nan")),
             "hypervolume": hypervolume_2d(pts, (1.0, 1.0)),
             "elapsed_seconds": round(time.perf_counter() - self.start, 3),
         }
