@@ -39,6 +39,8 @@ def test_short_search_through_the_cli(tmp_path):
     (["trainer.lr=abc"], "trainer.lr: expected a number"),
     (["search.threshold_tuning=no"], "search.threshold_tuning: expected true or false"),
     (["+dataset.val_sise=3"], "dataset.val_sise: unknown key"),
+    (["dataset.val_sise=3"], "Could not override 'dataset.val_sise'; To append to your config use +dataset.val_sise=3"),
+    (["dataset.data_dir=~/data"], "override 'dataset.data_dir=~/data' cannot be parsed"),
     (["trainer.device=cuda:0"] if not __import__("torch").cuda.is_available() else ["trainer.device=tpu"],
      "trainer.device"),
 ])

@@ -46,6 +46,28 @@ def check_group_choices(prog: str, argv: list[str]) -> None:
             sys.exit(2)
 
 
+def check_overrides(prog: str, argv: list[str]) -> None:
+    """Compose the config once up front so Hydra's multi-line override errors become one line."""
+    if any(a.startswith("-") for a in argv):
+        return  # Hydra's own flags (--multirun sweeps, --cfg, --help ...) are Hydra's to handle
+    overrides = [a for a in argv if not a.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))]
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException, OverrideParseException
+
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=config_dir()):
+            compose("config", overrides=overrides)
+    except OverrideParseException as exc:
+        bad = str(exc).splitlines()[0].split(": ", 1)[-1]
+        print(f"{prog}: error: override '{bad}' cannot be parsed; quote values with special characters, "
+              "e.g. 'dataset.data_dir=\"~/data\"' (see Hydra's override grammar)", file=sys.stderr)
+        sys.exit(2)
+    except ConfigCompositionException as exc:
+        print(f"{prog}: error: " + "; ".join(line.strip().rstrip(".") for line in str(exc).splitlines() if line.strip()),
+              file=sys.stderr)
+        sys.exit(2)
+
+
 USER_ERRORS = (ConfigError, DatasetError, GenomeError, FileNotFoundError, FileExistsError)
 
 

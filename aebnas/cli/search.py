@@ -11,7 +11,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from aebnas.cli.common import check_group_choices, config_dir, require_config_dir, user_errors
+from aebnas.cli.common import check_group_choices, check_overrides, config_dir, require_config_dir, user_errors
 from aebnas.data import load_dataset
 from aebnas.search import SearchSettings, run_search
 from aebnas.search.runner import parse_initial_genomes
@@ -90,6 +90,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 def main() -> None:
     require_config_dir("aebnas-search")
     check_group_choices("aebnas-search", sys.argv[1:])
+    check_overrides("aebnas-search", sys.argv[1:])
     _hydra_main()
 
 
