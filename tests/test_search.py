@@ -142,7 +142,7 @@ def test_threshold_tuning_makes_threshold_genes_one_candidate(tiny_space, synthe
     x, y = tiny_space.encode(g), tiny_space.encode(g.with_thresholds([0.6, 0.7]))
     from pymoo.core.population import Population
 
-    dup = GenomeDuplicateElimination(tiny_space, ignore_thresholds=True).do(Population.new("X", np.array([x, y])),
+    dup = GenomeDuplicateElimination(tiny_space, key=ev.candidate_key).do(Population.new("X", np.array([x, y])),
                                                                              return_indices=True)[1]
     assert len(dup) == 1
 

@@ -139,11 +139,15 @@ class CandidateEvaluator:
             self._archived[self.key_of(ev)] = ev
 
     def key_of(self, ev: Evaluation) -> str:
-        """The candidate key an evaluation answers for (see ``candidate_key``)."""
-        return ev.network_key if self.settings.threshold_tuning else ev.key
+        """The candidate key an evaluation answers for (the same rule as ``candidate_key``)."""
+        return self._pick_key(ev.key, ev.network_key)
 
     def candidate_key(self, genome: Genome) -> str:
-        return genome.network_key if self.settings.threshold_tuning else genome.key
+        """Identity of a candidate: the genome text, or the network alone when tuning overwrites thresholds."""
+        return self._pick_key(genome.key, genome.network_key)
+
+    def _pick_key(self, key: str, network_key: str) -> str:
+        return network_key if self.settings.threshold_tuning else key
 
     @property
     def failures(self) -> list[Evaluation]:

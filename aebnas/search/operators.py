@@ -9,7 +9,7 @@ among its other choices. Randomness comes only from pymoo's ``random_state``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from pymoo.core.crossover import Crossover
@@ -83,18 +83,18 @@ class SpaceRepair(Repair):
 class GenomeDuplicateElimination(DuplicateElimination):
     """Two vectors are duplicates when they are the same candidate (same canonical key).
 
-    The key is the genome text by default; with threshold tuning it is the
-    network alone (``Genome.network_key``), since tuning overwrites thresholds.
+    ``key`` maps a genome to its identity: the genome text by default, or the
+    evaluator's ``candidate_key`` so offspring are told apart exactly as the
+    evaluator tells candidates apart (network alone under threshold tuning).
     """
 
-    def __init__(self, space: SearchSpace, ignore_thresholds: bool = False):
+    def __init__(self, space: SearchSpace, key: Callable[[Genome], str] | None = None):
         super().__init__()
         self.space = space
-        self.ignore_thresholds = ignore_thresholds
+        self.key = key or (lambda genome: genome.key)
 
     def _key(self, x) -> str:
-        genome = self.space.decode(x)
-        return genome.network_key if self.ignore_thresholds else genome.key
+        return self.key(self.space.decode(x))
 
     def _do(self, pop, other, is_duplicate):
         seen = set()

@@ -52,8 +52,10 @@ class SearchResult:
 
 
 def pareto_evaluations(evaluations: list[Evaluation]) -> list[Evaluation]:
-    """The search's answer, recomputed from all evaluations (not pymoo's last population)."""
-    """Feasible, non-dominated in objective space, one per objective vector, cheapest first."""
+    """The search's answer, recomputed from all evaluations rather than pymoo's last population.
+
+    Feasible, non-dominated in objective space, one per objective vector, cheapest first.
+    """
     feasible = [e for e in evaluations if e.feasible]
     if not feasible:
         return []
@@ -177,7 +179,7 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
     evaluator = CandidateEvaluator(data, trainer, settings, device, seed=seed, model_dir=weights_dir)
     evaluator.preload([Evaluation.from_record(r) for r in archive.rows()])
     if resume:
-        log.info("resuming %s: %d finished evaluations are replayed, not re-run", run_dir, len(evaluator._archived))
+        log.info("resuming %s: %d finished evaluations are replayed, not re-run", run_dir, len(archive))
         (run_dir / "generations.csv").unlink(missing_ok=True)  # rebuilt identically by the replay
     total = settings.pop_size * settings.generations
     bar = tqdm(total=total, desc="candidates", unit="cand", disable=not progress, dynamic_ncols=True)
@@ -198,14 +200,13 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
         crossover=GroupUniformCrossover(space, prob=settings.crossover_prob),
         mutation=GeneResetMutation(space, settings.gene_mutation_prob),
         repair=SpaceRepair(space),
-        eliminate_duplicates=GenomeDuplicateElimination(space, ignore_thresholds=settings.threshold_tuning),
+        eliminate_duplicates=GenomeDuplicateElimination(space, key=evaluator.candidate_key),
     )
     log.info("search space %s: %d genes, %.3e networks; largest static network %.2fM MACs",
              space.config.name, space.n_var, float(space.size), macs_ref / 1e6)
     minimize(problem, algorithm, ("n_gen", settings.generations), seed=seed, verbose=False, copy_algorithm=False,
              callback=_GenerationLog(problem, run_dir, bar, start, macs_ref, archive))
-    bar.close()
-    write_evaluations_view(archive, run_dir)
+    bar.close()  # the last generation's callback has written evaluations.csv
 
     front = pareto_evaluations(evaluator.evaluations)
     pareto_rows = _finalise_pareto(front, data, trainer, settings, device, run_dir, space)
