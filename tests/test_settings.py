@@ -12,6 +12,7 @@ from aebnas.search import SearchConfigError, SearchSettings
     ({"exit_metric": "vibes"}, "search.exit_metric: 'vibes' is not one of"),
     ({"threshold_tuning": "no"}, "search.threshold_tuning: expected true or false, got 'no'"),
     ({"max_expected_macs": -5}, "search.max_expected_macs: must be in (0, inf], got -5"),
+    ({"max_expected_latency_ms": 0}, "search.max_expected_latency_ms: must be in (0, inf], got 0"),
     ({"max_accuracy_drop": "x"}, "search.max_accuracy_drop: expected a number"),
     ({"initial_genomes": 5}, "search.initial_genomes: expected a list of genome texts"),
     ({"pop_size": 2, "initial_genomes": ["a", "b", "c"]}, "search.initial_genomes: 3 genomes do not fit"),
@@ -31,3 +32,15 @@ def test_defaults_match_the_shipped_yaml():
     shipped = yaml.safe_load((ROOT / "conf" / "search" / "nsga2.yaml").read_text())
     shipped["initial_genomes"] = tuple(shipped["initial_genomes"])
     assert SearchSettings.from_dict(shipped) == SearchSettings()
+
+
+def test_latency_objective_and_budgets():
+    from aebnas.search.objectives import constraint_values, n_constraints, objective_values
+
+    s = SearchSettings.from_dict({"objective": "avg_latency", "max_expected_macs": 1e6, "max_expected_latency_ms": 2.0})
+    assert s.needs_latency and s.cost_column == "expected_latency_ms" and n_constraints(s) == 2
+    assert objective_values(s, 0.9, 5e5, 1.25) == pytest.approx([0.1, 1.25])
+    assert constraint_values(s, 5e5, 2.5) == pytest.approx([5e5 - 1e6, 0.5])
+    plain = SearchSettings.from_dict({"objective": "error_macs"})  # the older name of avg_macs still reads
+    assert plain.objective == "avg_macs" and not plain.needs_latency and plain.cost_column == "expected_macs"
+    assert objective_values(plain, 0.9, 5e5) == pytest.approx([0.1, 5e5]) and constraint_values(plain, 5e5) == []

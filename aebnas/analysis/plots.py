@@ -1,4 +1,4 @@
-"""Figures people look at instead of tables: the accuracy / expected-MACs front."""
+"""Figures people look at instead of tables: the accuracy / expected-cost front, latency-table checks."""
 
 from __future__ import annotations
 
@@ -8,35 +8,73 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker as mticker  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
+# cost column -> (column of the static full-depth reference, axis scale, axis label)
+COST_AXES = {
+    "expected_macs": ("static_macs", 1e-6, "expected MACs per image (millions)"),
+    "expected_latency_ms": ("static_latency_ms", 1.0, "expected latency per image (ms, from the latency table)"),
+}
+
+
 def plot_pareto(evaluations: pd.DataFrame, pareto: pd.DataFrame, path: str | Path | None = None,
-                title: str = "accuracy vs expected MACs"):
+                title: str = "accuracy vs expected MACs", cost: str = "expected_macs"):
     """All candidates (grey), the Pareto set (line), and each Pareto network's static full-depth reference.
 
     The reference is the same backbone run to its final classifier with no exit
     heads: the arrow from it to the adaptive point is what early exiting buys.
     """
+    static, scale, label = COST_AXES[cost]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     if len(evaluations):
-        ax.scatter(evaluations["expected_macs"] / 1e6, evaluations["val_accuracy"], s=12, c="0.7",
+        ax.scatter(evaluations[cost] * scale, evaluations["val_accuracy"], s=12, c="0.7",
                    label=f"evaluated ({len(evaluations)})", zorder=1)
     if len(pareto):
-        p = pareto.sort_values("expected_macs")
-        ax.plot(p["expected_macs"] / 1e6, p["val_accuracy"], "-o", c="tab:blue", ms=5,
+        p = pareto.sort_values(cost)
+        ax.plot(p[cost] * scale, p["val_accuracy"], "-o", c="tab:blue", ms=5,
                 label=f"Pareto set ({len(p)}), early exits", zorder=3)
-        ax.scatter(p["static_macs"] / 1e6, p["static_val_accuracy"], marker="s", facecolors="none",
+        ax.scatter(p[static] * scale, p["static_val_accuracy"], marker="s", facecolors="none",
                    edgecolors="tab:red", s=30, label="same backbone, static full depth", zorder=2)
         for _, r in p.iterrows():
-            ax.annotate("", xy=(r["expected_macs"] / 1e6, r["val_accuracy"]),
-                        xytext=(r["static_macs"] / 1e6, r["static_val_accuracy"]),
+            ax.annotate("", xy=(r[cost] * scale, r["val_accuracy"]),
+                        xytext=(r[static] * scale, r["static_val_accuracy"]),
                         arrowprops=dict(arrowstyle="->", color="tab:red", lw=0.6, alpha=0.6), zorder=2)
-    ax.set_xlabel("expected MACs per image (millions)")
+    ax.set_xlabel(label)
     ax.set_ylabel("validation accuracy")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
+    return _finish(fig, path)
+
+
+def plot_latency_check(rows: pd.DataFrame, summary: dict, path: str | Path | None = None, title: str = ""):
+    """Predicted (latency table) vs measured latency of every exit path of the validation networks."""
+    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=120)
+    early, final = rows[~rows["final"]], rows[rows["final"]]
+    ax.scatter(early["measured_ms"], early["predicted_ms"], s=10, c="tab:orange", label="early-exit paths")
+    ax.scatter(final["measured_ms"], final["predicted_ms"], s=12, c="tab:blue", label="full networks")
+    lo = min(rows["measured_ms"].min(), rows["predicted_ms"].min()) * 0.9
+    hi = max(rows["measured_ms"].max(), rows["predicted_ms"].max()) * 1.1
+    ax.plot([lo, hi], [lo, hi], c="0.5", lw=0.8, ls="--", label="prediction = measurement")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):  # plain numbers at 1, 2, 5 x 10^k instead of crowded powers of ten
+        axis.set_major_formatter(mticker.FormatStrFormatter("%g"))
+        axis.set_minor_locator(mticker.LogLocator(subs=(2, 5)))
+        axis.set_minor_formatter(mticker.FormatStrFormatter("%g"))
+    a = summary["all_paths"]
+    ax.set_title(f"{title}\nMAPE {a['mape_pct']:.1f}%, Spearman rho {a['spearman_rho']:.3f} "
+                 f"({summary['paths']} paths, {summary['networks']} networks)", fontsize=9)
+    ax.set_xlabel("measured latency (ms)")
+    ax.set_ylabel("predicted latency (ms)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="upper left", fontsize=8)
+    return _finish(fig, path)
+
+
+def _finish(fig, path: str | Path | None):
     fig.tight_layout()
     if path is not None:
         path = Path(path)

@@ -15,7 +15,7 @@ import pandas as pd
 import yaml
 
 LIST_COLUMNS = ("exit_stages", "thresholds", "path_macs", "exit_rates", "exit_accuracies", "head_accuracies",
-                "constraints", "test_exit_rates")
+                "constraints", "test_exit_rates", "path_latency_ms")
 
 
 @dataclass

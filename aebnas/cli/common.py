@@ -6,10 +6,12 @@ import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
+from aebnas.cost.latency import InputShape, LatencyTable, LatencyTableError
+from aebnas.cost.profiler import HardwareConfig
 from aebnas.data import DatasetError
-from aebnas.space import GenomeError
+from aebnas.space import GenomeError, SpaceConfig
 from aebnas.validation import ConfigError
 
 
@@ -46,7 +48,7 @@ def check_group_choices(prog: str, argv: list[str]) -> None:
             sys.exit(2)
 
 
-def check_overrides(prog: str, argv: list[str]) -> None:
+def check_overrides(prog: str, argv: list[str], config_name: str = "config") -> None:
     """Compose the config once up front so Hydra's multi-line override errors become one line."""
     if any(a.startswith("-") for a in argv):
         return  # Hydra's own flags (--multirun sweeps, --cfg, --help ...) are Hydra's to handle
@@ -56,7 +58,7 @@ def check_overrides(prog: str, argv: list[str]) -> None:
 
     try:
         with initialize_config_dir(version_base="1.3", config_dir=config_dir()):
-            compose("config", overrides=overrides)
+            compose(config_name, overrides=overrides)
     except OverrideParseException as exc:
         bad = str(exc).splitlines()[0].split(": ", 1)[-1]
         print(f"{prog}: error: override '{bad}' cannot be parsed; quote values with special characters, "
@@ -66,6 +68,38 @@ def check_overrides(prog: str, argv: list[str]) -> None:
         print(f"{prog}: error: " + "; ".join(line.strip().rstrip(".") for line in str(exc).splitlines() if line.strip()),
               file=sys.stderr)
         sys.exit(2)
+
+
+def latency_table_path(hw: HardwareConfig, shape: InputShape) -> Path:
+    """``conf/hardware/tables/<hardware>/r<res>_c<channels>_n<classes>.json`` unless ``hardware.table_dir`` says."""
+    root = Path(hw.table_dir).expanduser() if hw.table_dir else Path(config_dir()) / "hardware" / "tables" / hw.name
+    return root / f"r{shape.resolution}_c{shape.channels}_n{shape.num_classes}.json"
+
+
+def profile_command(hw: HardwareConfig, space_name: str, shape: InputShape) -> str:
+    """The command that measures exactly the table a search with this device, space and input needs."""
+    return (f"aebnas-profile hardware={hw.name} space={space_name} profile.resolution={shape.resolution} "
+            f"profile.channels={shape.channels} profile.num_classes={shape.num_classes}")
+
+
+def load_latency_table(hardware: Mapping[str, Any] | None, space: SpaceConfig, shape: InputShape,
+                       required: bool) -> LatencyTable | None:
+    """The device's table for this space and input, checked to price every candidate; None without hardware."""
+    if hardware is None:
+        if required:
+            choices = sorted(p.stem for p in (Path(config_dir()) / "hardware").glob("*.yaml"))
+            raise ConfigError(f"hardware: search.objective=avg_latency and latency budgets need a device, add "
+                              f"hardware=<name> (one of: {', '.join(choices)})")
+        return None
+    hw = HardwareConfig.from_dict(hardware)
+    path = latency_table_path(hw, shape)
+    fill = profile_command(hw, space.name, shape)
+    if not path.exists():
+        raise LatencyTableError(f"hardware={hw.name}: no latency table for {shape.describe()} at '{path}'; "
+                                f"measure it on that device with: {fill}")
+    table = LatencyTable.load(path)
+    table.check_covers(space, shape, fill, where=str(path))
+    return table
 
 
 USER_ERRORS = (ConfigError, DatasetError, GenomeError, FileNotFoundError, FileExistsError)

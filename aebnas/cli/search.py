@@ -11,7 +11,9 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from aebnas.cli.common import check_group_choices, check_overrides, config_dir, require_config_dir, user_errors
+from aebnas.cli.common import (check_group_choices, check_overrides, config_dir, load_latency_table,
+                               require_config_dir, user_errors)
+from aebnas.cost.latency import InputShape
 from aebnas.data import load_dataset
 from aebnas.search import SearchSettings, run_search
 from aebnas.search.runner import parse_initial_genomes
@@ -58,6 +60,8 @@ def search(cfg: DictConfig, run_dir: Path, user_overrides: list[str] | None = No
     if trainer.num_threads:
         torch.set_num_threads(trainer.num_threads)
     data = load_dataset(plain["dataset"])
+    shape = InputShape(data.resolution, data.in_channels, data.num_classes)
+    latency_table = load_latency_table(plain.get("hardware"), space.config, shape, required=settings.needs_latency)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -66,14 +70,17 @@ def search(cfg: DictConfig, run_dir: Path, user_overrides: list[str] | None = No
              data.in_channels, data.resolution, data.resolution, device)
     record = {k: v for k, v in plain.items() if k not in IGNORED_FOR_IDENTITY}
     result = run_search(space, data, trainer, settings, device, run_dir, seed=plain["seed"],
-                        progress=bool(plain.get("progress", True)), resume=resume, config_record=record)
+                        progress=bool(plain.get("progress", True)), resume=resume, config_record=record,
+                        latency_table=latency_table)
     best = max(result.pareto, key=lambda r: r["test_accuracy"], default=None)
     failed = sum(e.status != "ok" for e in result.evaluations)
     print(f"\n{len(result.evaluations)} candidates ({failed} failed) in {result.seconds:.0f}s; "
           f"Pareto set: {len(result.pareto)} networks")
     for r in result.pareto:
+        latency = (f"E[lat] {r['expected_latency_ms']:.3f}ms (static {r['static_latency_ms']:.3f}ms)  "
+                   if latency_table is not None else "")
         print(f"  val {r['val_accuracy']:.4f}  test {r['test_accuracy']:.4f}  "
-              f"E[MACs] {r['expected_macs'] / 1e6:7.3f}M (static {r['static_macs'] / 1e6:.3f}M)  {r['genome']}")
+              f"E[MACs] {r['expected_macs'] / 1e6:7.3f}M (static {r['static_macs'] / 1e6:.3f}M)  {latency}{r['genome']}")
     if best is not None:
         print(f"most accurate on test: {best['test_accuracy']:.4f}")
     print(f"run directory: {run_dir}")

@@ -13,6 +13,15 @@ from typing import Sequence
 import numpy as np
 
 
+def path_costs(segment_costs: Sequence, head_costs: Sequence) -> tuple:
+    """Cost of leaving at exit k: segments 0..k plus every head evaluated on the way (heads 0..k)."""
+    paths, acc = [], 0
+    for seg, head in zip(segment_costs, head_costs):
+        acc += seg + head
+        paths.append(acc)
+    return tuple(paths)
+
+
 def expected_cost(exit_rates: Sequence[float], path_costs: Sequence[float]) -> float:
     rates = np.asarray(exit_rates, dtype=float)
     costs = np.asarray(path_costs, dtype=float)

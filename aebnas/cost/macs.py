@@ -1,4 +1,4 @@
-"""Analytic multiply-accumulate counts, mirroring ``aebnas.nn`` layer by layer.
+"""Analytic multiply-accumulate counts of the layers ``aebnas.nn`` builds (``ops`` sums them per network).
 
 Counted: convolutions and linear layers (what torch's FlopCounterMode counts,
 FLOPs = 2 * MACs). Not counted: BatchNorm, activations, pooling, residual adds,
@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from aebnas.cost.expected import path_costs
 from aebnas.nn.blocks import se_channels
-from aebnas.space import BranchLayer, Genome, SpaceConfig
+from aebnas.space import BranchLayer
 
 
 def conv_out(size: int, kernel: int, stride: int) -> int:
@@ -41,7 +42,8 @@ def mbconv_macs(size: int, c_in: int, c_out: int, kernel: int, expansion: int, s
     return macs, out
 
 
-def branch_layer_macs(layer: BranchLayer, size: int, c_in: int, space: SpaceConfig) -> tuple[int, int]:
+def branch_layer_macs(layer: BranchLayer, size: int, c_in: int, ir_expansion: int) -> tuple[int, int]:
+    """MACs of one exit-branch layer (after its optional pooling) and its output resolution."""
     if layer.pool != "none":  # pooling comes first in an exit layer
         size = pool_out(size)
     if layer.type == "conv":
@@ -49,7 +51,7 @@ def branch_layer_macs(layer: BranchLayer, size: int, c_in: int, space: SpaceConf
     elif layer.type == "dwsep":
         macs = conv_macs(size, c_in, c_in, layer.kernel, groups=c_in) + conv_macs(size, c_in, layer.width, 1)
     elif layer.type == "ir":
-        macs, size = mbconv_macs(size, c_in, layer.width, layer.kernel, space.branch.ir_expansion, 1, False)
+        macs, size = mbconv_macs(size, c_in, layer.width, layer.kernel, ir_expansion, 1, False)
     else:
         raise ValueError(f"exit layer type '{layer.type}' is unknown")
     return macs, size
@@ -69,11 +71,7 @@ class NetworkCost:
     @property
     def path_macs(self) -> tuple[int, ...]:
         """Cost of a sample that leaves at exit k: backbone to k plus every head evaluated on the way."""
-        paths, acc = [], 0
-        for seg, head in zip(self.segment_macs, self.head_macs):
-            acc += seg + head
-            paths.append(acc)
-        return tuple(paths)
+        return path_costs(self.segment_macs, self.head_macs)
 
     @property
     def static_macs(self) -> int:
@@ -84,39 +82,3 @@ class NetworkCost:
     def total_macs(self) -> int:
         """Everything in one pass: all segments and all heads (what joint training runs)."""
         return self.path_macs[-1]
-
-
-def network_cost(genome: Genome, num_classes: int, in_channels: int, resolution: int) -> NetworkCost:
-    space = genome.space
-    exit_after = {e.stage: e for e in genome.active_exits}
-    size = conv_out(resolution, 3, space.stem_stride)
-    seg = conv_macs(size, in_channels, space.stem_channels, 3)
-    c = space.stem_channels
-    segments, heads = [], []
-    for s, blocks in enumerate(genome.stages):
-        spec = space.stages[s]
-        for b, block in enumerate(blocks):
-            macs, size = mbconv_macs(size, c if b == 0 else spec.width, spec.width, block.kernel, block.expansion,
-                                     spec.stride if b == 0 else 1, space.squeeze_excite)
-            seg += macs
-        c = spec.width
-        if s + 1 in exit_after:
-            segments.append(seg)
-            heads.append(_exit_head_macs(exit_after[s + 1].layers, size, c, num_classes, space))
-            seg = 0
-    segments.append(seg)
-    final = 0
-    if space.final_head_channels:
-        final += conv_macs(size, c, space.final_head_channels, 1)
-        c = space.final_head_channels
-    heads.append(final + c * num_classes)
-    return NetworkCost(tuple(segments), tuple(heads))
-
-
-def _exit_head_macs(layers, size: int, c: int, num_classes: int, space: SpaceConfig) -> int:
-    total = 0
-    for layer in layers:
-        macs, size = branch_layer_macs(layer, size, c, space)
-        total += macs
-        c = layer.width
-    return total + c * num_classes

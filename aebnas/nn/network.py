@@ -25,9 +25,9 @@ def build_stage(space: SpaceConfig, stage_index: int, blocks, c_in: int) -> nn.S
     return nn.Sequential(*layers)
 
 
-def build_branch_layer(layer: BranchLayer, c_in: int, space: SpaceConfig) -> list[nn.Module]:
+def build_branch_layer(layer: BranchLayer, c_in: int, activation: str, ir_expansion: int) -> list[nn.Module]:
     """Optional 2x2 pooling first (it shrinks what the layer pays for), then the layer."""
-    act = space.activation
+    act = activation
     mods: list[nn.Module] = []
     if layer.pool == "max":
         mods.append(nn.MaxPool2d(2, ceil_mode=True))
@@ -39,7 +39,7 @@ def build_branch_layer(layer: BranchLayer, c_in: int, space: SpaceConfig) -> lis
         mods += [ConvBNAct(c_in, c_in, layer.kernel, groups=c_in, activation=act),
                  ConvBNAct(c_in, layer.width, 1, activation=act)]
     elif layer.type == "ir":
-        mods.append(MBConv(c_in, layer.width, layer.kernel, space.branch.ir_expansion, 1,
+        mods.append(MBConv(c_in, layer.width, layer.kernel, ir_expansion, 1,
                            squeeze_excite=False, activation=act))
     else:  # the genome parser already refuses other types
         raise ValueError(f"exit layer type '{layer.type}' is unknown")
@@ -50,7 +50,7 @@ def build_exit_head(layers: tuple[BranchLayer, ...], c_in: int, num_classes: int
     mods: list[nn.Module] = []
     c = c_in
     for layer in layers:
-        mods += build_branch_layer(layer, c, space)
+        mods += build_branch_layer(layer, c, space.activation, space.branch.ir_expansion)
         c = layer.width
     mods.append(Classifier(c, num_classes))
     return nn.Sequential(*mods)

@@ -20,7 +20,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from aebnas.cost import NetworkCost, network_cost
+from aebnas.cost import NetworkCost, expected_cost, network_cost
+from aebnas.cost.latency import LatencyTable
 from aebnas.data import DataSplits
 from aebnas.nn import build_model, count_parameters
 from aebnas.search.objectives import constraint_values, objective_values
@@ -50,6 +51,11 @@ class TrainedNetwork:
     train_seconds: float
     eval_seconds: float
     model_file: str | None
+    path_latency_ms: tuple[float, ...] = ()
+
+
+LIST_FIELDS = ("exit_stages", "thresholds", "path_macs", "exit_rates", "exit_accuracies", "head_accuracies",
+               "constraints", "path_latency_ms")
 
 
 @dataclass
@@ -79,6 +85,9 @@ class Evaluation:
     model_file: str | None = None
     status: str = "ok"
     error: str = ""
+    path_latency_ms: list[float] = field(default_factory=list)   # empty without a latency table
+    expected_latency_ms: float | None = None
+    static_latency_ms: float | None = None
 
     @property
     def feasible(self) -> bool:
@@ -96,8 +105,7 @@ class Evaluation:
         """The candidate's evaluations.csv line; list fields as JSON, weights' temp path left out."""
         row = asdict(self)
         row.pop("model_file")
-        for name in ("exit_stages", "thresholds", "path_macs", "exit_rates", "exit_accuracies", "head_accuracies",
-                     "constraints"):
+        for name in LIST_FIELDS:
             row[name] = json.dumps([None if isinstance(v, float) and math.isnan(v) else v for v in row[name]])
         objectives = row.pop("objectives")
         for i, v in enumerate(objectives):
@@ -115,8 +123,9 @@ class CandidateEvaluator:
     """
 
     def __init__(self, data: DataSplits, trainer: TrainerConfig, settings: SearchSettings, device: torch.device,
-                 seed: int = 0, model_dir: Path | None = None):
+                 seed: int = 0, model_dir: Path | None = None, latency_table: LatencyTable | None = None):
         self.data = data
+        self.latency_table = latency_table
         self.trainer = trainer
         self.settings = settings
         self.device = device
@@ -175,7 +184,8 @@ class CandidateEvaluator:
             self._networks[genome.network_key] = net
         thresholds = list(genome.thresholds)
         if self.settings.threshold_tuning and thresholds:
-            thresholds = list(tune_thresholds(net.confidences, net.correct, net.cost.path_macs,
+            tuning_costs = net.path_latency_ms if self.settings.objective == "avg_latency" else net.cost.path_macs
+            thresholds = list(tune_thresholds(net.confidences, net.correct, tuning_costs,
                                               genome.space.thresholds, self.settings.max_accuracy_drop))
         outcome = simulate_exits(net.confidences, net.correct, thresholds, net.cost.path_macs)
         ev = Evaluation(
@@ -188,13 +198,16 @@ class CandidateEvaluator:
             head_accuracies=[float(c.mean()) for c in net.correct],
             static_val_accuracy=float(net.correct[-1].mean()),
             train_seconds=net.train_seconds, eval_seconds=net.eval_seconds, model_file=net.model_file,
+            path_latency_ms=list(net.path_latency_ms),
+            expected_latency_ms=expected_cost(outcome.exit_rates, net.path_latency_ms) if net.path_latency_ms else None,
+            static_latency_ms=self._static_latency(genome),
         )
         return self._record(ev, key)
 
     def _record(self, ev: Evaluation, key: str, fresh: bool = True) -> Evaluation:
         if fresh:
-            ev.objectives = objective_values(self.settings, ev.val_accuracy, ev.expected_macs)
-            ev.constraints = constraint_values(self.settings, ev.expected_macs)
+            ev.objectives = objective_values(self.settings, ev.val_accuracy, ev.expected_macs, ev.expected_latency_ms)
+            ev.constraints = constraint_values(self.settings, ev.expected_macs, ev.expected_latency_ms)
         self.evaluations.append(ev)
         self._by_key[key] = ev
         for cb in self.on_evaluated:
@@ -206,6 +219,7 @@ class CandidateEvaluator:
         cost = network_cost(genome, self.data.num_classes, self.data.in_channels, self.data.resolution)
         n = len(cost.path_macs)
         log.warning("candidate failed (%s): %s", type(exc).__name__, genome.key)
+        latency = self._path_latency(genome)
         return Evaluation(
             key=genome.key, network_key=genome.network_key, generation=generation, val_accuracy=0.0,
             expected_macs=float(cost.total_macs), static_macs=cost.static_macs, total_macs=cost.total_macs, params=0,
@@ -213,7 +227,16 @@ class CandidateEvaluator:
             path_macs=list(cost.path_macs), exit_rates=[0.0] * (n - 1) + [1.0], exit_accuracies=[float("nan")] * n,
             head_accuracies=[0.0] * n, static_val_accuracy=0.0, train_seconds=0.0, eval_seconds=0.0,
             status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0][:500],
+            path_latency_ms=list(latency), expected_latency_ms=latency[-1] if latency else None,
+            static_latency_ms=self._static_latency(genome),
         )
+
+    def _path_latency(self, genome: Genome) -> tuple[float, ...]:
+        """Predicted milliseconds per exit path on the search's device; empty without a table."""
+        return self.latency_table.path_ms(genome) if self.latency_table is not None else ()
+
+    def _static_latency(self, genome: Genome) -> float | None:
+        return self.latency_table.static_ms(genome) if self.latency_table is not None else None
 
     def _train(self, genome: Genome) -> TrainedNetwork:
         seed = candidate_seed(self.seed, genome.network_key)
@@ -237,4 +260,4 @@ class CandidateEvaluator:
             model_file = str(path)
         cost = network_cost(genome, self.data.num_classes, self.data.in_channels, self.data.resolution)
         return TrainedNetwork(conf.astype(np.float32), correct, cost, count_parameters(model),
-                              stats.seconds, eval_seconds, model_file)
+                              stats.seconds, eval_seconds, model_file, self._path_latency(genome))

@@ -6,13 +6,14 @@ import numpy as np
 from pymoo.core.problem import Problem
 
 from aebnas.search.evaluator import CandidateEvaluator
+from aebnas.search.objectives import n_constraints
 from aebnas.search.settings import SearchSettings
 from aebnas.space import SearchSpace
 
 
 class EarlyExitProblem(Problem):
     def __init__(self, space: SearchSpace, evaluator: CandidateEvaluator, settings: SearchSettings):
-        n_constr = 0 if settings.max_expected_macs is None else 1
+        n_constr = n_constraints(settings)
         super().__init__(n_var=space.n_var, n_obj=2, n_ieq_constr=n_constr, xl=space.xl, xu=space.xu, vtype=int)
         self.space = space
         self.evaluator = evaluator

@@ -23,10 +23,13 @@ from pymoo.optimize import minimize
 from tqdm.auto import tqdm
 
 from aebnas.analysis.pareto import hypervolume_2d, non_dominated_mask
+from aebnas.cost import expected_cost
+from aebnas.cost.latency import LatencyTable
 from aebnas.data import DataSplits
 from aebnas.nn import build_model
 from aebnas.search.archive import CsvLog, EvaluationArchive, write_csv_atomic, write_text_atomic
-from aebnas.search.evaluator import CandidateEvaluator, Evaluation, short_hash
+from aebnas.search.evaluator import LIST_FIELDS, CandidateEvaluator, Evaluation, short_hash
+from aebnas.search.objectives import objective_names
 from aebnas.search.operators import (GeneResetMutation, GenomeDuplicateElimination, GroupUniformCrossover,
                                      SpaceRepair, SpaceSampling)
 from aebnas.search.problem import EarlyExitProblem
@@ -51,7 +54,7 @@ class SearchResult:
     seconds: float
 
 
-def pareto_evaluations(evaluations: list[Evaluation]) -> list[Evaluation]:
+def pareto_evaluations(evaluations: list[Evaluation], cost_column: str = "expected_macs") -> list[Evaluation]:
     """The search's answer, recomputed from all evaluations rather than pymoo's last population.
 
     Feasible, non-dominated in objective space, one per objective vector, cheapest first.
@@ -61,7 +64,7 @@ def pareto_evaluations(evaluations: list[Evaluation]) -> list[Evaluation]:
         return []
     mask = non_dominated_mask(np.array([e.objectives for e in feasible]))
     seen, front = set(), []
-    for e in sorted((e for e, m in zip(feasible, mask) if m), key=lambda e: (e.expected_macs, -e.val_accuracy)):
+    for e in sorted((e for e, m in zip(feasible, mask) if m), key=lambda e: (getattr(e, cost_column), -e.val_accuracy)):
         point = tuple(e.objectives)
         if point not in seen:
             seen.add(point)
@@ -85,8 +88,8 @@ def _first_difference(a: Any, b: Any, path: str = "") -> str:
 
 
 class _GenerationLog(Callback):
-    def __init__(self, problem: EarlyExitProblem, run_dir: Path, bar: tqdm, start: float, macs_ref: float,
-                 archive: EvaluationArchive):
+    def __init__(self, problem: EarlyExitProblem, run_dir: Path, bar: tqdm, start: float, cost_ref: float,
+                 archive: EvaluationArchive, settings: SearchSettings):
         super().__init__()
         self.archive = archive
         self.run_dir = run_dir
@@ -97,13 +100,15 @@ class _GenerationLog(Callback):
         self.replay_checkpoint = json.loads(checkpoint.read_text()) if checkpoint.exists() else None
         self.bar = bar
         self.start = start
-        self.macs_ref = macs_ref
+        self.cost_ref = cost_ref
+        self.cost = settings.cost_column
 
     def notify(self, algorithm):
         evals = self.evaluator.evaluations
         ok = [e for e in evals if e.status == "ok"]  # a failed candidate's placeholder metrics are no record
-        front = pareto_evaluations(evals)
-        pts = np.array([[1.0 - e.val_accuracy, e.expected_macs / self.macs_ref] for e in front]) if front else np.zeros((0, 2))
+        front = pareto_evaluations(evals, self.cost)
+        pts = (np.array([[1.0 - e.val_accuracy, getattr(e, self.cost) / self.cost_ref] for e in front]) if front
+               else np.zeros((0, 2)))
         row = {
             "generation": self.problem.generation,
             "evaluations": len(evals),
@@ -111,7 +116,7 @@ class _GenerationLog(Callback):
             "pareto_size": len(front),
             "failed": len(evals) - len(ok),
             "best_val_accuracy": max((e.val_accuracy for e in ok), default=float("nan")),
-            "min_expected_macs": min((e.expected_macs for e in ok), default=float("nan")),
+            f"min_{self.cost}": min((getattr(e, self.cost) for e in ok), default=float("nan")),
             "hypervolume": hypervolume_2d(pts, (1.0, 1.0)),
             "elapsed_seconds": round(time.perf_counter() - self.start, 3),
         }
@@ -119,7 +124,7 @@ class _GenerationLog(Callback):
         write_evaluations_view(self.archive, self.run_dir)
         self._checkpoint(algorithm, row["generation"])
         self.bar.write(f"gen {row['generation']:3d} | evals {row['evaluations']:4d} | pareto {row['pareto_size']:2d} | "
-                       f"best acc {row['best_val_accuracy']:.4f} | min E[MACs] {row['min_expected_macs'] / 1e6:.3f}M | "
+                       f"best acc {row['best_val_accuracy']:.4f} | min {_cost_text(self.cost, row[f'min_{self.cost}'])} | "
                        f"HV {row['hypervolume']:.4f} | {row['elapsed_seconds']:.0f}s")
         log.debug("generation %s", json.dumps(row))
         self.problem.generation += 1
@@ -147,7 +152,7 @@ class _GenerationLog(Callback):
 
 def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, settings: SearchSettings,
                device: torch.device, run_dir: Path, seed: int = 0, progress: bool = True, resume: bool = False,
-               config_record: dict[str, Any] | None = None) -> SearchResult:
+               config_record: dict[str, Any] | None = None, latency_table: LatencyTable | None = None) -> SearchResult:
     """Run NSGA-II and fill ``run_dir``; the library entry point behind ``aebnas-search``.
 
     Resuming replays the search from the start with the same seed: finished
@@ -155,8 +160,13 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
     pymoo's choices depend only on the seed and the objective values, the replay
     walks the same path and then carries on where the killed run stopped.
     ``config_record`` (the resolved config) is stored with the archive; a resume
-    under another config is refused.
+    under another config is refused. With ``latency_table`` every candidate is
+    also priced in milliseconds on that device (needed by ``avg_latency`` and
+    latency budgets).
     """
+    if settings.needs_latency and latency_table is None:
+        raise ConfigError(f"search.objective={settings.objective} / search.max_expected_latency_ms need a latency "
+                          "table: add hardware=<name> (see conf/hardware)")
     start = time.perf_counter()
     initial = parse_initial_genomes(space, settings)
     run_dir = Path(run_dir)
@@ -176,7 +186,8 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
         raise ConfigError(f"resume: '{run_dir}' was searched with another config "
                           f"({_first_difference(json.loads(stored), config_record or {})}); resume it unchanged")
     weights_dir = run_dir / "candidates"
-    evaluator = CandidateEvaluator(data, trainer, settings, device, seed=seed, model_dir=weights_dir)
+    evaluator = CandidateEvaluator(data, trainer, settings, device, seed=seed, model_dir=weights_dir,
+                                   latency_table=latency_table)
     evaluator.preload([Evaluation.from_record(r) for r in archive.rows()])
     if resume:
         log.info("resuming %s: %d finished evaluations are replayed, not re-run", run_dir, len(archive))
@@ -188,11 +199,13 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
         bar.update(1)
         if fresh:
             archive.add(evaluator.key_of(ev), ev.to_record())
-            bar.set_postfix(gen=ev.generation, acc=f"{ev.val_accuracy:.3f}", mmacs=f"{ev.expected_macs / 1e6:.2f}")
+            bar.set_postfix(gen=ev.generation, acc=f"{ev.val_accuracy:.3f}",
+                            cost=_cost_text(settings.cost_column, getattr(ev, settings.cost_column)))
 
     evaluator.on_evaluated.append(on_evaluated)
     largest = space.largest()
     macs_ref = float(_static_macs(largest, data))
+    cost_ref = macs_ref if settings.cost_column == "expected_macs" else latency_table.static_ms(largest)
     problem = EarlyExitProblem(space, evaluator, settings)
     algorithm = NSGA2(
         pop_size=settings.pop_size,
@@ -205,14 +218,14 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
     log.info("search space %s: %d genes, %.3e networks; largest static network %.2fM MACs",
              space.config.name, space.n_var, float(space.size), macs_ref / 1e6)
     minimize(problem, algorithm, ("n_gen", settings.generations), seed=seed, verbose=False, copy_algorithm=False,
-             callback=_GenerationLog(problem, run_dir, bar, start, macs_ref, archive))
+             callback=_GenerationLog(problem, run_dir, bar, start, cost_ref, archive, settings))
     bar.close()  # the last generation's callback has written evaluations.csv
 
-    front = pareto_evaluations(evaluator.evaluations)
+    front = pareto_evaluations(evaluator.evaluations, settings.cost_column)
     pareto_rows = _finalise_pareto(front, data, trainer, settings, device, run_dir, space)
     write_csv_atomic(run_dir / "pareto.csv", pareto_rows, columns=None if pareto_rows else PARETO_COLUMNS)
     if not pareto_rows:
-        log.warning("no feasible candidate: every one broke search.max_expected_macs or failed; "
+        log.warning("no feasible candidate: every one broke a search budget (max_expected_macs/latency_ms) or failed; "
                     "raise the budget or the search size")
     archive.close()
     if weights_dir.exists():
@@ -226,17 +239,28 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
         "search_seconds": round(seconds, 2),
         "device": str(device),
         "largest_static_macs": macs_ref,
+        "objectives": objective_names(settings),
     }
+    if latency_table is not None:
+        summary["hardware"] = latency_table.meta.get("hardware")
+        summary["largest_static_latency_ms"] = latency_table.static_ms(largest)
     write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
     try:
         from aebnas.analysis.plots import plot_pareto
         from aebnas.analysis.run import load_run
 
         run = load_run(run_dir)
-        plot_pareto(run.evaluations, run.pareto, run_dir / "pareto.png", title=f"{data.name}: accuracy vs expected MACs")
+        what = "expected MACs" if settings.cost_column == "expected_macs" else \
+            f"expected latency on {latency_table.meta.get('hardware')}"
+        plot_pareto(run.evaluations, run.pareto, run_dir / "pareto.png", title=f"{data.name}: accuracy vs {what}",
+                    cost=settings.cost_column)
     except Exception as exc:  # a plot must never cost the results
         log.warning("could not draw pareto.png: %s", exc)
     return SearchResult(run_dir=run_dir, evaluations=evaluator.evaluations, pareto=pareto_rows, seconds=seconds)
+
+
+def _cost_text(column: str, value: float) -> str:
+    return f"E[lat] {value:.3f}ms" if column == "expected_latency_ms" else f"E[MACs] {value / 1e6:.3f}M"
 
 
 def parse_initial_genomes(space: SearchSpace, settings: SearchSettings) -> list[Genome]:
@@ -277,6 +301,8 @@ def _finalise_pareto(front: list[Evaluation], data: DataSplits, trainer: Trainer
             "genome": genome.to_text(),
             "test_accuracy": outcome.accuracy,
             "test_expected_macs": outcome.expected_cost,
+            "test_expected_latency_ms": (expected_cost(outcome.exit_rates, ev.path_latency_ms) if ev.path_latency_ms
+                                         else None),
             "test_exit_rates": json.dumps(list(outcome.exit_rates)),
             "test_static_accuracy": float(correct[-1].mean()),
         })
@@ -286,8 +312,7 @@ def _finalise_pareto(front: list[Evaluation], data: DataSplits, trainer: Trainer
             torch.save(model.state_dict(), out / "model.pt.tmp")
             (out / "model.pt.tmp").replace(out / "model.pt")
             write_text_atomic(out / "genome.json", genome.dumps())
-            metrics = {k: (json.loads(v) if k in ("exit_rates", "test_exit_rates", "thresholds", "path_macs",
-                                                   "exit_accuracies", "head_accuracies", "exit_stages") else v)
+            metrics = {k: (json.loads(v) if k in ("test_exit_rates", *LIST_FIELDS) else v)
                        for k, v in row.items() if k not in ("constraints",)}
             metrics.update({"num_classes": data.num_classes, "in_channels": data.in_channels,
                             "resolution": data.resolution, "exit_metric": settings.exit_metric,

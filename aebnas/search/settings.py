@@ -8,7 +8,9 @@ from typing import Any, Mapping
 from aebnas.search.thresholds import METRICS
 from aebnas.validation import ConfigError, check_bool, check_int, check_number, reject_unknown_keys
 
-OBJECTIVES = ("error_macs", "aebnas")
+OBJECTIVES = ("avg_macs", "avg_latency", "aebnas")
+# Older names still accepted in configs and saved runs.
+OBJECTIVE_ALIASES = {"error_macs": "avg_macs"}
 
 
 class SearchConfigError(ConfigError):
@@ -21,10 +23,11 @@ class SearchSettings:
 
     pop_size: int = 40
     generations: int = 9
-    objective: str = "error_macs"
+    objective: str = "avg_macs"
     target_macs: float | None = None
     mape_weight: float = 0.1
     max_expected_macs: float | None = None
+    max_expected_latency_ms: float | None = None
     exit_metric: str = "margin"
     threshold_tuning: bool = False
     max_accuracy_drop: float = 0.01
@@ -44,6 +47,8 @@ class SearchSettings:
         if not isinstance(initial, (list, tuple)):
             raise SearchConfigError(f"search.initial_genomes: expected a list of genome texts, got {initial!r}")
         cfg["initial_genomes"] = tuple(str(g) for g in initial)
+        if isinstance(cfg.get("objective"), str):
+            cfg["objective"] = OBJECTIVE_ALIASES.get(cfg["objective"], cfg["objective"])
         s = cls(**cfg)
         if isinstance(s.pop_size, bool) or not isinstance(s.pop_size, int) or s.pop_size < 2:
             raise SearchConfigError(f"search.pop_size: must be an integer >= 2 (NSGA-II needs parents to mate), got {s.pop_size!r}")
@@ -57,6 +62,9 @@ class SearchSettings:
         check_number(s.mape_weight, "search.mape_weight", lo=0, error=SearchConfigError)
         if s.max_expected_macs is not None:
             check_number(s.max_expected_macs, "search.max_expected_macs", lo=0, lo_open=True, error=SearchConfigError)
+        if s.max_expected_latency_ms is not None:
+            check_number(s.max_expected_latency_ms, "search.max_expected_latency_ms", lo=0, lo_open=True,
+                         error=SearchConfigError)
         if s.exit_metric not in METRICS:
             raise SearchConfigError(f"search.exit_metric: '{s.exit_metric}' is not one of {list(METRICS)}")
         check_bool(s.threshold_tuning, "search.threshold_tuning", error=SearchConfigError)
@@ -69,3 +77,13 @@ class SearchSettings:
         if len(s.initial_genomes) > s.pop_size:
             raise SearchConfigError(f"search.initial_genomes: {len(s.initial_genomes)} genomes do not fit a population of {s.pop_size}")
         return s
+
+    @property
+    def needs_latency(self) -> bool:
+        """True when the search cannot run without a latency table (``hardware=<name>``)."""
+        return self.objective == "avg_latency" or self.max_expected_latency_ms is not None
+
+    @property
+    def cost_column(self) -> str:
+        """The expected cost the second objective is about: expected_macs or expected_latency_ms."""
+        return "expected_latency_ms" if self.objective == "avg_latency" else "expected_macs"

@@ -1,0 +1,208 @@
+"""Measure a device: every operator of a search space, timed alone, into a latency table.
+
+What is timed is the module ``aebnas.nn`` builds for an operator, in eval mode
+under ``torch.inference_mode``, on a random input of the operator's shape:
+``warmup`` untimed calls, then ``repeats`` timed calls whose median goes into
+the table. On CUDA each call is synchronised, so the time includes the kernel
+launch that a batch-1 network also pays. A shared machine adds delays in
+bursts, never takes time away, so operators are measured in ``passes`` rounds
+over a chunk of operators and an entry keeps the median of its quietest pass:
+a burst then has to hit the same operator in every pass to move it. Profiling
+saves the table after every chunk and on interruption; run it again and it
+measures only what is missing.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from aebnas.cost.latency import InputShape, LatencyTable, LatencyTableError, OpLatency
+from aebnas.cost.ops import Op, space_ops
+from aebnas.nn.blocks import Classifier, ConvBNAct, MBConv
+from aebnas.nn.network import build_branch_layer
+from aebnas.space import BranchLayer, SpaceConfig
+from aebnas.validation import ConfigError, check_int, reject_unknown_keys
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Measurement conditions a resumed profile must share with the table it completes.
+IDENTITY_KEYS = ("hardware", "device_name", "torch", "dtype", "batch_size", "threads", "resolution", "channels",
+                 "num_classes")
+
+
+@dataclass(frozen=True)
+class HardwareConfig:
+    """One named device and how to measure it (the Hydra ``hardware`` group)."""
+
+    name: str
+    device: str = "cpu"
+    threads: int | None = None
+    batch_size: int = 1
+    dtype: str = "float32"
+    warmup: int = 10
+    repeats: int = 50
+    passes: int = 3
+    description: str = ""
+    table_dir: str | None = None
+
+    @classmethod
+    def from_dict(cls, cfg: Mapping[str, Any]) -> "HardwareConfig":
+        reject_unknown_keys(cfg, (f.name for f in fields(cls)), "hardware")
+        hw = cls(**dict(cfg))
+        if not isinstance(hw.name, str) or not hw.name or "/" in hw.name:
+            raise ConfigError(f"hardware.name: a plain name such as cpu_x86_2t, got {hw.name!r}")
+        if not isinstance(hw.device, str) or not (hw.device == "cpu" or hw.device.startswith("cuda")):
+            raise ConfigError(f"hardware.device: 'cpu' or 'cuda' (or 'cuda:N'), got {hw.device!r}")
+        if hw.threads is not None:
+            check_int(hw.threads, "hardware.threads", lo=1)
+        check_int(hw.batch_size, "hardware.batch_size", lo=1)
+        check_int(hw.warmup, "hardware.warmup", lo=0)
+        check_int(hw.repeats, "hardware.repeats", lo=1)
+        check_int(hw.passes, "hardware.passes", lo=1)
+        if hw.dtype not in DTYPES:
+            raise ConfigError(f"hardware.dtype: one of {list(DTYPES)}, got {hw.dtype!r}")
+        if hw.device == "cpu" and hw.dtype != "float32":
+            raise ConfigError(f"hardware.dtype: {hw.dtype} is for CUDA; profile the CPU in float32")
+        return hw
+
+    def torch_device(self) -> torch.device:
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"hardware.device: '{self.device}' asked for, but torch sees no CUDA device here; "
+                              "profile a GPU on the machine that has it")
+        return torch.device(self.device)
+
+    def apply_threads(self) -> None:
+        """Fix the CPU thread count: latency at 1 thread and at 16 are different devices."""
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+
+
+def device_name(device: torch.device) -> str:
+    """GPU name, or the CPU model from /proc/cpuinfo where there is one."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} logical CPUs)"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def table_meta(hw: HardwareConfig, space: SpaceConfig, shape: InputShape, device: torch.device) -> dict[str, Any]:
+    return {
+        "hardware": hw.name, "description": hw.description, "device": str(device), "device_name": device_name(device),
+        "torch": torch.__version__, "dtype": hw.dtype, "batch_size": hw.batch_size,
+        "threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "warmup": hw.warmup, "repeats": hw.repeats, "passes": hw.passes, "space": space.name, "resolution": shape.resolution,
+        "channels": shape.channels, "num_classes": shape.num_classes,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "overhead_ms": 0.0,
+    }
+
+
+def op_module(op: Op) -> nn.Module:
+    """The module ``aebnas.nn`` builds for this operator (fresh weights: latency does not depend on them)."""
+    if op.kind == "stem":
+        return ConvBNAct(op.c_in, op.c_out, op.kernel, op.stride, activation=op.activation)
+    if op.kind == "mbconv":
+        return MBConv(op.c_in, op.c_out, op.kernel, op.expansion, op.stride, op.squeeze_excite, op.activation)
+    if op.kind == "exit_layer":
+        layer = BranchLayer(op.layer_type, op.c_out, op.kernel, op.pool)
+        return nn.Sequential(*build_branch_layer(layer, op.c_in, op.activation, op.expansion))
+    if op.kind == "final_conv":
+        return ConvBNAct(op.c_in, op.c_out, 1, activation=op.activation)
+    if op.kind == "classifier":
+        return Classifier(op.c_in, op.c_out)
+    raise ValueError(f"operator kind '{op.kind}' is unknown")
+
+
+def time_ms(fn: Callable[[], Any], warmup: int, repeats: int, device: torch.device) -> np.ndarray:
+    """Wall time of each of ``repeats`` calls after ``warmup`` untimed ones, in milliseconds."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    with torch.inference_mode():
+        for _ in range(warmup):
+            fn()
+        sync()
+        times = np.empty(repeats)
+        for i in range(repeats):
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[i] = (time.perf_counter() - start) * 1e3
+    return times
+
+
+def random_input(channels: int, resolution: int, hw: HardwareConfig, device: torch.device) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(hw.batch_size, channels, resolution, resolution, generator=gen)
+    return x.to(device=device, dtype=DTYPES[hw.dtype])
+
+
+def quietest_pass(passes: list[np.ndarray]) -> tuple[float, np.ndarray]:
+    """The lowest per-pass median, and every call's time (for mean, std and count)."""
+    return min(float(np.median(t)) for t in passes), np.concatenate(passes)
+
+
+def measure_ops(ops: list[Op], hw: HardwareConfig, device: torch.device) -> dict[str, OpLatency]:
+    """Each operator timed in ``hw.passes`` interleaved passes; the entry keeps the quietest pass's median."""
+    built = [(op, op_module(op).eval().to(device=device, dtype=DTYPES[hw.dtype]),
+              random_input(op.c_in, op.resolution, hw, device)) for op in ops]
+    times: dict[str, list[np.ndarray]] = {op.signature: [] for op in ops}
+    for _ in range(hw.passes):
+        for op, module, x in built:
+            times[op.signature].append(time_ms(lambda: module(x), hw.warmup, hw.repeats, device))
+    out = {}
+    for op, module, _ in built:
+        median, every = quietest_pass(times[op.signature])
+        params = sum(p.numel() for p in module.parameters())
+        out[op.signature] = OpLatency(op.macs, params, median, float(every.mean()), float(every.std()), len(every))
+    return out
+
+
+def open_table(path: Path, meta: dict[str, Any]) -> LatencyTable:
+    """The table to fill: a new one, or the one at ``path`` if it was measured under the same conditions."""
+    if not Path(path).exists():
+        return LatencyTable(dict(meta))
+    table = LatencyTable.load(path)
+    for key in IDENTITY_KEYS:
+        if table.meta.get(key) != meta.get(key):
+            raise LatencyTableError(
+                f"latency table '{path}' was measured with {key}={table.meta.get(key)!r}, this profile runs with "
+                f"{key}={meta.get(key)!r}; move the old table away, or name another hardware config")
+    spaces = set(str(table.meta.get("space", "")).split("+")) | {meta["space"]}
+    table.meta["space"] = "+".join(sorted(s for s in spaces if s))  # one table may serve several spaces
+    return table
+
+
+def profile_space(space: SpaceConfig, shape: InputShape, hw: HardwareConfig, path: Path, progress: bool = True,
+                  on_measured: Callable[[str], None] | None = None, chunk: int = 64) -> LatencyTable:
+    """Measure every operator of ``space`` at ``shape`` not yet in the table at ``path``; save as it goes."""
+    device = hw.torch_device()
+    hw.apply_threads()
+    table = open_table(path, table_meta(hw, space, shape, device))
+    todo = [op for sig, op in space_ops(space, shape.num_classes, shape.channels, shape.resolution).items()
+            if sig not in table.ops]
+    try:
+        with tqdm(total=len(todo), desc=f"profiling {hw.name}", unit="op", disable=not progress,
+                  dynamic_ncols=True) as bar:
+            for start in range(0, len(todo), chunk):
+                for sig, entry in measure_ops(todo[start:start + chunk], hw, device).items():
+                    table.ops[sig] = entry
+                    if on_measured is not None:
+                        on_measured(sig)
+                table.save(path)
+                bar.update(min(chunk, len(todo) - start))
+    finally:
+        table.save(path)  # Ctrl-C keeps what was measured; the next run measures the rest
+    return table
