@@ -12,7 +12,8 @@ from aebnas.space import SearchSpace, SpaceConfig
 from aebnas.train import TrainerConfig
 
 CONF = Path(config_dir())
-GROUPS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml")) for g in ("dataset", "space", "search", "trainer", "experiment")}
+GROUPS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml"))
+          for g in ("dataset", "space", "search", "trainer", "experiment", "method")}
 
 
 def _compose(overrides):
