@@ -4,25 +4,21 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from aebnas.analysis import load_run
-from aebnas.cli.common import config_dir
 from aebnas.cost import network_cost
-from aebnas.data import load_dataset
 from aebnas.search import SearchSettings, run_search
 from aebnas.search.baselines import UniformResampling, manual_genomes
 from aebnas.space import GenomeError, SearchSpace, SpaceConfig, SpaceConfigError
 from aebnas.train import TrainerConfig
-from tests.conftest import HAND_SPACE, ROOT
+from tests.conftest import HAND_SPACE, ROOT, compose_config
 
 METHODS = sorted(p.stem for p in (ROOT / "conf" / "method").glob("*.yaml"))
 
 
 def _compose(*overrides: str) -> dict:
-    with initialize_config_dir(version_base="1.3", config_dir=config_dir()):
-        return OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
+    return OmegaConf.to_container(compose_config(overrides), resolve=True)
 
 
 def _space(**changes) -> SearchSpace:
@@ -110,17 +106,11 @@ def _population(X):
     return Population.new(X=X)
 
 
-@pytest.fixture(scope="module")
-def small_data():
-    return load_dataset({"name": "synthetic", "num_classes": 3, "num_samples": 150, "resolution": 8, "channels": 1,
-                         "val_size": 0.2, "test_size": 0.2, "seed": 0})
-
-
 @pytest.mark.slow
-def test_random_and_manual_runs_keep_their_budgets(tiny_space, small_data, tmp_path):
+def test_random_and_manual_runs_keep_their_budgets(tiny_space, small_synthetic, tmp_path):
     trainer = TrainerConfig(epochs=1, batch_size=64, device="cpu", crop_padding=1)
     settings = SearchSettings(pop_size=3, generations=2, algorithm="random", exit_metric="max_softmax")
-    run_search(tiny_space, small_data, trainer, settings, torch.device("cpu"), tmp_path / "random", progress=False,
+    run_search(tiny_space, small_synthetic, trainer, settings, torch.device("cpu"), tmp_path / "random", progress=False,
                method="random")
     run = load_run(tmp_path / "random")
     assert len(run.evaluations) == 6 and run.evaluations["key"].is_unique
@@ -129,7 +119,7 @@ def test_random_and_manual_runs_keep_their_budgets(tiny_space, small_data, tmp_p
 
     manual_space = SearchSpace(SpaceConfig.from_dict(_compose("method=manual")["space"]))
     settings = SearchSettings(pop_size=40, generations=9, algorithm="manual", exit_metric="max_softmax")
-    run_search(manual_space, small_data, trainer, settings, torch.device("cpu"), tmp_path / "manual", progress=False)
+    run_search(manual_space, small_synthetic, trainer, settings, torch.device("cpu"), tmp_path / "manual", progress=False)
     run = load_run(tmp_path / "manual")
     assert sorted(run.evaluations["key"]) == sorted(g.to_text() for g in manual_genomes(manual_space))
     assert run.summary["evaluations"] == 6 and run.summary["trained_networks"] == 1

@@ -5,41 +5,36 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from aebnas.cli.common import config_dir
 from aebnas.cli.report import report
 from aebnas.cli.search import search
+from tests.conftest import compose_config
 from tests.formats import write_cifar10, write_cifar100, write_svhn
 
 EXPERIMENTS = sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("*.yaml"))
 
 
-def _compose(overrides, hydra=False):
-    with initialize_config_dir(version_base="1.3", config_dir=config_dir()):
-        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
-
-
 def test_paper_sweep_lists_the_papers_grid_and_targets():
-    cfg = _compose(["experiment=paper"], hydra=True)
+    cfg = compose_config(["experiment=paper"], hydra=True)
     assert dict(cfg.hydra.sweeper.params) == {"dataset": "cifar10,cifar100,svhn", "method": "aebnas,edanas,nachos",
                                               "seed": "0,1,2"}
     for dataset, target in (("cifar10", 4e7), ("cifar100", 6e7), ("svhn", 4e7), ("fashion_mnist", 4e7)):
-        plain = OmegaConf.to_container(_compose(["experiment=paper", f"dataset={dataset}"]), resolve=True)
+        plain = OmegaConf.to_container(compose_config(["experiment=paper", f"dataset={dataset}"]), resolve=True)
         assert plain["search"]["target_macs"] == target and plain["space"]["name"] == "mbv3_32"
         assert (plain["search"]["pop_size"], plain["search"]["generations"], plain["trainer"]["epochs"]) == (40, 9, 5)
 
 
 @pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if e.startswith("methods_")])
 def test_cpu_method_sweeps_run_every_method(experiment):
-    cfg = _compose([f"experiment={experiment}"], hydra=True)
+    cfg = compose_config([f"experiment={experiment}"], hydra=True)
     assert cfg.hydra.sweeper.params.method.split(",") == ["aebnas", "edanas", "nachos", "static", "random", "manual"]
     assert cfg.trainer.device == "cpu" and cfg.search.target_macs > 0
 
 
 def test_slurm_launcher_preset_composes():
-    cfg = _compose(["experiment=paper", "hydra/launcher=slurm", "hydra.launcher.partition=gpu"], hydra=True)
+    cfg = compose_config(["experiment=paper", "hydra/launcher=slurm", "hydra.launcher.partition=gpu"], hydra=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert (launcher.gpus_per_node, launcher.partition, launcher.timeout_min) == (1, "gpu", 720)
@@ -60,7 +55,7 @@ def test_paper_sweep_reduced_end_to_end(data_root, tmp_path):
     shrunk to 2 candidates of 1 epoch in the tiny space on the files resized to 8x8."""
     runs = (("cifar10", "aebnas"), ("cifar100", "edanas"), ("svhn", "nachos"))
     for dataset, method in runs:
-        cfg = _compose(["experiment=paper", f"dataset={dataset}", f"method={method}", "seed=0",
+        cfg = compose_config(["experiment=paper", f"dataset={dataset}", f"method={method}", "seed=0",
                         f"dataset.data_dir={data_root}", "dataset.val_size=10", "dataset.resolution=8",
                         "space=tiny", "search.pop_size=2", "search.generations=1", "trainer.epochs=1",
                         "trainer.device=cpu", "trainer.batch_size=16", "search.target_macs=2e5", "progress=false"])
