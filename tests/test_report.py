@@ -74,7 +74,7 @@ def test_cli_writes_every_format_and_a_figure(runs, tmp_path, capsys):
     assert summary.loc[0, "val_accuracy_at_target_mean"] == pytest.approx(0.8)  # 0.8 at 50 MACs; seed 1 has none
     assert (out / "fronts.png").stat().st_size > 10_000
     assert json.loads((out / "report.json").read_text())["reference_point"] == {"error": 1.0, "macs": {"d": 200.0}}
-    assert "| d | aebnas | 2 | 50 |" in capsys.readouterr().out
+    assert "| d | aebnas | 2 | 50 | 0.8000 (1/2 seeds) | - | 0.5413" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("setup, fragment", [

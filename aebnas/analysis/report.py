@@ -154,10 +154,14 @@ def _method_key(method: str) -> tuple[int, str]:
 
 
 def aggregate(per_run: pd.DataFrame) -> pd.DataFrame:
-    """Mean and sample std over seeds per (dataset, method); std is NaN for a single seed."""
+    """Mean and sample std over seeds per (dataset, method); std is NaN for a single seed.
+
+    A seed with no candidate at or below the target has no accuracy there; the
+    ``*_seeds`` columns count the seeds a mean is taken over.
+    """
     groups = per_run.groupby(["dataset", "method"], sort=False)
-    table = groups[list(METRICS)].agg(["mean", "std"])
-    table.columns = [f"{m}_{stat}" for m, stat in table.columns]
+    table = groups[list(METRICS)].agg(["mean", "std", "count"])
+    table.columns = [f"{m}_{'seeds' if stat == 'count' else stat}" for m, stat in table.columns]
     table.insert(0, "seeds", groups.size())
     table.insert(1, "target_macs", groups["target_macs"].first())
     table = table.reset_index()
@@ -165,11 +169,12 @@ def aggregate(per_run: pd.DataFrame) -> pd.DataFrame:
     return table.iloc[order].reset_index(drop=True)
 
 
-def _cell(mean: float, std: float, digits: int, pm: str) -> str:
+def _cell(mean: float, std: float, digits: int, pm: str, seeds: int, of: int) -> str:
     if math.isnan(mean):
         return "-"
     text = f"{mean:.{digits}f}"
-    return text if math.isnan(std) else f"{text} {pm} {std:.{digits}f}"
+    text = text if math.isnan(std) else f"{text} {pm} {std:.{digits}f}"
+    return text if seeds == of else f"{text} ({seeds}/{of} seeds)"
 
 
 def _display(table: pd.DataFrame, pm: str) -> tuple[list[str], list[list[str]]]:
@@ -177,7 +182,8 @@ def _display(table: pd.DataFrame, pm: str) -> tuple[list[str], list[list[str]]]:
     body = []
     for _, r in table.iterrows():
         cells = [str(r["dataset"]), str(r["method"]), str(int(r["seeds"])), f"{r['target_macs']:.3g}"]
-        cells += [_cell(r[f"{m}_mean"], r[f"{m}_std"], DIGITS[m], pm) for m in METRICS]
+        cells += [_cell(r[f"{m}_mean"], r[f"{m}_std"], DIGITS[m], pm, int(r[f"{m}_seeds"]), int(r["seeds"]))
+                  for m in METRICS]
         body.append(cells)
     return header, body
 

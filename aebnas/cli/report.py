@@ -59,8 +59,11 @@ def main(argv: list[str] | None = None) -> None:
     with user_errors(PROG):
         out = Path(args.out) if args.out else Path(args.run_dirs[0]) / "report"
         markdown = report(args.run_dirs, out, args.target_macs, args.macs_ref)
+    try:
         print(markdown)
         print(f"tables and fronts.png written to {out}")
+    except BrokenPipeError:  # piped into head: the files are written, nothing is lost
+        sys.stderr.close()
 
 
 if __name__ == "__main__":
