@@ -159,7 +159,7 @@ def growing_exit_heads(exit_stages: Sequence[int], stages: Sequence[StageSpec], 
     estimated MACs (feature area relative to the input, from the strides, times
     per-pixel cost) to exceed the previous head's.
     """
-    heads, previous, scale = [], 0.0, stem_stride
+    heads, previous = [], 0.0
     for s in exit_stages:
         scale = stem_stride
         for spec in stages[:s]:
