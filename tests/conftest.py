@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hydra import compose, initialize_config_dir
 
+from aebnas.cli.common import config_dir
 from aebnas.space import SearchSpace, SpaceConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,3 +44,18 @@ HAND_SPACE = {
 def hand_space() -> SearchSpace:
     """A space fixed in the tests (not read from conf/), for hand-computed numbers that must not drift."""
     return SearchSpace(SpaceConfig.from_dict(HAND_SPACE))
+
+
+def compose_config(overrides=(), hydra: bool = False):
+    """The config a run with these command-line overrides gets (Hydra's compose API, the shipped conf/)."""
+    with initialize_config_dir(version_base="1.3", config_dir=config_dir()):
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+@pytest.fixture(scope="session")
+def small_synthetic():
+    """150 learnable 8x8 one-channel images of 3 classes: enough for a real run of a few 1-epoch candidates."""
+    from aebnas.data import load_dataset
+
+    return load_dataset({"name": "synthetic", "num_classes": 3, "num_samples": 150, "resolution": 8, "channels": 1,
+                         "val_size": 0.2, "test_size": 0.2, "seed": 0})

@@ -29,6 +29,9 @@ def test_short_search_through_the_cli(tmp_path):
 
 @pytest.mark.parametrize("args, fragment", [
     (["dataset=imagenet"], "dataset: no config 'imagenet'"),
+    (["method=darts"], "method: no config 'darts'; choose one of: aebnas, edanas, manual, nachos, random, static"),
+    (["space.exit_heads=[conv8k3]"], "space.exit_heads: 1 heads for 4 exit stages"),
+    (["search.algorithm=grid"], "search.algorithm: 'grid' is not one of"),
     (["dataset.name=imagenet"], "dataset.name: unknown dataset 'imagenet'"),
     (["dataset=cifar10", "dataset.data_dir=/nonexistent/cifar"], "dataset.data_dir: CIFAR-10 not found"),
     (["search.pop_size=1"], "search.pop_size: must be an integer >= 2"),

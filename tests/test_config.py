@@ -3,21 +3,17 @@
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from aebnas.cli.common import config_dir
 from aebnas.search import SearchSettings
 from aebnas.space import SearchSpace, SpaceConfig
 from aebnas.train import TrainerConfig
+from tests.conftest import compose_config
 
 CONF = Path(config_dir())
-GROUPS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml")) for g in ("dataset", "space", "search", "trainer", "experiment")}
-
-
-def _compose(overrides):
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        return compose("config", overrides=overrides)
+GROUPS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml"))
+          for g in ("dataset", "space", "search", "trainer", "experiment", "method")}
 
 
 def _validate(cfg):
@@ -31,12 +27,12 @@ def _validate(cfg):
 
 @pytest.mark.parametrize("group, option", [(g, o) for g, opts in GROUPS.items() for o in opts])
 def test_every_group_option_composes(group, option):
-    _validate(_compose([f"{group}={option}"]))
+    _validate(compose_config([f"{group}={option}"]))
 
 
 def test_paper_presets_have_paper_settings():
     for name in ("cifar10", "cifar100", "svhn", "fashion_mnist"):
-        plain = _validate(_compose([f"experiment={name}"]))
+        plain = _validate(compose_config([f"experiment={name}"]))
         assert plain["dataset"]["name"] == name
         assert plain["space"]["name"] == "mbv3_32"
         assert plain["search"]["pop_size"] == 40 and plain["search"]["objective"] == "aebnas"
@@ -46,6 +42,6 @@ def test_paper_presets_have_paper_settings():
 
 
 def test_quickstart_is_small_and_on_cpu():
-    plain = _validate(_compose(["experiment=quickstart"]))
+    plain = _validate(compose_config(["experiment=quickstart"]))
     assert plain["dataset"]["name"] == "digits" and plain["trainer"]["device"] == "cpu"
     assert plain["search"]["pop_size"] * plain["search"]["generations"] <= 32

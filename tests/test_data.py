@@ -4,7 +4,6 @@ on-disk format, and the shared pipeline is checked with real numbers."""
 from __future__ import annotations
 
 import gzip
-import pickle
 import struct
 from pathlib import Path
 
@@ -23,17 +22,12 @@ from aebnas.data import (
     normalize,
 )
 from aebnas.data.config import KNOWN_KEYS
+from tests.formats import images as _images
+from tests.formats import write_cifar10, write_cifar100, write_svhn
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf" / "dataset"
 REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
-
-
-def _images(n: int, c: int, h: int, w: int, seed: int) -> np.ndarray:
-    """Random uint8 NCHW images whose first pixel encodes the sample index (to track samples)."""
-    img = np.random.default_rng(seed).integers(0, 256, size=(n, c, h, w), dtype=np.uint8)
-    img[:, 0, 0, 0] = np.arange(n, dtype=np.uint8)
-    return img
 
 
 def _assert_one_line(err: pytest.ExceptionInfo) -> str:
@@ -209,29 +203,10 @@ def test_synthetic_is_deterministic_and_learnable():
 # --------------------------------------------------------------------------- CIFAR
 
 
-def _pickle(path: Path, obj: dict) -> None:
-    with open(path, "wb") as f:
-        pickle.dump(obj, f)
-
-
 @pytest.fixture(scope="module")
 def cifar10_dir(tmp_path_factory) -> tuple[Path, np.ndarray, np.ndarray]:
     root = tmp_path_factory.mktemp("cifar10")
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir()
-    train = _images(30, 3, 32, 32, seed=1)
-    labels = np.arange(30) % 10
-    for b in range(5):
-        sl = slice(6 * b, 6 * b + 6)
-        entry = {"batch_label": f"training batch {b + 1} of 5", "data": train[sl].reshape(6, -1),
-                 "labels": labels[sl].tolist(), "filenames": [f"img{i}.png" for i in range(6)]}
-        if b == 0:  # Python-2 style pickle with byte keys, as in some re-packaged copies
-            entry = {k.encode(): v for k, v in entry.items()}
-        _pickle(folder / f"data_batch_{b + 1}", entry)
-    test = _images(10, 3, 32, 32, seed=2)
-    _pickle(folder / "test_batch", {"data": test.reshape(10, -1), "labels": list(range(10))})
-    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    _pickle(folder / "batches.meta", {"label_names": names, "num_cases_per_batch": 6, "num_vis": 3072})
+    train, test = write_cifar10(root)
     return root, train, test
 
 
@@ -266,16 +241,7 @@ def test_cifar10_fixture_matches_torchvision_reader(cifar10_dir, monkeypatch):
 
 
 def test_cifar100_reads_fine_labels_and_meta(tmp_path):
-    folder = tmp_path / "cifar-100-python"
-    folder.mkdir()
-    train, test = _images(20, 3, 32, 32, seed=3), _images(6, 3, 32, 32, seed=4)
-    fine = (np.arange(20) * 7) % 100
-    _pickle(folder / "train", {"data": train.reshape(20, -1), "fine_labels": fine.tolist(),
-                               "coarse_labels": (fine // 5).tolist()})
-    _pickle(folder / "test", {"data": test.reshape(6, -1), "fine_labels": [0, 1, 2, 97, 98, 99],
-                              "coarse_labels": [0] * 6})
-    _pickle(folder / "meta", {"fine_label_names": [f"c{i}" for i in range(100)],
-                              "coarse_label_names": [f"s{i}" for i in range(20)]})
+    train, test, fine = write_cifar100(tmp_path)
     d = load_dataset({"name": "cifar100", "data_dir": str(tmp_path), "val_size": 0.25})
     _check_splits(d)
     assert (len(d.train), len(d.val), len(d.test)) == (15, 5, 6)
@@ -325,14 +291,8 @@ def test_failed_download_is_one_line(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def svhn_dir(tmp_path_factory) -> tuple[Path, np.ndarray, np.ndarray]:
-    import scipy.io
-
     root = tmp_path_factory.mktemp("svhn")
-    train, test = _images(24, 3, 32, 32, seed=5), _images(8, 3, 32, 32, seed=6)
-    for name, img in (("train_32x32.mat", train), ("test_32x32.mat", test)):
-        digits = np.arange(len(img)) % 10
-        y = np.where(digits == 0, 10, digits).reshape(-1, 1).astype(np.uint8)  # SVHN stores 0 as 10
-        scipy.io.savemat(root / name, {"X": img.transpose(2, 3, 1, 0), "y": y})  # X is [H, W, C, N]
+    train, test = write_svhn(root)
     return root, train, test
 
 

@@ -68,6 +68,23 @@ def test_space_operators_cover_every_sampled_genome(request, space_name, res, ch
         assert {op.signature for op in network_ops(g, 10, channels, res)} <= set(needed)
 
 
+@pytest.mark.parametrize("exit_heads", ["conv16k1+avg-conv16k1", "growing"])
+def test_fixed_exit_heads_need_only_their_own_operators(exit_heads):
+    from aebnas.space import SearchSpace, SpaceConfig
+    from tests.conftest import space_config
+
+    cfg = SpaceConfig.from_dict({**space_config("tiny").to_dict(), "exit_heads": exit_heads})
+    needed = space_ops(cfg, 10, 1, 8)
+    searched = space_ops(space_config("tiny"), 10, 1, 8)
+    assert sum(o.kind == "exit_layer" for o in needed.values()) < sum(o.kind == "exit_layer" for o in searched.values())
+    space, rng = SearchSpace(cfg), np.random.default_rng(2)
+    for _ in range(50):
+        assert {op.signature for op in network_ops(space.sample(rng), 10, 1, 8)} <= set(needed)
+    if exit_heads.startswith("conv16k1"):  # the EDANAS head after stage 1 (8 channels at 8x8), by hand
+        assert {"exit_conv_r8_c8-16_k1_pnone_hswish", "exit_conv_r8_c16-16_k1_pavg_hswish",
+                "classifier_r4_c16-10"} <= set(needed)
+
+
 def test_profiled_module_of_every_operator_costs_its_macs(tiny_space):
     """What the profiler times is the module the network runs: FlopCounter agrees with each op's MACs."""
     for op in space_ops(tiny_space.config, 10, 1, 8).values():

@@ -77,9 +77,41 @@ def plot_latency_check(rows: pd.DataFrame, summary: dict, path: str | Path | Non
 def _finish(fig, path: str | Path | None):
     fig.tight_layout()
     if path is not None:
-        path = Path(path)
-        tmp = path.with_name(path.stem + ".tmp" + path.suffix)  # keeps the suffix matplotlib reads the format from
-        fig.savefig(tmp)
-        tmp.replace(path)
-        plt.close(fig)
+        _save(fig, path)
     return fig
+
+
+def plot_fronts(fronts: dict[str, dict[str, pd.DataFrame]], targets: dict[str, float | None],
+                path: str | Path | None = None):
+    """One panel per dataset, each method's accuracy / expected-MACs front overlaid (staircase, cheapest first).
+
+    ``fronts[dataset][method]`` holds the non-dominated candidates (val_accuracy,
+    expected_macs) of that method's runs pooled over seeds; the dashed line marks
+    the dataset's target average MACs.
+    """
+    n = max(len(fronts), 1)
+    fig, axes = plt.subplots(1, n, figsize=(6.5 * n, 4.5), dpi=120, squeeze=False)
+    for ax, (dataset, by_method) in zip(axes[0], fronts.items()):
+        for method, front in by_method.items():
+            if len(front):
+                f = front.sort_values("expected_macs")
+                ax.step(f["expected_macs"] / 1e6, f["val_accuracy"], where="post", marker="o", ms=4, label=method)
+        if targets.get(dataset):
+            ax.axvline(targets[dataset] / 1e6, ls="--", c="0.4", lw=1, label="target")
+        ax.set_xlabel("expected MACs per image (millions)")
+        ax.set_ylabel("validation accuracy")
+        ax.set_title(f"{dataset}: Pareto fronts, seeds pooled")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    if path is not None:
+        _save(fig, path)
+    return fig
+
+
+def _save(fig, path: str | Path) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)  # keeps the suffix matplotlib reads the format from
+    fig.savefig(tmp)
+    tmp.replace(path)
+    plt.close(fig)

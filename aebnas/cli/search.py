@@ -71,7 +71,7 @@ def search(cfg: DictConfig, run_dir: Path, user_overrides: list[str] | None = No
     record = {k: v for k, v in plain.items() if k not in IGNORED_FOR_IDENTITY}
     result = run_search(space, data, trainer, settings, device, run_dir, seed=plain["seed"],
                         progress=bool(plain.get("progress", True)), resume=resume, config_record=record,
-                        latency_table=latency_table)
+                        latency_table=latency_table, method=(plain.get("method") or {}).get("name"))
     best = max(result.pareto, key=lambda r: r["test_accuracy"], default=None)
     failed = sum(e.status != "ok" for e in result.evaluations)
     print(f"\n{len(result.evaluations)} candidates ({failed} failed) in {result.seconds:.0f}s; "

@@ -16,6 +16,7 @@ from typing import Callable, Iterator
 
 from aebnas.cost.macs import NetworkCost, branch_layer_macs, conv_macs, conv_out, mbconv_macs, pool_out
 from aebnas.space import BranchLayer, Genome, SpaceConfig
+from aebnas.space.genome import parse_layers
 
 OP_KINDS = ("stem", "mbconv", "exit_layer", "classifier", "final_conv")
 
@@ -136,7 +137,12 @@ def space_ops(space: SpaceConfig, num_classes: int, in_channels: int, resolution
                     first = first or op
         size, c = first.out_resolution, spec.width
         if s + 1 in space.exit_stages:
-            _add_exit_heads(space, size, c, num_classes, 0, add)
+            fixed = space.fixed_head(s + 1)
+            if fixed is None:
+                _add_exit_heads(space, size, c, num_classes, 0, add)
+            else:  # a method with fixed exit heads (EDANAS, NACHOS, manual): only that head exists here
+                for op in _exit_head(space, parse_layers(fixed, s + 1), size, c, num_classes):
+                    add(op)
     for op in _final_head(space, size, c, num_classes):
         add(op)
     return dict(sorted(found.items()))

@@ -28,6 +28,7 @@ from aebnas.cost.latency import LatencyTable
 from aebnas.data import DataSplits
 from aebnas.nn import build_model
 from aebnas.search.archive import CsvLog, EvaluationArchive, write_csv_atomic, write_text_atomic
+from aebnas.search.baselines import UniformResampling, manual_genomes
 from aebnas.search.evaluator import LIST_FIELDS, CandidateEvaluator, Evaluation, short_hash
 from aebnas.search.objectives import objective_names
 from aebnas.search.operators import (GeneResetMutation, GenomeDuplicateElimination, GroupUniformCrossover,
@@ -152,7 +153,8 @@ class _GenerationLog(Callback):
 
 def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, settings: SearchSettings,
                device: torch.device, run_dir: Path, seed: int = 0, progress: bool = True, resume: bool = False,
-               config_record: dict[str, Any] | None = None, latency_table: LatencyTable | None = None) -> SearchResult:
+               config_record: dict[str, Any] | None = None, latency_table: LatencyTable | None = None,
+               method: str | None = None) -> SearchResult:
     """Run NSGA-II and fill ``run_dir``; the library entry point behind ``aebnas-search``.
 
     Resuming replays the search from the start with the same seed: finished
@@ -162,13 +164,17 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
     ``config_record`` (the resolved config) is stored with the archive; a resume
     under another config is refused. With ``latency_table`` every candidate is
     also priced in milliseconds on that device (needed by ``avg_latency`` and
-    latency budgets).
+    latency budgets). ``method`` (conf/method/) is recorded in summary.json.
     """
     if settings.needs_latency and latency_table is None:
         raise ConfigError(f"search.objective={settings.objective} / search.max_expected_latency_ms need a latency "
                           "table: add hardware=<name> (see conf/hardware)")
     start = time.perf_counter()
     initial = parse_initial_genomes(space, settings)
+    pop_size, generations = settings.pop_size, settings.generations
+    if settings.algorithm == "manual":  # one network at each global threshold, all in the first generation
+        initial = manual_genomes(space)
+        pop_size, generations = len(initial), 1
     run_dir = Path(run_dir)
     archive_path = run_dir / ARCHIVE_NAME
     if archive_path.exists() and not resume:
@@ -192,7 +198,7 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
     if resume:
         log.info("resuming %s: %d finished evaluations are replayed, not re-run", run_dir, len(archive))
         (run_dir / "generations.csv").unlink(missing_ok=True)  # rebuilt identically by the replay
-    total = settings.pop_size * settings.generations
+    total = pop_size * generations
     bar = tqdm(total=total, desc="candidates", unit="cand", disable=not progress, dynamic_ncols=True)
 
     def on_evaluated(ev: Evaluation, fresh: bool) -> None:
@@ -207,17 +213,18 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
     macs_ref = float(_static_macs(largest, data))
     cost_ref = macs_ref if settings.cost_column == "expected_macs" else latency_table.static_ms(largest)
     problem = EarlyExitProblem(space, evaluator, settings)
+    random = settings.algorithm == "random"
     algorithm = NSGA2(
-        pop_size=settings.pop_size,
+        pop_size=pop_size,
         sampling=SpaceSampling(space, initial),
-        crossover=GroupUniformCrossover(space, prob=settings.crossover_prob),
-        mutation=GeneResetMutation(space, settings.gene_mutation_prob),
+        crossover=GroupUniformCrossover(space, prob=0.0 if random else settings.crossover_prob),
+        mutation=UniformResampling(space) if random else GeneResetMutation(space, settings.gene_mutation_prob),
         repair=SpaceRepair(space),
         eliminate_duplicates=GenomeDuplicateElimination(space, key=evaluator.candidate_key),
     )
     log.info("search space %s: %d genes, %.3e networks; largest static network %.2fM MACs",
              space.config.name, space.n_var, float(space.size), macs_ref / 1e6)
-    minimize(problem, algorithm, ("n_gen", settings.generations), seed=seed, verbose=False, copy_algorithm=False,
+    minimize(problem, algorithm, ("n_gen", generations), seed=seed, verbose=False, copy_algorithm=False,
              callback=_GenerationLog(problem, run_dir, bar, start, cost_ref, archive, settings))
     bar.close()  # the last generation's callback has written evaluations.csv
 
@@ -232,6 +239,8 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
         shutil.rmtree(weights_dir)
     seconds = time.perf_counter() - start
     summary = {
+        "method": method,
+        "algorithm": settings.algorithm,
         "evaluations": len(evaluator.evaluations),
         "failed": len(evaluator.failures),
         "trained_networks": len({e.network_key for e in evaluator.evaluations}),

@@ -11,6 +11,9 @@ from aebnas.validation import ConfigError, check_bool, check_int, check_number, 
 OBJECTIVES = ("avg_macs", "avg_latency", "aebnas")
 # Older names still accepted in configs and saved runs.
 OBJECTIVE_ALIASES = {"error_macs": "avg_macs"}
+# nsga2: the evolutionary search; random: uniform genomes, the same budget (pop_size x generations);
+# manual: the space's middle backbone with every exit on, one global threshold per candidate (conf/method/manual.yaml).
+ALGORITHMS = ("nsga2", "random", "manual")
 
 
 class SearchConfigError(ConfigError):
@@ -35,6 +38,7 @@ class SearchSettings:
     gene_mutation_prob: float | None = None
     save_models: bool = True
     initial_genomes: tuple[str, ...] = ()
+    algorithm: str = "nsga2"
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> "SearchSettings":
@@ -73,6 +77,8 @@ class SearchSettings:
         if s.gene_mutation_prob is not None:
             check_number(s.gene_mutation_prob, "search.gene_mutation_prob", lo=0, hi=1, lo_open=True,
                          error=SearchConfigError)
+        if s.algorithm not in ALGORITHMS:
+            raise SearchConfigError(f"search.algorithm: '{s.algorithm}' is not one of {list(ALGORITHMS)}")
         check_bool(s.save_models, "search.save_models", error=SearchConfigError)
         if len(s.initial_genomes) > s.pop_size:
             raise SearchConfigError(f"search.initial_genomes: {len(s.initial_genomes)} genomes do not fit a population of {s.pop_size}")

@@ -54,6 +54,9 @@ class SpaceConfig:
     squeeze_excite: bool = False
     activation: str = "hswish"
     final_head_channels: int = 0
+    # One fixed exit head (layers text, e.g. "conv32k1+avg-conv32k1") per exit stage; empty = heads are searched.
+    # A fixed head has no branch genes: only its threshold gene (off / on at a threshold) is searched.
+    exit_heads: tuple[str, ...] = ()
 
     @property
     def n_stages(self) -> int:
@@ -73,7 +76,14 @@ class SpaceConfig:
         for key in ("depths", "kernels", "expansions", "exit_stages", "thresholds"):
             d[key] = list(d[key])
         d["branch"] = {k: list(v) if isinstance(v, tuple) else v for k, v in d["branch"].items()}
+        d["exit_heads"] = list(self.exit_heads)
         return d
+
+    def fixed_head(self, stage: int) -> str | None:
+        """The fixed exit head after ``stage``, or None when that exit's head is searched."""
+        if not self.exit_heads:
+            return None
+        return self.exit_heads[self.exit_stages.index(stage)]
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> "SpaceConfig":
@@ -119,6 +129,8 @@ class SpaceConfig:
             raise SpaceConfigError(f"space.activation: '{activation}' is not one of {list(ACTIVATIONS)}")
         if not stages:
             raise SpaceConfigError("space.stages: at least one stage is needed")
+        exit_heads = _exit_heads(cfg.get("exit_heads"), tuple(sorted(exit_stages)), tuple(stages),
+                                 _pos_int(cfg.get("stem_stride", 1), "space.stem_stride"))
         return cls(
             name=str(cfg["name"]),
             stem_channels=_pos_int(cfg["stem_channels"], "space.stem_channels"),
@@ -134,7 +146,57 @@ class SpaceConfig:
             activation=activation,
             final_head_channels=check_int(cfg.get("final_head_channels", 0) or 0, "space.final_head_channels", lo=0,
                                           error=SpaceConfigError),
+            exit_heads=exit_heads,
         )
+
+
+def growing_exit_heads(exit_stages: Sequence[int], stages: Sequence[StageSpec], stem_stride: int = 1) -> tuple[str, ...]:
+    """NACHOS-style exit classifiers, designed from the backbone so that deeper exits cost more.
+
+    Each head is a stack of 3x3 depthwise-separable layers as wide as its stage,
+    the first one after a 2x2 average pooling. Deeper feature maps are smaller,
+    so the head after a deeper stage gets as many layers as it takes for its
+    estimated MACs (feature area relative to the input, from the strides, times
+    per-pixel cost) to exceed the previous head's.
+    """
+    heads, previous = [], 0.0
+    for s in exit_stages:
+        scale = stem_stride
+        for spec in stages[:s]:
+            scale *= spec.stride
+        w = stages[s - 1].width
+        per_layer = (9 * w + w * w) / (4 * scale * scale)  # MACs per input pixel of one layer after the pooling
+        n = 1
+        while n * per_layer <= previous:
+            n += 1
+        previous = n * per_layer
+        heads.append("+".join([f"avg-dwsep{w}k3"] + [f"dwsep{w}k3"] * (n - 1)))
+    return tuple(heads)
+
+
+def _exit_heads(value: Any, exit_stages: tuple[int, ...], stages: tuple[StageSpec, ...],
+                stem_stride: int) -> tuple[str, ...]:
+    """null (searched heads), 'growing', one head text for every exit, or a list with one per exit stage."""
+    if value in (None, "", []):
+        return ()
+    if value == "growing":
+        return growing_exit_heads(exit_stages, stages, stem_stride)
+    heads = (value,) * len(exit_stages) if isinstance(value, str) else tuple(str(v) for v in _seq(value, "space.exit_heads"))
+    if len(heads) != len(exit_stages):
+        raise SpaceConfigError(f"space.exit_heads: {len(heads)} heads for {len(exit_stages)} exit stages; give one "
+                               "per entry of space.exit_stages, a single head for all, 'growing', or null")
+    from aebnas.space.genome import GenomeError, parse_layers  # the layer grammar lives with the genome text
+
+    for stage, text in zip(exit_stages, heads):
+        try:
+            layers = parse_layers(text, stage)
+        except GenomeError as exc:
+            raise SpaceConfigError(f"space.exit_heads: {exc}") from None
+        for layer in layers:
+            if layer.type not in LAYER_TYPES or layer.width < 1 or layer.kernel % 2 == 0:
+                raise SpaceConfigError(f"space.exit_heads: layer {layer.to_text()!r} after stage {stage} needs a type "
+                                       f"in {list(LAYER_TYPES)}, a positive width and an odd kernel")
+    return heads
 
 
 def _to_plain(cfg: Any) -> dict[str, Any]:

@@ -182,20 +182,32 @@ def _parse_exit(text: str, stage: int, space: SpaceConfig) -> Exit:
         raise GenomeError(f"genome text: exit after stage {stage} threshold {m.group(1)!r} is not a number") from None
     if not 0.0 < threshold <= 1.0:
         raise GenomeError(f"genome text: exit after stage {stage} threshold {threshold:g} is outside (0, 1]")
-    layers = []
+    fixed = space.fixed_head(stage)
+    if fixed is not None:
+        if m.group(2) != fixed:
+            raise GenomeError(f"genome text: exit after stage {stage} head {m.group(2)!r} is not the space's "
+                              f"fixed head {fixed!r}")
+        return Exit(stage=stage, threshold=threshold, layers=parse_layers(fixed, stage))
+    layers = parse_layers(m.group(2), stage)
     b = space.branch
-    for lt in m.group(2).split("+"):
+    for layer in layers:
+        _check(layer.type, b.layer_types, f"exit {stage} layer type")
+        _check(layer.width, b.widths, f"exit {stage} layer width")
+        _check(layer.kernel, b.kernels, f"exit {stage} layer kernel")
+        _check(layer.pool, b.pools, f"exit {stage} layer pool")
+    _check(len(layers), b.depths, f"exit {stage} branch depth")
+    return Exit(stage=stage, threshold=threshold, layers=tuple(layers))
+
+
+def parse_layers(text: str, stage: int) -> tuple[BranchLayer, ...]:
+    """Exit-branch layers from their text (grammar only; the space's choices are checked by the caller)."""
+    layers = []
+    for lt in text.split("+"):
         lm = _LAYER.match(lt)
         if not lm:
             raise GenomeError(f"genome text: exit after stage {stage} layer {lt!r} is not [pool-]<type><width>k<kernel>")
-        pool, ltype, width, kernel = lm.group(1) or "none", lm.group(2), int(lm.group(3)), int(lm.group(4))
-        _check(ltype, b.layer_types, f"exit {stage} layer type")
-        _check(width, b.widths, f"exit {stage} layer width")
-        _check(kernel, b.kernels, f"exit {stage} layer kernel")
-        _check(pool, b.pools, f"exit {stage} layer pool")
-        layers.append(BranchLayer(ltype, width, kernel, pool))
-    _check(len(layers), b.depths, f"exit {stage} branch depth")
-    return Exit(stage=stage, threshold=threshold, layers=tuple(layers))
+        layers.append(BranchLayer(lm.group(2), int(lm.group(3)), int(lm.group(4)), lm.group(1) or "none"))
+    return tuple(layers)
 
 
 def _check(value: Any, choices: tuple, what: str) -> None:

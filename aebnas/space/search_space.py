@@ -10,6 +10,7 @@ Layout, stage by stage then exit by exit::
 
     stage s : depth, (kernel, expansion) * max_depth
     exit  j : threshold (0 = off), branch depth, (type, width, kernel, pool) * max_branch_depth
+              (threshold alone when the space fixes the exit's head, see ``SpaceConfig.exit_heads``)
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from aebnas.space.config import SpaceConfig
-from aebnas.space.genome import Block, BranchLayer, Exit, Genome, GenomeError
+from aebnas.space.genome import Block, BranchLayer, Exit, Genome, GenomeError, parse_layers
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,11 @@ class SearchSpace:
         br = c.branch
         for stage in c.exit_stages:
             start = len(names)
+            if c.fixed_head(stage) is not None:
+                names.append(f"x{stage}.threshold")
+                upper.append(len(c.thresholds))
+                groups.append(GeneGroup(f"exit{stage}", start, len(names)))
+                continue
             names += [f"x{stage}.threshold", f"x{stage}.depth"]
             upper += [len(c.thresholds), len(br.depths) - 1]  # threshold gene 0 means "off"
             for layer in range(c.max_branch_depth):
@@ -84,6 +90,12 @@ class SearchSpace:
         exits = []
         for stage in c.exit_stages:
             t = int(x[i])
+            fixed = c.fixed_head(stage)
+            if fixed is not None:
+                exits.append(Exit(stage=stage, threshold=None) if t == 0 else
+                             Exit(stage=stage, threshold=c.thresholds[t - 1], layers=parse_layers(fixed, stage)))
+                i += 1
+                continue
             if t == 0:
                 exits.append(Exit(stage=stage, threshold=None))
             else:
@@ -111,6 +123,9 @@ class SearchSpace:
                 else:
                     x += [0, 0]
         for e in genome.exits:
+            if c.fixed_head(e.stage) is not None:
+                x.append(1 + _index(c.thresholds, e.threshold, "threshold") if e.active else 0)
+                continue
             if not e.active:
                 x += [0] * (2 + 4 * c.max_branch_depth)
                 continue
@@ -166,8 +181,11 @@ class SearchSpace:
         per_block = len(c.kernels) * len(c.expansions)
         stage = sum(per_block ** d for d in c.depths)
         per_layer = len(br.layer_types) * len(br.widths) * len(br.kernels) * len(br.pools)
-        exit_ = 1 + len(c.thresholds) * sum(per_layer ** d for d in br.depths)
-        return stage ** c.n_stages * exit_ ** len(c.exit_stages)
+        searched_head = 1 + len(c.thresholds) * sum(per_layer ** d for d in br.depths)
+        exits = 1
+        for s in c.exit_stages:
+            exits *= 1 + len(c.thresholds) if c.fixed_head(s) is not None else searched_head
+        return stage ** c.n_stages * exits
 
 
 def _index(choices: tuple, value, what: str) -> int:

@@ -1,0 +1,100 @@
+"""aebnas-report on hand-made run directories: hand-computed figures, the three table formats, one-line errors."""
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import yaml
+
+from aebnas.analysis.report import ReportError, aggregate, collect, find_runs, to_latex, to_markdown
+from aebnas.cli.report import main
+
+
+def _run(root, name, method, seed, points, target=100.0, largest=200.0, pareto=()):
+    """A run directory as aebnas-search writes it; points = (val_accuracy, expected_macs[, status])."""
+    d = root / name
+    d.mkdir(parents=True)
+    config = {"dataset": {"name": "d"}, "seed": seed, "search": {"target_macs": target}, "method": {"name": method}}
+    (d / "config.yaml").write_text(yaml.safe_dump(config))
+    rows = [{"key": f"g{i}", "val_accuracy": p[0], "expected_macs": p[1], "static_macs": p[1],
+             "status": p[2] if len(p) > 2 else "ok"} for i, p in enumerate(points)]
+    pd.DataFrame(rows).to_csv(d / "evaluations.csv", index=False)
+    pd.DataFrame(list(pareto), columns=["test_accuracy", "test_expected_macs"]).to_csv(d / "pareto.csv", index=False)
+    (d / "summary.json").write_text(json.dumps({"evaluations": len(points), "search_seconds": 10.0 * (seed + 1),
+                                                "largest_static_macs": largest}))
+    return d
+
+
+@pytest.fixture()
+def runs(tmp_path):
+    root = tmp_path / "multirun"
+    # front (error, MACs/200): (0.2, 0.25), (0.1, 0.5), (0.05, 0.75); (0.5, 120) is dominated, the failure ignored
+    _run(root, "0", "aebnas", 0, [(0.9, 100), (0.8, 50), (0.95, 150), (0.5, 120), (0.0, 10, "failed")],
+         pareto=[(0.85, 90), (0.97, 140)])
+    _run(root, "1", "aebnas", 1, [(0.7, 80)], pareto=[(0.75, 80)])
+    _run(root, "2", "edanas", 0, [(0.6, 300)])  # beyond the reference point: no area, nothing under the target
+    return root
+
+
+def test_figures_are_the_hand_computed_ones(runs):
+    per_run, _ = collect(find_runs([runs]))
+    a0, a1, e0 = (per_run.set_index(["method", "seed"]).loc[k] for k in [("aebnas", 0), ("aebnas", 1), ("edanas", 0)])
+    # 0.95 * 0.25 + 0.9 * 0.25 + 0.8 * 0.25
+    assert a0["hypervolume"] == pytest.approx(0.6625)
+    assert a1["hypervolume"] == pytest.approx(0.7 * 0.6)
+    assert e0["hypervolume"] == 0.0
+    assert (a0["val_accuracy_at_target"], a0["test_accuracy_at_target"]) == (0.9, 0.85)
+    assert (a1["val_accuracy_at_target"], a1["test_accuracy_at_target"]) == (0.7, 0.75)
+    assert math.isnan(e0["val_accuracy_at_target"]) and math.isnan(e0["test_accuracy_at_target"])
+    assert a0["failed"] == 1 and a0["evaluations"] == 5
+
+    table = aggregate(per_run)
+    assert list(table["method"]) == ["aebnas", "edanas"] and list(table["seeds"]) == [2, 1]
+    row = table.iloc[0]
+    assert row["val_accuracy_at_target_mean"] == pytest.approx(0.8)
+    assert row["val_accuracy_at_target_std"] == pytest.approx(math.sqrt(0.02))  # sample std of 0.9 and 0.7
+    assert row["hypervolume_mean"] == pytest.approx((0.6625 + 0.42) / 2)
+    assert row["search_seconds_mean"] == 15.0
+
+    md = to_markdown(table).splitlines()
+    assert md[0].startswith("| dataset | method | seeds | target MACs | val acc @ target |")
+    assert md[2] == "| d | aebnas | 2 | 100 | 0.8000 ± 0.1414 | 0.8000 ± 0.0707 | 0.5413 ± 0.1715 | 3 ± 3 | 15 ± 7 |"
+    assert md[3] == "| d | edanas | 1 | 100 | - | - | 0.0000 | 1 | 10 |"
+    tex = to_latex(table)
+    assert r"0.8000 $\pm$ 0.1414" in tex and r"\begin{tabular}{llrrrrrrr}" in tex and "val acc @ target" in tex
+
+
+def test_cli_writes_every_format_and_a_figure(runs, tmp_path, capsys):
+    main([str(runs), "--out", str(tmp_path / "rep"), "--target-macs", "50"])
+    out = tmp_path / "rep"
+    assert {p.name for p in out.iterdir()} == {"summary.md", "summary.tex", "summary.csv", "runs.csv", "fronts.png",
+                                               "report.json"}
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary.loc[0, "val_accuracy_at_target_mean"] == pytest.approx(0.8)  # 0.8 at 50 MACs; seed 1 has none
+    assert (out / "fronts.png").stat().st_size > 10_000
+    assert json.loads((out / "report.json").read_text())["reference_point"] == {"error": 1.0, "macs": {"d": 200.0}}
+    assert "| d | aebnas | 2 | 50 | 0.8000 (1/2 seeds) | - | 0.5413" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("setup, fragment", [
+    (lambda root: root.mkdir(), "no run directory (evaluations.csv) under"),
+    (lambda root: None, "is not a directory"),
+    (lambda root: (root.mkdir(), (root / "evaluations.csv").write_text("a,b\n1,2\n")), "has no config.yaml"),
+    (lambda root: _run(root, "x", "aebnas", 0, [(0.5, 10)], target=None), "pass --target-macs"),
+])
+def test_empty_or_foreign_directories_get_one_line(tmp_path, capsys, setup, fragment):
+    root = tmp_path / "runs"
+    setup(root)
+    with pytest.raises(SystemExit) as info:
+        main([str(root)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("aebnas-report: error: ") and fragment in err[0]
+
+
+def test_runs_with_different_targets_are_refused(tmp_path):
+    _run(tmp_path, "a", "aebnas", 0, [(0.5, 10)], target=100.0)
+    _run(tmp_path, "b", "edanas", 0, [(0.5, 10)], target=50.0)
+    with pytest.raises(ReportError, match="the d runs differ"):
+        collect(find_runs([tmp_path]))
