@@ -46,7 +46,7 @@ def check_group_choices(prog: str, argv: list[str]) -> None:
             sys.exit(2)
 
 
-def check_overrides(prog: str, argv: list[str]) -> None:
+def check_overrides(prog: str, argv: list[str], config_name: str = "config") -> None:
     """Compose the config once up front so Hydra's multi-line override errors become one line."""
     if any(a.startswith("-") for a in argv):
         return  # Hydra's own flags (--multirun sweeps, --cfg, --help ...) are Hydra's to handle
@@ -56,7 +56,7 @@ def check_overrides(prog: str, argv: list[str]) -> None:
 
     try:
         with initialize_config_dir(version_base="1.3", config_dir=config_dir()):
-            compose("config", overrides=overrides)
+            compose(config_name, overrides=overrides)
     except OverrideParseException as exc:
         bad = str(exc).splitlines()[0].split(": ", 1)[-1]
         print(f"{prog}: error: override '{bad}' cannot be parsed; quote values with special characters, "
