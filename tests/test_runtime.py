@@ -300,3 +300,15 @@ def test_stream_settings_refused_in_one_line(tiny_run, tmp_path, capsys, overrid
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("aebnas-stream: error: ") and fragment in lines[0], lines
     assert not (tmp_path / "out" / "stream.json").exists()
+
+
+def test_shipped_stream_config_composes_and_is_accepted():
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from aebnas.runtime.stream import StreamSettings
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose("stream", overrides=["run=/some/run"])
+    settings = StreamSettings.from_dict(OmegaConf.to_container(cfg, resolve=True))
+    assert settings.run == "/some/run" and settings.operating_point == "balanced" and settings.num_threads == 2
