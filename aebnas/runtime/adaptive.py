@@ -6,7 +6,10 @@ threshold, at the final classifier otherwise. Here it is applied for real: after
 each exit the samples that left are removed from the batch (batch compaction),
 so the deeper segments only run on the hard ones. A batch of one takes a path
 with no indexing at all. Samples never interact in eval mode, so compaction gives
-exactly the predictions of running every exit on every sample and picking by the rule.
+the predictions of running every exit on every sample and picking by the rule
+(:func:`reference_exits`); the one caveat is float arithmetic: a backend may round
+a sample's logits differently in batches of different size (last bit), which can
+only matter for a sample whose confidence equals a threshold to that precision.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from torch import nn
 from aebnas.cost import NetworkCost, network_cost
 from aebnas.nn import EarlyExitNet, build_model
 from aebnas.runtime.operating_points import OperatingPoint, OperatingPoints
-from aebnas.search.thresholds import METRICS, confidence
+from aebnas.search.thresholds import METRICS, confidence, exit_indices
 from aebnas.space import Genome
 from aebnas.validation import ConfigError
 
@@ -66,13 +69,14 @@ def load_saved_model(model_dir: str | Path, map_location: str | torch.device = "
 
 
 def _check_thresholds(thresholds: Sequence[float | None], n_early: int) -> tuple[float, ...]:
+    """Floats for the decision; ``None`` or +inf (exit off) becomes +inf, which no confidence reaches."""
     if len(thresholds) != n_early:
         raise ConfigError(f"thresholds: expected {n_early} values for {n_early} early exits, got {len(thresholds)}")
     out = []
     for i, t in enumerate(thresholds):
-        if t is None:
+        if t is None or (isinstance(t, float) and t == math.inf):
             out.append(math.inf)
-        elif not (isinstance(t, (int, float)) and 0.0 <= t <= 1.0) and not (isinstance(t, float) and math.isinf(t)):
+        elif isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 1.0:
             raise ConfigError(f"thresholds[{i}]: {t!r} is not a confidence in [0, 1] (or null to switch the exit off)")
         else:
             out.append(float(t))
@@ -177,8 +181,6 @@ class AdaptiveModel(nn.Module):
 def reference_exits(net: EarlyExitNet, x: torch.Tensor, thresholds: Sequence[float | None],
                     metric: str) -> AdaptiveOutput:
     """Every exit on every sample, then the search's rule: what compaction must reproduce exactly."""
-    from aebnas.search.thresholds import exit_indices
-
     with torch.inference_mode():
         logits = torch.stack(net.eval()(x)).float().cpu().numpy()
     idx = exit_indices(confidence(logits, metric), _check_thresholds(thresholds, net.n_exits - 1))
