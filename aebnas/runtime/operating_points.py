@@ -28,7 +28,7 @@ from aebnas.search.thresholds import METRICS, confidence, exit_indices
 from aebnas.validation import ConfigError
 
 FILE_NAME = "operating_points.json"
-DEFAULT_GRID = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999)
+DEFAULT_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999)
 # Named points: the cheapest point whose val accuracy stays within this drop of the final exit's
 # (max_accuracy is the most accurate point whatever it costs).
 DEFAULT_NAMED_DROPS = {"balanced": 0.005, "min_energy": 0.02}
