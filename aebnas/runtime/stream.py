@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import time
 from dataclasses import dataclass, fields
@@ -217,6 +218,16 @@ class StreamSettings:
                    progress=check_bool(cfg.get("progress", True), "progress"))
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _device(name: str) -> torch.device:
     try:
         return resolve_device(name)
@@ -253,8 +264,8 @@ def run_stream(settings: StreamSettings, out_dir: Path) -> dict:
     result = {
         "run": str(run.path), "model_dir": str(saved.path), "genome": saved.net.genome.to_text(),
         "dataset": data.name, "test_images": int(x.shape[0]), "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or
-        platform.machine(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "cpu_count": os.cpu_count(),
         "torch": torch.__version__, "num_threads": torch.get_num_threads(), "exit_metric": model.metric,
         "operating_point_label": label, "operating_point": {"thresholds": list(point.thresholds),
                                                             "val_accuracy": point.val_accuracy,
