@@ -43,6 +43,7 @@ class StreamResult:
     seconds: float
     images_per_second: float
     mean_latency_ms: float           # per batch
+    median_latency_ms: float         # per batch; robust to the odd stall on a shared machine
     p99_latency_ms: float            # per batch
     accuracy: float
     effective_macs: float            # mean MACs actually spent per image
@@ -84,6 +85,7 @@ def _result(name: str, batch_size: int, times: np.ndarray, correct: np.ndarray, 
     total = float(times.sum())
     return StreamResult(model=name, batch_size=batch_size, images=int(correct.size), seconds=total,
                         images_per_second=correct.size / total, mean_latency_ms=float(times.mean() * 1e3),
+                        median_latency_ms=float(np.median(times) * 1e3),
                         p99_latency_ms=float(np.percentile(times, 99) * 1e3), accuracy=float(correct.mean()),
                         effective_macs=float(costs.mean()), exit_histogram=[int(c) for c in histogram])
 
