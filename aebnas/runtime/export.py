@@ -125,12 +125,10 @@ class _Stage(nn.Module):
 class ScriptableAdaptive(nn.Module):
     """The adaptive model's rule and compaction in scriptable torch: ``forward(x) -> (prediction, exit_index)``."""
 
-    thresholds: list[float]
-
     def __init__(self, net: EarlyExitNet, thresholds: Sequence[float], metric: str):
         super().__init__()
         self.stages = nn.ModuleList([_Stage(s, h) for s, h in zip(net.segments, net.heads)])
-        self.thresholds = [float(t) for t in thresholds] + [0.0]
+        self.thresholds = [float(t) for t in thresholds] + [0.0]  # never empty: TorchScript infers List[float]
         self.metric = metric
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
