@@ -1,0 +1,52 @@
+"""``aebnas-stream``: a saved Pareto network on a stream of test images, static vs adaptive."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from aebnas.cli.common import check_overrides, config_dir, require_config_dir, user_errors
+from aebnas.runtime.stream import StreamSettings, run_stream
+
+PROG = "aebnas-stream"
+
+
+def stream(cfg: DictConfig, out_dir: Path) -> dict:
+    """Validate the settings, run the benchmark, print the comparison; returns what stream.json holds."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    settings = StreamSettings.from_dict({k: v for k, v in plain.items() if k != "hydra"})
+    result = run_stream(settings, out_dir)
+    print(f"{result['dataset']}: {result['test_images']} test images on {result['device']} "
+          f"({result['num_threads']} threads); operating point {result['operating_point_label']} "
+          f"thresholds {result['operating_point']['thresholds']}")
+    for c in result["comparisons"]:
+        s, a = c["static"], c["adaptive"]
+        print(f"  batch {c['batch_size']:4d}: static {s['images_per_second']:9.1f} img/s acc {s['accuracy']:.4f} "
+              f"{s['effective_macs'] / 1e6:.3f}M MACs | adaptive {a['images_per_second']:9.1f} img/s "
+              f"acc {a['accuracy']:.4f} {a['effective_macs'] / 1e6:.3f}M MACs | {c['speedup']:.2f}x, "
+              f"{c['macs_reduction']:.2f}x fewer MACs, exits {a['exit_histogram']}")
+    for r in result["operating_points"]:
+        print(f"  {r['operating_point']:>12s} (batch 1): {r['images_per_second']:9.1f} img/s acc {r['accuracy']:.4f} "
+              f"{r['effective_macs'] / 1e6:.3f}M MACs p99 {r['p99_latency_ms']:.2f} ms")
+    print(f"written: {out_dir / 'stream.json'}")
+    return result
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="stream")
+def _hydra_main(cfg: DictConfig) -> None:
+    with user_errors(PROG):
+        stream(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+def main() -> None:
+    require_config_dir(PROG)
+    check_overrides(PROG, sys.argv[1:], config_name="stream")
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

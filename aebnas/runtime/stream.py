@@ -1,0 +1,285 @@
+"""Stream benchmark: the same test images through the static network and the adaptive model.
+
+Images arrive in order, in batches of a fixed size (1 for a camera-like stream).
+Inputs are normalised and resident on the device before the clock starts, so
+the timing covers the network and its exit decisions only; every batch is
+synchronised on CUDA, and a few warm-up batches run untimed first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from aebnas.cost import NetworkCost
+from aebnas.data import ArraySplit, load_dataset, normalize
+from aebnas.runtime.adaptive import AdaptiveModel, SavedModel, load_saved_model
+from aebnas.runtime.operating_points import (FILE_NAME, NAMES, OperatingPoints, compute_operating_points,
+                                             path_costs_with)
+from aebnas.search.archive import write_text_atomic
+from aebnas.train import predict_logits, resolve_device
+from aebnas.validation import ConfigError, check_bool, check_int, check_number, reject_unknown_keys
+
+log = logging.getLogger("aebnas.runtime")
+
+
+@dataclass
+class StreamResult:
+    """One pass of the stream through one model at one batch size."""
+
+    model: str                       # "static" or "adaptive"
+    batch_size: int
+    images: int
+    seconds: float
+    images_per_second: float
+    mean_latency_ms: float           # per batch
+    median_latency_ms: float         # per batch; robust to the odd stall on a shared machine
+    p99_latency_ms: float            # per batch
+    accuracy: float
+    effective_macs: float            # mean MACs actually spent per image
+    exit_histogram: list[int]        # images per exit, final last (static: all at the final one)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed_stream(step: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]], x: torch.Tensor,
+                  batch_size: int, warmup: int, desc: str, progress: bool):
+    """Run ``step`` over ``x`` in order, batch by batch; per-batch wall times and the concatenated outputs."""
+    device = x.device
+    starts = list(range(0, x.shape[0], batch_size))
+    for i in range(min(warmup, len(starts))):
+        step(x[starts[i]:starts[i] + batch_size])
+    _sync(device)
+    times, preds, exits = [], [], []
+    for s in tqdm(starts, desc=desc, unit="batch", disable=not progress, leave=False, dynamic_ncols=True):
+        t0 = time.perf_counter()
+        pred, where = step(x[s:s + batch_size])
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+        preds.append(pred)
+        if where is not None:
+            exits.append(where)
+    pred = torch.cat(preds).cpu().numpy()
+    where = torch.cat(exits).cpu().numpy() if exits else None
+    return np.asarray(times), pred, where
+
+
+def _result(name: str, batch_size: int, times: np.ndarray, correct: np.ndarray, costs: np.ndarray,
+            histogram: np.ndarray) -> StreamResult:
+    total = float(times.sum())
+    return StreamResult(model=name, batch_size=batch_size, images=int(correct.size), seconds=total,
+                        images_per_second=correct.size / total, mean_latency_ms=float(times.mean() * 1e3),
+                        median_latency_ms=float(np.median(times) * 1e3),
+                        p99_latency_ms=float(np.percentile(times, 99) * 1e3), accuracy=float(correct.mean()),
+                        effective_macs=float(costs.mean()), exit_histogram=[int(c) for c in histogram])
+
+
+def prepare_stream(split: ArraySplit, mean, std, n_images: int, device: torch.device) -> tuple[torch.Tensor, np.ndarray]:
+    """The first ``n_images`` test images, normalised, on ``device``; and their labels."""
+    n = min(n_images, len(split))
+    return normalize(split.x[:n].to(device), mean, std), split.y[:n].numpy()
+
+
+def run_static(model: AdaptiveModel, cost: NetworkCost, x: torch.Tensor, labels: np.ndarray, batch_size: int,
+               warmup: int = 10, progress: bool = True) -> StreamResult:
+    """The same backbone to full depth with the final classifier only (no exit heads, no decisions)."""
+    net = model.net
+
+    def step(xb):
+        with torch.inference_mode():
+            return net.forward_static(xb).argmax(-1), None
+
+    times, pred, _ = _timed_stream(step, x, batch_size, warmup, f"static b{batch_size}", progress)
+    hist = np.zeros(net.n_exits, dtype=int)
+    hist[-1] = pred.size
+    return _result("static", batch_size, times, pred == labels, np.full(pred.size, float(cost.static_macs)), hist)
+
+
+def run_adaptive(model: AdaptiveModel, cost: NetworkCost, x: torch.Tensor, labels: np.ndarray, batch_size: int,
+                 warmup: int = 10, progress: bool = True) -> StreamResult:
+    """The adaptive model at its current thresholds; MACs counted from where each image really left."""
+
+    def step(xb):
+        out = model(xb)
+        return out.prediction, out.exit_index
+
+    times, pred, where = _timed_stream(step, x, batch_size, warmup, f"adaptive b{batch_size}", progress)
+    paths = path_costs_with(cost, np.isfinite(model.thresholds))
+    hist = np.bincount(where, minlength=model.n_exits)
+    return _result("adaptive", batch_size, times, pred == labels, paths[where], hist)
+
+
+def ensure_operating_points(saved: SavedModel, val: ArraySplit, mean, std, device: torch.device,
+                            recompute: bool = False) -> OperatingPoints:
+    """The model's stored operating points; computed from its val logits and saved beside it when missing."""
+    genome = saved.net.genome.to_text()
+    path = saved.path / FILE_NAME
+    if path.exists() and not recompute:
+        points = OperatingPoints.load(saved.path)
+        if points.genome == genome:
+            return points
+    logits = predict_logits(saved.net, val, mean, std, device, batch_size=1024, amp=False)
+    points = compute_operating_points(logits, val.y.numpy(), saved.cost, saved.meta.get("exit_metric", "max_softmax"))
+    points.genome = genome
+    points.save(saved.path)
+    saved.net.to("cpu")
+    return points
+
+
+def stream_benchmark(model: AdaptiveModel, cost: NetworkCost, x: torch.Tensor, labels: np.ndarray,
+                     batch_sizes: Sequence[int], warmup: int = 10, table_points: Sequence[str] = (),
+                     progress: bool = True) -> dict:
+    """Static vs adaptive at each batch size, then the adaptive model at each named point (batch 1).
+
+    The model keeps the operating point it came with; the table switches points
+    between passes, as a runtime would between batches.
+    """
+    model.net.to(x.device)
+    comparisons = []
+    for b in batch_sizes:
+        static = run_static(model, cost, x, labels, b, warmup, progress)
+        adaptive = run_adaptive(model, cost, x, labels, b, warmup, progress)
+        comparisons.append({"batch_size": b, "static": static.to_dict(), "adaptive": adaptive.to_dict(),
+                            "speedup": adaptive.images_per_second / static.images_per_second,
+                            "macs_reduction": static.effective_macs / adaptive.effective_macs,
+                            "accuracy_change": adaptive.accuracy - static.accuracy})
+    table = []
+    chosen, chosen_point = model.thresholds, model.operating_point
+    for name in table_points:
+        point = model.set_operating_point(name)
+        r = run_adaptive(model, cost, x, labels, 1, warmup, progress)
+        table.append({"operating_point": name, "thresholds": list(point.thresholds),
+                      "val_accuracy": point.val_accuracy, "val_expected_macs": point.expected_macs, **r.to_dict()})
+    model.set_thresholds([None if np.isinf(t) else t for t in chosen])
+    model.operating_point = chosen_point
+    return {"comparisons": comparisons, "operating_points": table}
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """The ``aebnas-stream`` config, checked field by field before any work starts."""
+
+    run: str
+    model: int = 0
+    operating_point: str | None = "balanced"
+    min_accuracy: float | None = None
+    max_macs: float | None = None
+    recompute_operating_points: bool = False
+    n_images: int = 2000
+    batch_size: int = 256
+    warmup: int = 20
+    operating_point_table: bool = True
+    device: str = "cpu"
+    num_threads: int | None = 2
+    progress: bool = True
+
+    @classmethod
+    def from_dict(cls, cfg: Mapping[str, Any]) -> "StreamSettings":
+        reject_unknown_keys(cfg, [f.name for f in fields(cls)], "stream")
+        if cfg.get("run") in (None, ""):
+            raise ConfigError("run: required; pass run=<the run directory of an aebnas-search>")
+        chosen = [k for k in ("operating_point", "min_accuracy", "max_macs") if cfg.get(k) is not None]
+        if len(chosen) != 1:
+            raise ConfigError(f"operating_point: give exactly one of operating_point (a name), min_accuracy or "
+                              f"max_macs, got {chosen or 'none'}; e.g. operating_point=null min_accuracy=0.9")
+        point = cfg.get("operating_point")
+        if point is not None and point not in NAMES:
+            raise ConfigError(f"operating_point: unknown name '{point}'; use one of {list(NAMES)}, or set it to "
+                              "null and give min_accuracy or max_macs")
+        if cfg.get("min_accuracy") is not None:
+            check_number(cfg["min_accuracy"], "min_accuracy", 0.0, 1.0)
+        if cfg.get("max_macs") is not None:
+            check_number(cfg["max_macs"], "max_macs", 0.0, lo_open=True)
+        if cfg.get("num_threads") is not None:
+            check_int(cfg["num_threads"], "num_threads", lo=1)
+        return cls(run=str(cfg["run"]), model=check_int(cfg.get("model", 0), "model", lo=0),
+                   operating_point=point, min_accuracy=cfg.get("min_accuracy"), max_macs=cfg.get("max_macs"),
+                   recompute_operating_points=check_bool(cfg.get("recompute_operating_points", False),
+                                                         "recompute_operating_points"),
+                   n_images=check_int(cfg.get("n_images", 2000), "n_images", lo=1),
+                   batch_size=check_int(cfg.get("batch_size", 256), "batch_size", lo=1),
+                   warmup=check_int(cfg.get("warmup", 20), "warmup", lo=0),
+                   operating_point_table=check_bool(cfg.get("operating_point_table", True), "operating_point_table"),
+                   device=str(cfg.get("device", "cpu")), num_threads=cfg.get("num_threads"),
+                   progress=check_bool(cfg.get("progress", True), "progress"))
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _device(name: str) -> torch.device:
+    try:
+        return resolve_device(name)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("trainer.device", "device")) from None
+
+
+def run_stream(settings: StreamSettings, out_dir: Path) -> dict:
+    """The whole ``aebnas-stream`` job: load the run's network and test split, benchmark, write stream.json/png."""
+    from aebnas.analysis.run import load_run
+
+    run = load_run(Path(settings.run).expanduser())
+    if len(run.pareto) == 0:
+        raise ConfigError(f"run: '{run.path}' has no Pareto network (pareto.csv is empty); run a search that finds one")
+    if settings.model >= len(run.pareto):
+        raise ConfigError(f"model: {settings.model} is out of range; '{run.path}' has {len(run.pareto)} Pareto "
+                          f"networks (0..{len(run.pareto) - 1})")
+    if "dataset" not in run.config:
+        raise ConfigError(f"run: no dataset section in '{run.path / 'config.yaml'}'; pass a run written by aebnas-search")
+    device = _device(settings.device)
+    if settings.num_threads:
+        torch.set_num_threads(settings.num_threads)
+    saved = load_saved_model(run.model_dir(settings.model))
+    data = load_dataset(run.config["dataset"])
+    points = ensure_operating_points(saved, data.val, data.mean, data.std, device, settings.recompute_operating_points)
+    model = AdaptiveModel.from_saved(saved, points)
+    point = model.set_operating_point(settings.operating_point, settings.min_accuracy, settings.max_macs)
+    x, labels = prepare_stream(data.test, data.mean, data.std, settings.n_images, device)
+    batch_sizes = [1] + ([settings.batch_size] if settings.batch_size != 1 else [])
+    bench = stream_benchmark(model, saved.cost, x, labels, batch_sizes, settings.warmup,
+                             NAMES if settings.operating_point_table else (), settings.progress)
+    label = settings.operating_point or (f"min_accuracy={settings.min_accuracy}" if settings.min_accuracy is not None
+                                         else f"max_macs={settings.max_macs:g}")
+    result = {
+        "run": str(run.path), "model_dir": str(saved.path), "genome": saved.net.genome.to_text(),
+        "dataset": data.name, "test_images": int(x.shape[0]), "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__, "num_threads": torch.get_num_threads(), "exit_metric": model.metric,
+        "operating_point_label": label, "operating_point": {"thresholds": list(point.thresholds),
+                                                            "val_accuracy": point.val_accuracy,
+                                                            "val_expected_macs": point.expected_macs},
+        "static_macs": saved.cost.static_macs, "path_macs": list(saved.cost.path_macs), **bench,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out_dir / "stream.json", json.dumps(result, indent=2))
+    try:
+        from aebnas.analysis.stream_plot import plot_stream
+
+        plot_stream(result, out_dir / "stream.png")
+    except Exception as exc:  # a plot must never cost the results
+        log.warning("could not draw stream.png: %s", exc)
+    return result

@@ -1,0 +1,314 @@
+"""Adaptive runtime: compaction is exact, batch 1 agrees, operating points by hand, export round-trips, the CLI."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from aebnas.cost import NetworkCost
+from aebnas.nn import build_model
+from aebnas.runtime import (AdaptiveModel, OperatingPointError, OperatingPoints, compute_operating_points,
+                            reference_exits)
+from aebnas.runtime.operating_points import path_costs_with
+from aebnas.search.thresholds import METRICS, confidence
+
+from tests.conftest import ROOT
+
+
+def _random_net(space, seed, num_classes=5, in_channels=1):
+    genome = space.sample(np.random.default_rng(seed))
+    torch.manual_seed(seed)
+    net = build_model(genome, num_classes, in_channels)
+    for m in net.modules():  # spread the BatchNorm statistics so exits disagree and confidences vary
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+def _spread_thresholds(net, x, metric, rng):
+    """Random thresholds inside each exit's own confidence range (so every exit takes some samples), one
+    exit in three switched off. Each sits halfway between two samples' confidences: a sample exactly on
+    a threshold could flip on the last float bit when batch composition changes the conv arithmetic."""
+    with torch.no_grad():
+        conf = confidence(torch.stack(net(x)).numpy(), metric)
+    out = []
+    for k in range(net.n_exits - 1):
+        c = np.sort(conf[k])
+        i = int(rng.integers(len(c) // 4, len(c) - 1))
+        out.append(None if rng.random() < 0.3 else float((c[i] + c[i + 1]) / 2))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_compaction_gives_exactly_the_all_exits_rule(tiny_space, seed):
+    rng = np.random.default_rng(100 + seed)
+    net = _random_net(tiny_space, seed)
+    x = torch.randn(97, 1, 12, 12, generator=torch.Generator().manual_seed(seed))
+    metric = METRICS[seed % len(METRICS)]
+    thresholds = _spread_thresholds(net, x, metric, rng)
+    out = AdaptiveModel(net, thresholds, metric)(x)
+    ref = reference_exits(net, x, thresholds, metric)
+    assert torch.equal(out.exit_index, ref.exit_index)
+    assert torch.equal(out.prediction, ref.prediction)
+    assert len(set(ref.exit_index.tolist())) >= 2  # the test exercises compaction, not only the final exit
+
+
+def test_batch_of_one_path_equals_the_batched_path(tiny_space):
+    net = _random_net(tiny_space, 7)
+    x = torch.randn(40, 1, 12, 12, generator=torch.Generator().manual_seed(7))
+    model = AdaptiveModel(net, _spread_thresholds(net, x, "margin", np.random.default_rng(7)), "margin")
+    batched = model(x)
+    one_by_one = [model(x[i:i + 1]) for i in range(len(x))]
+    assert torch.equal(torch.cat([o.prediction for o in one_by_one]), batched.prediction)
+    assert torch.equal(torch.cat([o.exit_index for o in one_by_one]), batched.exit_index)
+
+
+def test_all_exits_off_is_the_static_network(tiny_space):
+    net = _random_net(tiny_space, 3)
+    x = torch.randn(16, 1, 12, 12)
+    out = AdaptiveModel(net, [None] * (net.n_exits - 1))(x)
+    with torch.no_grad():
+        assert torch.equal(out.prediction, net.forward_static(x).argmax(-1))
+    assert (out.exit_index == net.n_exits - 1).all()
+
+
+# Hand-built: 1 early exit + final, 2 classes, label 0 for all four samples.
+# early-exit confidences 0.95 (right), 0.7 (right), 0.7 (wrong), 0.55 (wrong); the final exit is always right.
+# Costs: segments (10, 90), heads (5, 10): leaving early costs 15, at the final exit 115 (110 with the exit off).
+HAND_COST = NetworkCost(segment_macs=(10, 90), head_macs=(5, 10))
+
+
+def _logit(p):
+    return math.log(p / (1 - p))
+
+
+HAND_LOGITS = np.array([
+    [[_logit(0.95), 0.0], [_logit(0.7), 0.0], [0.0, _logit(0.7)], [0.0, _logit(0.55)]],
+    [[3.0, 0.0], [3.0, 0.0], [3.0, 0.0], [3.0, 0.0]],
+])
+HAND_LABELS = np.zeros(4, dtype=int)
+
+
+@pytest.fixture
+def hand_points():
+    return compute_operating_points(HAND_LOGITS, HAND_LABELS, HAND_COST, "max_softmax", grid=(0.6, 0.9),
+                                    named_drops={"balanced": 0.005, "min_energy": 0.3})
+
+
+def test_path_costs_leave_out_heads_of_exits_that_are_off():
+    assert path_costs_with(HAND_COST, [True]).tolist() == [15, 115]
+    assert path_costs_with(HAND_COST, [False]).tolist() == [10, 110]
+
+
+def test_operating_points_by_hand(hand_points):
+    # threshold 0.6: samples 0, 1, 2 leave early (2 is wrong), 3 goes on: acc 3/4, cost .75*15 + .25*115 = 40
+    # threshold 0.9: only sample 0 leaves: acc 1, cost .25*15 + .75*115 = 90
+    # off: acc 1, cost 110 (no early head), dominated by 0.9
+    got = [(p.thresholds, p.val_accuracy, p.expected_macs, p.exit_rates) for p in hand_points.points]
+    assert got == [((0.6,), 0.75, 40.0, (0.75, 0.25)), ((0.9,), 1.0, 90.0, (0.25, 0.75))]
+    assert hand_points.reference_accuracy == 1.0 and hand_points.static_macs == 110
+    assert hand_points.by_name("max_accuracy").thresholds == (0.9,)
+    assert hand_points.by_name("balanced").thresholds == (0.9,)
+    assert hand_points.by_name("min_energy").thresholds == (0.6,)
+    assert hand_points.by_accuracy_floor(0.8).thresholds == (0.9,)
+    assert hand_points.by_accuracy_floor(0.75).thresholds == (0.6,)
+    assert hand_points.by_budget(50).thresholds == (0.6,)
+    assert hand_points.by_budget(90).thresholds == (0.9,)
+
+
+@pytest.mark.parametrize("request_, fragment", [
+    ({"name": "turbo"}, "operating_point: unknown name 'turbo'"),
+    ({"min_accuracy": 1.01}, "min_accuracy: 1.01 is above the best val accuracy 1.0000"),
+    ({"max_macs": 30}, "max_macs: 30 is below the cheapest point (40 expected MACs)"),
+    ({"name": "balanced", "max_macs": 30}, "give exactly one of"),
+])
+def test_impossible_operating_points_are_refused_in_one_line(hand_points, request_, fragment):
+    with pytest.raises(OperatingPointError, match=".*") as info:
+        hand_points.select(**request_)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_operating_points_store_and_switch_at_run_time(hand_points, tmp_path, tiny_space):
+    hand_points.save(tmp_path)
+    loaded = OperatingPoints.load(tmp_path)
+    assert loaded.to_dict() == hand_points.to_dict()
+    net = _random_net(tiny_space, 1)
+    n_early = net.n_exits - 1
+    points = OperatingPoints(metric="max_softmax", reference_accuracy=1.0, static_macs=1.0, points=[
+        type(hand_points.points[0])((0.5,) * n_early, 0.8, 1.0, (0.0,) * n_early + (1.0,)),
+        type(hand_points.points[0])((None,) * n_early, 0.9, 2.0, (0.0,) * n_early + (1.0,))],
+        named={"max_accuracy": 1, "balanced": 1, "min_energy": 0})
+    model = AdaptiveModel(net, operating_points=points)
+    model.set_operating_point("min_energy")
+    assert model.thresholds == (0.5,) * n_early
+    model.set_operating_point(max_macs=1.5)
+    assert model.thresholds == (0.5,) * n_early
+    model.set_operating_point(min_accuracy=0.85)
+    assert all(math.isinf(t) for t in model.thresholds)
+
+
+def test_operating_points_are_a_front_on_real_logits(tiny_space):
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 300, 4)) * np.array([1.0, 2.0, 4.0])[:, None, None]
+    labels = rng.integers(0, 4, 300)
+    logits[2, np.arange(300), labels] += 3.0  # the final exit is the most accurate
+    cost = NetworkCost(segment_macs=(100, 200, 700), head_macs=(20, 20, 50))
+    pts = compute_operating_points(logits, labels, cost, "entropy")
+    acc = [p.val_accuracy for p in pts.points]
+    macs = [p.expected_macs for p in pts.points]
+    assert macs == sorted(macs) and acc == sorted(acc) and len(set(acc)) == len(acc)
+    assert pts.by_name("max_accuracy").val_accuracy == max(acc)
+    assert pts.by_name("balanced").val_accuracy >= pts.reference_accuracy - 0.005
+
+
+def test_torch_confidence_matches_the_numpy_rule():
+    from aebnas.runtime.export import confidence_torch
+
+    logits = np.random.default_rng(1).normal(size=(50, 7)) * 3
+    for metric in METRICS:
+        np.testing.assert_allclose(confidence_torch(torch.from_numpy(logits), metric).numpy(),
+                                   confidence(logits, metric), rtol=0, atol=1e-12)
+
+
+def test_torchscript_adaptive_model_matches_eager(tiny_space, tmp_path):
+    from aebnas.runtime.export import script_adaptive
+
+    net = _random_net(tiny_space, 4)
+    x = torch.randn(50, 1, 12, 12, generator=torch.Generator().manual_seed(4))
+    model = AdaptiveModel(net, _spread_thresholds(net, x, "entropy", np.random.default_rng(4)), "entropy")
+    script_adaptive(model, tmp_path / "adaptive.pt")
+    loaded = torch.jit.load(str(tmp_path / "adaptive.pt"))
+    pred, where = loaded(x)
+    eager = model(x)
+    assert torch.equal(pred, eager.prediction) and torch.equal(where, eager.exit_index)
+
+
+@pytest.mark.slow
+def test_onnx_export_round_trip(tiny_space, tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    from aebnas.runtime.export import export_onnx_all_exits, export_onnx_segments
+
+    net = build_model(tiny_space.parse("k3e2/k3e2/k3e2/k3e2/k3e2|t0.9:avg-conv8k3|off|t0.8:dwsep8k3|off"), 4, 1).eval()
+    x = torch.randn(6, 1, 12, 12)
+    with torch.no_grad():
+        expected = [t.numpy() for t in net(x)]
+    path = export_onnx_all_exits(net, x[:2], tmp_path / "all.onnx")  # the default exporter (torch.export)
+    got = ort.InferenceSession(str(path)).run(None, {"input": x.numpy()})  # another batch size than exported
+    assert len(got) == net.n_exits == 3
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    features = x.numpy()
+    for k, seg_path in enumerate(export_onnx_segments(net, x[:2], tmp_path / "segments", dynamo=False)):
+        features, logits = ort.InferenceSession(str(seg_path)).run(None, {"input": features})
+        np.testing.assert_allclose(logits, expected[k], rtol=1e-4, atol=1e-5)
+
+
+# --- aebnas-stream on a run directory made here -------------------------------------------------
+
+DATASET = {"name": "synthetic", "num_classes": 3, "num_samples": 240, "resolution": 8, "channels": 1,
+           "val_size": 0.25, "test_size": 0.25, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_space):
+    from aebnas.data import load_dataset
+    from aebnas.search import SearchSettings, run_search
+    from aebnas.train import TrainerConfig
+
+    run_dir = tmp_path_factory.mktemp("run")
+    settings = SearchSettings(pop_size=2, generations=1, exit_metric="max_softmax",
+                              initial_genomes=("k3e2/k3e2/k3e2/k3e2/k3e2|t0.9:conv8k3|off|t0.8:avg-conv8k3|off",))
+    trainer = TrainerConfig(epochs=1, batch_size=64, device="cpu", crop_padding=1, num_threads=1)
+    run_search(tiny_space, load_dataset(DATASET), trainer, settings, torch.device("cpu"), run_dir, progress=False)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"dataset": DATASET}))
+    return run_dir
+
+
+def _stream(tmp_path, *args):
+    cmd = [sys.executable, "-m", "aebnas.cli.stream", f"hydra.run.dir={tmp_path / 'out'}", "progress=false",
+           "num_threads=1", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+@pytest.mark.slow
+def test_stream_cli_on_a_real_run(tiny_run, tmp_path):
+    proc = _stream(tmp_path, f"run={tiny_run}", "n_images=30", "batch_size=8", "warmup=2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "out" / "stream.json").read_text())
+    assert [c["batch_size"] for c in result["comparisons"]] == [1, 8]
+    for c in result["comparisons"]:
+        assert c["static"]["images"] == c["adaptive"]["images"] == 30
+        assert sum(c["adaptive"]["exit_histogram"]) == 30
+        assert c["static"]["effective_macs"] == result["static_macs"]
+    # the same images and thresholds give the same answers at batch 1 and batch 8
+    assert result["comparisons"][0]["adaptive"]["accuracy"] == result["comparisons"][1]["adaptive"]["accuracy"]
+    assert [r["operating_point"] for r in result["operating_points"]] == ["max_accuracy", "balanced", "min_energy"]
+    assert (tmp_path / "out" / "stream.png").stat().st_size > 10_000
+    model_dir = tiny_run / "models"
+    assert list(model_dir.glob("00_*/operating_points.json"))  # stored beside the model for the next run
+    assert "batch    8" in proc.stdout
+
+
+@pytest.mark.parametrize("args, fragment", [
+    ([], "run: required"),
+    (["run=/nonexistent/run"], "run dir: no evaluations.csv in '/nonexistent/run'"),
+    (["run=RUN", "+turbo=1"], "stream.turbo: unknown key"),
+    (["run=RUN", "n_images=many"], "n_images: expected an integer"),
+])
+def test_stream_bad_input_gets_one_line(tiny_run, tmp_path, args, fragment):
+    proc = _stream(tmp_path, *[a.replace("RUN", str(tiny_run)) for a in args])
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("aebnas-stream: error: ") and fragment in lines[0]
+    assert not (tmp_path / "out" / "stream.json").exists()
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    ({"model": 9}, "model: 9 is out of range"),
+    ({"operating_point": "turbo"}, "operating_point: unknown name 'turbo'"),
+    ({"min_accuracy": 0.9}, "give exactly one of operating_point"),
+    ({"operating_point": None, "min_accuracy": 1.5}, "min_accuracy: must be in [0.0, 1.0]"),
+    ({"operating_point": None, "max_macs": 1}, "operating_point.max_macs: 1 is below the cheapest point"),
+    ({"batch_size": 0}, "batch_size: must be in [1, inf]"),
+    ({"device": "cuda:0"} if not torch.cuda.is_available() else {"device": "tpu"}, "device: "),
+])
+def test_stream_settings_refused_in_one_line(tiny_run, tmp_path, capsys, overrides, fragment):
+    """The same path as the console script after Hydra has composed the config, in process (fast)."""
+    from omegaconf import OmegaConf
+
+    from aebnas.cli.common import user_errors
+    from aebnas.cli.stream import PROG, stream
+
+    cfg = OmegaConf.load(ROOT / "conf" / "stream.yaml")
+    del cfg["hydra"]
+    cfg.merge_with({"run": str(tiny_run), "progress": False, "num_threads": 1, "n_images": 10, **overrides})
+    with pytest.raises(SystemExit) as info:
+        with user_errors(PROG):
+            stream(cfg, tmp_path / "out")
+    assert info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("aebnas-stream: error: ") and fragment in lines[0], lines
+    assert not (tmp_path / "out" / "stream.json").exists()
+
+
+def test_shipped_stream_config_composes_and_is_accepted():
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from aebnas.runtime.stream import StreamSettings
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose("stream", overrides=["run=/some/run"])
+    settings = StreamSettings.from_dict(OmegaConf.to_container(cfg, resolve=True))
+    assert settings.run == "/some/run" and settings.operating_point == "balanced" and settings.num_threads == 2
