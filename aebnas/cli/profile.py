@@ -61,9 +61,9 @@ def profile(cfg: DictConfig, run_dir: Path) -> Path:
     path = latency_table_path(hw, shape)
     progress = bool(plain.get("progress", True))
     start = time.perf_counter()
-    before = len(json.loads(path.read_text())["ops"]) if path.exists() else 0
-    table = profile_space(space, shape, hw, path, progress=progress)
-    print(f"{len(table.ops) - before} operators measured in {time.perf_counter() - start:.0f}s "
+    measured: list[str] = []
+    table = profile_space(space, shape, hw, path, progress=progress, on_measured=measured.append)
+    print(f"{len(measured)} operators measured in {time.perf_counter() - start:.0f}s "
           f"({len(table.ops)} in the table) on {table.meta['device_name']}: {path}")
     if options["validate"]:
         run_dir.mkdir(parents=True, exist_ok=True)

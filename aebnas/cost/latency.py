@@ -143,16 +143,18 @@ class LatencyTable:
         """Predicted milliseconds per segment and per exit head."""
         return ops.part_costs(lambda op: self.op_ms(op.signature))
 
+    def genome_part_ms(self, genome: Genome) -> tuple[list[float], list[float]]:
+        """Predicted milliseconds per segment and per exit head of a genome's network at the table's shape."""
+        shape = self.shape
+        return self.part_ms(network_ops(genome, shape.num_classes, shape.channels, shape.resolution))
+
     def path_ms(self, genome: Genome) -> tuple[float, ...]:
         """Predicted latency of leaving at each exit (segments and heads on the way, plus the overhead term)."""
-        shape = self.shape
-        segments, heads = self.part_ms(network_ops(genome, shape.num_classes, shape.channels, shape.resolution))
-        return tuple(p + self.overhead_ms for p in path_costs(segments, heads))
+        return tuple(p + self.overhead_ms for p in path_costs(*self.genome_part_ms(genome)))
 
     def static_ms(self, genome: Genome) -> float:
         """Predicted latency of the same backbone run to full depth with the final classifier only."""
-        shape = self.shape
-        segments, heads = self.part_ms(network_ops(genome, shape.num_classes, shape.channels, shape.resolution))
+        segments, heads = self.genome_part_ms(genome)
         return sum(segments) + heads[-1] + self.overhead_ms
 
 
