@@ -31,6 +31,11 @@ def require_config_dir(prog: str) -> None:
         sys.exit(2)
 
 
+def group_options(group: str) -> list[str]:
+    """The config names a Hydra group offers (``conf/<group>/*.yaml``), sorted, for error messages."""
+    return sorted(p.stem for p in (Path(config_dir()) / group).glob("*.yaml"))
+
+
 def check_group_choices(prog: str, argv: list[str]) -> None:
     """Refuse ``group=name`` overrides naming no config file, in one line (Hydra's own report is a page)."""
     root = Path(config_dir())
@@ -43,7 +48,7 @@ def check_group_choices(prog: str, argv: list[str]) -> None:
         if "." in key or not group.is_dir() or "," in value or value in ("null", ""):
             continue
         if not (group / f"{value}.yaml").exists():
-            options = sorted(p.stem for p in group.glob("*.yaml"))
+            options = group_options(key)
             print(f"{prog}: error: {key}: no config '{value}'; choose one of: {', '.join(options)}", file=sys.stderr)
             sys.exit(2)
 
@@ -87,9 +92,8 @@ def load_latency_table(hardware: Mapping[str, Any] | None, space: SpaceConfig, s
     """The device's table for this space and input, checked to price every candidate; None without hardware."""
     if hardware is None:
         if required:
-            choices = sorted(p.stem for p in (Path(config_dir()) / "hardware").glob("*.yaml"))
             raise ConfigError(f"hardware: search.objective=avg_latency and latency budgets need a device, add "
-                              f"hardware=<name> (one of: {', '.join(choices)})")
+                              f"hardware=<name> (one of: {', '.join(group_options('hardware'))})")
         return None
     hw = HardwareConfig.from_dict(hardware)
     path = latency_table_path(hw, shape)

@@ -14,7 +14,7 @@ import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from aebnas.cli.common import (check_group_choices, check_overrides, config_dir, latency_table_path,
+from aebnas.cli.common import (check_group_choices, check_overrides, config_dir, group_options, latency_table_path,
                                require_config_dir, user_errors)
 from aebnas.cost.latency import InputShape
 from aebnas.cost.latency_check import validate_table
@@ -47,9 +47,8 @@ def profile(cfg: DictConfig, run_dir: Path) -> Path:
     """Fill (or complete) the table, then validate it if asked; returns the table's path."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     if plain.get("hardware") is None:
-        choices = sorted(p.stem for p in (Path(config_dir()) / "hardware").glob("*.yaml"))
         raise ConfigError(f"hardware: name the device to measure, e.g. hardware=cpu_x86_2t (configs: "
-                          f"{', '.join(choices)}; copy one for a new device)")
+                          f"{', '.join(group_options('hardware'))}; copy one for a new device)")
     options = plain["profile"]
     reject_unknown_keys(options, PROFILE_KEYS, "profile")
     for key in ("validate", "calibrate"):

@@ -211,7 +211,8 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
     evaluator.on_evaluated.append(on_evaluated)
     largest = space.largest()
     macs_ref = float(_static_macs(largest, data))
-    cost_ref = macs_ref if settings.cost_column == "expected_macs" else latency_table.static_ms(largest)
+    latency_ref = latency_table.static_ms(largest) if latency_table is not None else None
+    cost_ref = macs_ref if settings.cost_column == "expected_macs" else latency_ref
     problem = EarlyExitProblem(space, evaluator, settings)
     random = settings.algorithm == "random"
     algorithm = NSGA2(
@@ -252,7 +253,7 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
     }
     if latency_table is not None:
         summary["hardware"] = latency_table.meta.get("hardware")
-        summary["largest_static_latency_ms"] = latency_table.static_ms(largest)
+        summary["largest_static_latency_ms"] = latency_ref
     write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
     try:
         from aebnas.analysis.plots import plot_pareto
