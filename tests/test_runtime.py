@@ -281,6 +281,8 @@ def test_stream_bad_input_gets_one_line(tiny_run, tmp_path, args, fragment):
     ({"operating_point": None, "min_accuracy": 1.5}, "min_accuracy: must be in [0.0, 1.0]"),
     ({"operating_point": None, "max_macs": 1}, "operating_point.max_macs: 1 is below the cheapest point"),
     ({"batch_size": 0}, "batch_size: must be in [1, inf]"),
+    ({"batch_size": [256, 0]}, "batch_size[1]: must be in [1, inf]"),
+    ({"batch_size": []}, "batch_size: an empty list"),
     ({"device": "cuda:0"} if not torch.cuda.is_available() else {"device": "tpu"}, "device: "),
 ])
 def test_stream_settings_refused_in_one_line(tiny_run, tmp_path, capsys, overrides, fragment):
@@ -312,3 +314,20 @@ def test_shipped_stream_config_composes_and_is_accepted():
         cfg = compose("stream", overrides=["run=/some/run"])
     settings = StreamSettings.from_dict(OmegaConf.to_container(cfg, resolve=True))
     assert settings.run == "/some/run" and settings.operating_point == "balanced" and settings.num_threads == 2
+
+
+@pytest.mark.parametrize("batch_size, batch_one, expected", [
+    (256, True, [1, 256]),
+    (1, True, [1]),
+    ([256, 1024, 256], True, [1, 256, 1024]),
+    ([1, 64], True, [1, 64]),
+    ([256, 4096], False, [256, 4096]),
+    (1, False, [1]),
+])
+def test_stream_batch_sizes(batch_size, batch_one, expected):
+    """Batch 1 first unless switched off; a list sweeps several batches in one run, each once."""
+    from aebnas.runtime.stream import StreamSettings
+
+    settings = StreamSettings.from_dict({"run": "/some/run", "operating_point": "balanced", "batch_size": batch_size,
+                                        "batch_one": batch_one})
+    assert settings.batch_sizes == expected

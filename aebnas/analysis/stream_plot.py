@@ -39,9 +39,11 @@ def plot_stream(result: Mapping[str, Any], path: str | Path | None = None):
         for r in table:
             ax.annotate(r["operating_point"], (r["images_per_second"], r["accuracy"]), fontsize=8,
                         xytext=(4, 4), textcoords="offset points")
-        s = comparisons[0]["static"]
-        ax.scatter([s["images_per_second"]], [s["accuracy"]], marker="s", c="tab:red", label="static (batch 1)")
-        ax.legend(fontsize=8)
+        one = [c for c in comparisons if c["batch_size"] == 1]  # the table runs at batch 1; so must its reference
+        if one:
+            s = one[0]["static"]
+            ax.scatter([s["images_per_second"]], [s["accuracy"]], marker="s", c="tab:red", label="static (batch 1)")
+            ax.legend(fontsize=8)
     ax.set_xlabel("images / s (batch 1)")
     ax.set_ylabel("test accuracy")
     ax.set_title("operating points")

@@ -182,7 +182,8 @@ class StreamSettings:
     max_macs: float | None = None
     recompute_operating_points: bool = False
     n_images: int = 2000
-    batch_size: int = 256
+    batch_size: int | tuple[int, ...] = 256
+    batch_one: bool = True
     warmup: int = 20
     operating_point_table: bool = True
     device: str = "cpu"
@@ -213,11 +214,28 @@ class StreamSettings:
                    recompute_operating_points=check_bool(cfg.get("recompute_operating_points", False),
                                                          "recompute_operating_points"),
                    n_images=check_int(cfg.get("n_images", 2000), "n_images", lo=1),
-                   batch_size=check_int(cfg.get("batch_size", 256), "batch_size", lo=1),
+                   batch_size=_batch_sizes(cfg.get("batch_size", 256)),
+                   batch_one=check_bool(cfg.get("batch_one", True), "batch_one"),
                    warmup=check_int(cfg.get("warmup", 20), "warmup", lo=0),
                    operating_point_table=check_bool(cfg.get("operating_point_table", True), "operating_point_table"),
                    device=str(cfg.get("device", "cpu")), num_threads=cfg.get("num_threads"),
                    progress=check_bool(cfg.get("progress", True), "progress"))
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        """Batch sizes in the order they are timed: 1 first (unless ``batch_one`` is off), then ``batch_size``."""
+        sizes = [self.batch_size] if isinstance(self.batch_size, int) else list(self.batch_size)
+        head = [1] if self.batch_one else []
+        return head + [b for b in dict.fromkeys(sizes) if not (self.batch_one and b == 1)]
+
+
+def _batch_sizes(value: Any) -> int | tuple[int, ...]:
+    """One batch size or several (``batch_size=[256,1024]``): a GPU's throughput depends on it, so one run sweeps."""
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ConfigError("batch_size: an empty list; give a batch size such as 256, or a list such as [256,1024]")
+        return tuple(check_int(v, f"batch_size[{i}]", lo=1) for i, v in enumerate(value))
+    return check_int(value, "batch_size", lo=1)
 
 
 def _cpu_name() -> str:
@@ -258,8 +276,7 @@ def run_stream(settings: StreamSettings, out_dir: Path) -> dict:
     model = AdaptiveModel.from_saved(saved, points)
     point = model.set_operating_point(settings.operating_point, settings.min_accuracy, settings.max_macs)
     x, labels = prepare_stream(data.test, data.mean, data.std, settings.n_images, device)
-    batch_sizes = [1] + ([settings.batch_size] if settings.batch_size != 1 else [])
-    bench = stream_benchmark(model, saved.cost, x, labels, batch_sizes, settings.warmup,
+    bench = stream_benchmark(model, saved.cost, x, labels, settings.batch_sizes, settings.warmup,
                              NAMES if settings.operating_point_table else (), settings.progress)
     label = settings.operating_point or (f"min_accuracy={settings.min_accuracy}" if settings.min_accuracy is not None
                                          else f"max_macs={settings.max_macs:g}")
