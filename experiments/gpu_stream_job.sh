@@ -35,7 +35,7 @@ START=$SECONDS
 
 if [[ "${STREAM_SMOKE:-0}" == 1 ]]; then
   # Minutes on a 2-core CPU: proves the commands and the packing, not the figures.
-  DEVICE=${DEVICE:-cpu}; EPOCHS=${EPOCHS:-1}; BATCH=${BATCH:-128}; LR=${LR:-0.1}
+  DEVICE=${DEVICE:-cpu}; EPOCHS=${EPOCHS:-2}; BATCH=${BATCH:-64}; LR=${LR:-0.1}
   N_BATCH1=${N_BATCH1:-100}; N_TEST=200; BATCHES='[64,256]'; BATCHES_POINTS='[64]'
   SIZE_ARGS=(dataset.max_train_samples=2000 dataset.val_size=1000 trainer.num_threads=2)
 else
@@ -57,6 +57,25 @@ machine_facts() {
   echo "cpus: $(nproc)"
   python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"
   git rev-parse --short HEAD 2>/dev/null || echo "no git checkout"
+}
+
+# Every module the two CLIs import, checked in seconds rather than after training.
+preflight() {
+  python3 - <<'EOF'
+import importlib, sys
+need = ["torch", "numpy", "pandas", "matplotlib", "tqdm", "yaml", "omegaconf", "hydra", "pymoo", "aebnas.cli.search",
+        "aebnas.cli.stream"]
+missing = []
+for name in need:
+    try:
+        importlib.import_module(name)
+    except Exception as exc:
+        missing.append(f"{name} ({type(exc).__name__}: {exc})")
+if missing:
+    sys.exit("missing: " + "; ".join(missing))
+print("imports ok")
+EOF
+  [[ -f "$DATA_DIR/train-images-idx3-ubyte.gz" ]] || { echo "no Fashion-MNIST idx files in $DATA_DIR" >&2; exit 2; }
 }
 
 # One trained network, through the ordinary search (so the run directory is what aebnas-stream reads).
@@ -102,6 +121,7 @@ pack_run() {
 trap pack_run EXIT
 
 machine_facts
+preflight
 train_network
 # batch 1 (camera-like stream) on the first N_BATCH1 images, with the operating-point table
 stream_pass b1 n_images="$N_BATCH1" batch_size=1 operating_point=balanced
