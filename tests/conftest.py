@@ -14,6 +14,16 @@ from aebnas.space import SearchSpace, SpaceConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def supernet_cache(tmp_path_factory) -> Path:
+    """Supernets trained by tests are cached in a temporary folder, never in the user's ~/.cache."""
+    path = tmp_path_factory.mktemp("aebnas_cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AEBNAS_CACHE_DIR", str(path))
+    yield path
+    mp.undo()
+
+
 def space_config(name: str) -> SpaceConfig:
     return SpaceConfig.from_dict(yaml.safe_load((ROOT / "conf" / "space" / f"{name}.yaml").read_text()))
 

@@ -19,6 +19,7 @@ from aebnas.search import SearchSettings, run_search
 from aebnas.search.runner import parse_initial_genomes
 from aebnas.space import SearchSpace, SpaceConfig
 from aebnas.train import TrainerConfig, resolve_device
+from aebnas.train.supernet import SupernetConfig
 from aebnas.validation import ConfigError, check_int
 
 log = logging.getLogger("aebnas")
@@ -55,6 +56,7 @@ def search(cfg: DictConfig, run_dir: Path, user_overrides: list[str] | None = No
     settings = SearchSettings.from_dict(plain["search"])
     parse_initial_genomes(space, settings)
     trainer = TrainerConfig.from_dict(plain["trainer"])
+    supernet = SupernetConfig.from_dict(plain["supernet"]) if trainer.init == "supernet" else None
     device = resolve_device(trainer.device)
     check_int(plain.get("seed"), "seed", lo=0)
     if trainer.num_threads:
@@ -71,7 +73,8 @@ def search(cfg: DictConfig, run_dir: Path, user_overrides: list[str] | None = No
     record = {k: v for k, v in plain.items() if k not in IGNORED_FOR_IDENTITY}
     result = run_search(space, data, trainer, settings, device, run_dir, seed=plain["seed"],
                         progress=bool(plain.get("progress", True)), resume=resume, config_record=record,
-                        latency_table=latency_table, method=(plain.get("method") or {}).get("name"))
+                        latency_table=latency_table, method=(plain.get("method") or {}).get("name"),
+                        supernet=supernet)
     best = max(result.pareto, key=lambda r: r["test_accuracy"], default=None)
     failed = sum(e.status != "ok" for e in result.evaluations)
     print(f"\n{len(result.evaluations)} candidates ({failed} failed) in {result.seconds:.0f}s; "

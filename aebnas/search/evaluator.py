@@ -24,11 +24,13 @@ from aebnas.cost import NetworkCost, expected_cost, network_cost
 from aebnas.cost.latency import LatencyTable
 from aebnas.data import DataSplits
 from aebnas.nn import build_model, count_parameters
+from aebnas.nn.supernet import Supernet, inherit_weights
 from aebnas.search.objectives import constraint_values, objective_values
 from aebnas.search.settings import SearchSettings
 from aebnas.search.thresholds import confidence, simulate_exits, tune_thresholds
 from aebnas.space import Genome
 from aebnas.train import TrainerConfig, fit, predict_logits
+from aebnas.train.trainer import recalibrate_batchnorm
 
 log = logging.getLogger("aebnas.search")
 
@@ -88,6 +90,7 @@ class Evaluation:
     path_latency_ms: list[float] = field(default_factory=list)   # empty without a latency table
     expected_latency_ms: float | None = None
     static_latency_ms: float | None = None
+    tune_seconds: float = 0.0      # threshold tuning (from cached val confidences)
 
     @property
     def feasible(self) -> bool:
@@ -123,8 +126,13 @@ class CandidateEvaluator:
     """
 
     def __init__(self, data: DataSplits, trainer: TrainerConfig, settings: SearchSettings, device: torch.device,
-                 seed: int = 0, model_dir: Path | None = None, latency_table: LatencyTable | None = None):
+                 seed: int = 0, model_dir: Path | None = None, latency_table: LatencyTable | None = None,
+                 supernet: Supernet | None = None):
+        if (trainer.init == "supernet") != (supernet is not None):
+            raise ValueError(f"CandidateEvaluator: trainer.init={trainer.init} but "
+                             f"{'no supernet was' if supernet is None else 'a supernet was'} given")
         self.data = data
+        self.supernet = supernet
         self.latency_table = latency_table
         self.trainer = trainer
         self.settings = settings
@@ -183,11 +191,13 @@ class CandidateEvaluator:
                 return self._record(self._failed(genome, generation, exc), key)
             self._networks[genome.network_key] = net
         thresholds = list(genome.thresholds)
+        tune_start = time.perf_counter()
         if self.settings.threshold_tuning and thresholds:
             tuning_costs = net.path_latency_ms if self.settings.objective == "avg_latency" else net.cost.path_macs
             thresholds = list(tune_thresholds(net.confidences, net.correct, tuning_costs,
                                               genome.space.thresholds, self.settings.max_accuracy_drop))
         outcome = simulate_exits(net.confidences, net.correct, thresholds, net.cost.path_macs)
+        tune_seconds = time.perf_counter() - tune_start
         ev = Evaluation(
             key=genome.with_thresholds(thresholds).key, network_key=genome.network_key, generation=generation,
             val_accuracy=outcome.accuracy, expected_macs=outcome.expected_cost,
@@ -200,7 +210,7 @@ class CandidateEvaluator:
             train_seconds=net.train_seconds, eval_seconds=net.eval_seconds, model_file=net.model_file,
             path_latency_ms=list(net.path_latency_ms),
             expected_latency_ms=expected_cost(outcome.exit_rates, net.path_latency_ms) if net.path_latency_ms else None,
-            static_latency_ms=self._static_latency(genome),
+            static_latency_ms=self._static_latency(genome), tune_seconds=tune_seconds,
         )
         return self._record(ev, key)
 
@@ -242,14 +252,20 @@ class CandidateEvaluator:
         seed = candidate_seed(self.seed, genome.network_key)
         torch.manual_seed(seed)
         model = build_model(genome, self.data.num_classes, self.data.in_channels)
-        stats = fit(model, self.data, self.trainer, self.device, seed=seed)
+        start = time.perf_counter()
+        if self.supernet is not None:  # inherit the backbone, then fit BatchNorm statistics to this subnet
+            inherit_weights(model, self.supernet)
+            recalibrate_batchnorm(model, self.data, self.device, self.trainer.bn_calibration_images,
+                                  self.trainer.amp)
+        fit(model, self.data, self.trainer.candidate_schedule(), self.device, seed=seed)
+        train_seconds = time.perf_counter() - start
         start = time.perf_counter()
         logits = predict_logits(model, self.data.val, self.data.mean, self.data.std, self.device,
                                 self.trainer.eval_batch_size, self.trainer.amp)
         labels = self.data.val.y.numpy()
         conf = confidence(logits, self.settings.exit_metric)
         correct = logits.argmax(-1) == labels[None, :]
-        eval_seconds = time.perf_counter() - start
+        eval_seconds = time.perf_counter() - start  # predict_logits ends in a host copy: the device is done
         model_file = None
         if self.model_dir is not None:
             self.model_dir.mkdir(parents=True, exist_ok=True)
@@ -260,4 +276,4 @@ class CandidateEvaluator:
             model_file = str(path)
         cost = network_cost(genome, self.data.num_classes, self.data.in_channels, self.data.resolution)
         return TrainedNetwork(conf.astype(np.float32), correct, cost, count_parameters(model),
-                              stats.seconds, eval_seconds, model_file, self._path_latency(genome))
+                              train_seconds, eval_seconds, model_file, self._path_latency(genome))

@@ -38,6 +38,7 @@ from aebnas.search.settings import SearchSettings
 from aebnas.search.thresholds import confidence, simulate_exits
 from aebnas.space import Genome, GenomeError, SearchSpace
 from aebnas.train import TrainerConfig, predict_logits
+from aebnas.train.supernet import SupernetConfig, SupernetInfo, prepare_supernet
 from aebnas.validation import ConfigError
 
 log = logging.getLogger("aebnas.search")
@@ -154,7 +155,7 @@ class _GenerationLog(Callback):
 def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, settings: SearchSettings,
                device: torch.device, run_dir: Path, seed: int = 0, progress: bool = True, resume: bool = False,
                config_record: dict[str, Any] | None = None, latency_table: LatencyTable | None = None,
-               method: str | None = None) -> SearchResult:
+               method: str | None = None, supernet: SupernetConfig | None = None) -> SearchResult:
     """Run NSGA-II and fill ``run_dir``; the library entry point behind ``aebnas-search``.
 
     Resuming replays the search from the start with the same seed: finished
@@ -192,8 +193,12 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
         raise ConfigError(f"resume: '{run_dir}' was searched with another config "
                           f"({_first_difference(json.loads(stored), config_record or {})}); resume it unchanged")
     weights_dir = run_dir / "candidates"
+    shared, supernet_info = None, None
+    if trainer.init == "supernet":
+        shared, supernet_info = prepare_supernet(space, data, supernet or SupernetConfig(), trainer, device, seed,
+                                                 progress)
     evaluator = CandidateEvaluator(data, trainer, settings, device, seed=seed, model_dir=weights_dir,
-                                   latency_table=latency_table)
+                                   latency_table=latency_table, supernet=shared)
     evaluator.preload([Evaluation.from_record(r) for r in archive.rows()])
     if resume:
         log.info("resuming %s: %d finished evaluations are replayed, not re-run", run_dir, len(archive))
@@ -250,7 +255,10 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
         "device": str(device),
         "largest_static_macs": macs_ref,
         "objectives": objective_names(settings),
+        "candidate_init": trainer.init,
     }
+    if supernet_info is not None:
+        summary["supernet"] = _supernet_summary(supernet_info)
     if latency_table is not None:
         summary["hardware"] = latency_table.meta.get("hardware")
         summary["largest_static_latency_ms"] = latency_ref
@@ -267,6 +275,12 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
     except Exception as exc:  # a plot must never cost the results
         log.warning("could not draw pareto.png: %s", exc)
     return SearchResult(run_dir=run_dir, evaluations=evaluator.evaluations, pareto=pareto_rows, seconds=seconds)
+
+
+def _supernet_summary(info: SupernetInfo) -> dict[str, Any]:
+    """summary.json's record of the supernet: where it is cached and what training it cost (0 s when loaded)."""
+    return {"path": info.path, "key": info.key, "loaded_from_cache": info.cached,
+            "train_seconds": 0.0 if info.cached else info.train_seconds, "trained_in_seconds": info.train_seconds}
 
 
 def _cost_text(column: str, value: float) -> str:

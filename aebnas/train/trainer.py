@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, fields
-from typing import Any, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, fields, replace
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -19,6 +20,10 @@ from torch import nn
 from aebnas.data import ArraySplit, DataSplits, augment_batch, normalize
 from aebnas.train.losses import exit_loss_weights, joint_exit_loss
 from aebnas.validation import ConfigError, check_bool, check_int, check_number, reject_unknown_keys
+
+
+#: Where a candidate's weights come from: the cached supernet (then fine-tuned) or random initialisation.
+INITS = ("supernet", "from_scratch")
 
 
 class TrainingDiverged(RuntimeError):
@@ -41,8 +46,12 @@ class TrainerConfig:
     exit_weights: Any = "uniform"
     crop_padding: int = 4
     amp: bool = True
+    channels_last: bool = True
     device: str = "auto"
     num_threads: int | None = None
+    init: str = "from_scratch"
+    finetune_lr: float = 0.01
+    bn_calibration_images: int = 2000
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> "TrainerConfig":
@@ -61,12 +70,21 @@ class TrainerConfig:
         check_number(tc.label_smoothing, "trainer.label_smoothing", lo=0, hi=0.999)
         check_int(tc.crop_padding, "trainer.crop_padding", lo=0)
         check_bool(tc.amp, "trainer.amp")
+        check_bool(tc.channels_last, "trainer.channels_last")
+        if tc.init not in INITS:
+            raise ConfigError(f"trainer.init: '{tc.init}' is not one of {list(INITS)}")
+        check_number(tc.finetune_lr, "trainer.finetune_lr", lo=0, lo_open=True)
+        check_int(tc.bn_calibration_images, "trainer.bn_calibration_images", lo=0)
         if tc.num_threads is not None:
             check_int(tc.num_threads, "trainer.num_threads", lo=1)
         if not isinstance(tc.device, str):
             raise ConfigError(f"trainer.device: expected a device name such as auto, cpu or cuda, got {tc.device!r}")
         exit_loss_weights(2, tc.exit_weights)  # validates the scheme early
         return tc
+
+    def candidate_schedule(self) -> "TrainerConfig":
+        """The schedule a candidate trains with: fine-tuning at ``finetune_lr`` when it inherits supernet weights."""
+        return replace(self, lr=self.finetune_lr) if self.init == "supernet" else self
 
 
 @dataclass
@@ -85,45 +103,137 @@ def _batches(n: int, batch_size: int, generator: torch.Generator | None = None) 
     return batches
 
 
+@contextmanager
+def cudnn_autotune(enabled: bool) -> Iterator[None]:
+    """cuDNN autotuning while a block runs: it pays for one fixed network (a candidate: 25 vs 38 ms per
+    step on an H100, docs/benchmarks.md) and costs seconds per step when every step brings new shapes
+    (supernet sandwich steps: 2.9 s vs 0.13 s)."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+def use_channels_last(cfg: TrainerConfig, device: torch.device) -> bool:
+    """channels_last pays on CUDA (cuDNN's NHWC kernels); on the CPU depthwise convs get slower."""
+    return cfg.channels_last and device.type == "cuda"
+
+
+class BatchStream:
+    """Shuffled, augmented, normalised training batches from the train split held whole on ``device``.
+
+    Everything after the one upload happens on the device in a few tensor ops per
+    batch, and nothing waits for the device: the host only queues work.
+    """
+
+    def __init__(self, data: DataSplits, batch_size: int, crop_padding: int, device: torch.device, seed: int = 0,
+                 channels_last: bool = False):
+        self.x = data.train.x.to(device)
+        self.y = data.train.y.to(device)
+        self.mean = torch.as_tensor(data.mean, dtype=torch.float32, device=device)
+        self.std = torch.as_tensor(data.std, dtype=torch.float32, device=device)
+        self.batch_size, self.crop_padding, self.hflip = batch_size, crop_padding, data.hflip
+        self.device = device
+        self.channels_last = channels_last
+        self.order_gen = torch.Generator().manual_seed(seed)
+        self.aug_gen = torch.Generator(device=device).manual_seed(seed + 1)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(_batches(len(self.y), self.batch_size))
+
+    def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for idx in _batches(len(self.y), self.batch_size, self.order_gen):
+            idx = idx.to(self.device, non_blocking=True)
+            xb = normalize(augment_batch(self.x[idx], self.crop_padding, self.hflip, self.aug_gen), self.mean, self.std)
+            if self.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            yield xb, self.y[idx]
+
+
+def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainerConfig, lr: float, weight_decay: float,
+                   total_steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The optimizer of ``cfg`` with a cosine decay to zero over ``total_steps``."""
+    if cfg.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum,
+                                                     nesterov=cfg.nesterov and cfg.momentum > 0,
+                                                     weight_decay=weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    total = max(1, total_steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    return opt, sched
+
+
+def check_finite(loss_sum: torch.Tensor, steps: int) -> None:
+    """Raise TrainingDiverged when an epoch's summed loss is NaN/inf (checked once per epoch: no per-step sync)."""
+    if not torch.isfinite(loss_sum):
+        raise TrainingDiverged(f"loss became {loss_sum.item()} by step {steps}")
+
+
 def fit(model: nn.Module, data: DataSplits, cfg: TrainerConfig, device: torch.device,
         seed: int = 0) -> TrainStats:
     """Train all exits jointly with a cosine schedule; raises TrainingDiverged on NaN/inf loss."""
     start = time.perf_counter()
-    gen = torch.Generator().manual_seed(seed)
-    aug_gen = torch.Generator(device=device).manual_seed(seed + 1)
+    channels_last = use_channels_last(cfg, device)
     model.to(device).train()
-    x_all = data.train.x.to(device)
-    y_all = data.train.y.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    stream = BatchStream(data, cfg.batch_size, cfg.crop_padding, device, seed, channels_last)
     n_exits = model.n_exits if hasattr(model, "n_exits") else 1
     weights = exit_loss_weights(n_exits, cfg.exit_weights)
-    steps_per_epoch = len(_batches(len(data.train), cfg.batch_size))
-    total_steps = max(1, cfg.epochs * steps_per_epoch)
-    if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                              nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
+    opt, sched = make_optimizer(model.parameters(), cfg, cfg.lr, cfg.weight_decay, cfg.epochs * stream.steps_per_epoch)
     use_amp = cfg.amp and device.type == "cuda"
-    loss_value, steps = float("nan"), 0
-    for _ in range(cfg.epochs):
-        for idx in _batches(len(data.train), cfg.batch_size, gen):
-            idx = idx.to(device)
-            xb = augment_batch(x_all[idx], cfg.crop_padding, data.hflip, aug_gen)
-            xb = normalize(xb, data.mean, data.std)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                outputs = model(xb)
-            outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-            loss = joint_exit_loss(outputs, y_all[idx], weights, cfg.label_smoothing)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"loss became {loss.item()} at step {steps}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            steps += 1
-            loss_value = float(loss.detach())
-    return TrainStats(seconds=time.perf_counter() - start, steps=steps, final_loss=loss_value)
+    loss = torch.full((), float("nan"))
+    steps = 0
+    with cudnn_autotune(device.type == "cuda"):
+        for _ in range(cfg.epochs):
+            loss_sum = torch.zeros((), device=device)
+            for xb, yb in stream.epoch():
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    outputs = model(xb)
+                outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+                loss = joint_exit_loss(outputs, yb, weights, cfg.label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                steps += 1
+                loss_sum += loss.detach()
+            check_finite(loss_sum, steps)
+    if channels_last:
+        model.to(memory_format=torch.contiguous_format)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return TrainStats(seconds=time.perf_counter() - start, steps=steps, final_loss=float(loss.detach()))
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, data: DataSplits, device: torch.device, n_images: int,
+                          amp: bool = True) -> None:
+    """Recompute every BatchNorm's running statistics as the exact mean/variance over ``n_images`` training images.
+
+    Inherited running statistics belong to whatever mix of subnets the supernet
+    saw; a candidate's own activations have other statistics. The images go
+    through in one batch: averaging per-batch statistics would weigh a short last
+    batch too much and miss the spread between batch means.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or n_images <= 0:
+        return
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the calibration batches
+    model.to(device).train()
+    xb = normalize(data.train.x[:n_images].to(device), data.mean, data.std)
+    if len(xb) >= 2:  # BatchNorm cannot estimate a variance from one image
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+            model(xb)
+    for bn, m in zip(bns, momenta):
+        bn.momentum = m
 
 
 @torch.no_grad()

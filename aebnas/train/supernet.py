@@ -1,0 +1,216 @@
+"""Training the supernet once per (dataset, space, settings), and its on-disk cache.
+
+Sandwich rule (Yu & Huang, "Universally slimmable networks"): every step trains
+the largest subnet on the labels, then the smallest and ``random_subnets``
+random ones, accumulating gradients into one optimizer step. With in-place
+distillation the smaller subnets learn the largest one's soft predictions of
+the same batch, which is what keeps small subnets' weights useful without a
+separately trained teacher.
+
+A trained supernet is stored under a key derived from everything its weights
+depend on (data, backbone space, these settings, the trainer options it uses,
+seed). Later searches with the same key load it in a second; change any of
+them and a new one is trained beside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from aebnas.data import DataSplits
+from aebnas.nn.supernet import Backbone, Supernet, backbone_identity
+from aebnas.space import SearchSpace
+from aebnas.train.trainer import (BatchStream, TrainerConfig, check_finite, cudnn_autotune, make_optimizer,
+                                  use_channels_last)
+from aebnas.validation import ConfigError, check_bool, check_int, check_number, reject_unknown_keys
+
+log = logging.getLogger("aebnas.supernet")
+
+CACHE_FORMAT = "aebnas-supernet/1"
+
+
+@dataclass(frozen=True)
+class SupernetConfig:
+    """Supernet training settings (the Hydra ``supernet`` group; field meanings in conf/supernet/default.yaml)."""
+
+    epochs: int = 40
+    batch_size: int = 256
+    lr: float = 0.1
+    weight_decay: float = 3e-5
+    label_smoothing: float = 0.1
+    random_subnets: int = 2
+    distill: bool = True
+    cache_dir: str | None = None   # None: $AEBNAS_CACHE_DIR/supernets, else ~/.cache/aebnas/supernets
+
+    @classmethod
+    def from_dict(cls, cfg: Mapping[str, Any]) -> "SupernetConfig":
+        reject_unknown_keys(cfg, (f.name for f in fields(cls)), "supernet")
+        sc = cls(**dict(cfg))
+        check_int(sc.epochs, "supernet.epochs", lo=1)
+        check_int(sc.batch_size, "supernet.batch_size", lo=2)
+        check_number(sc.lr, "supernet.lr", lo=0, lo_open=True)
+        check_number(sc.weight_decay, "supernet.weight_decay", lo=0)
+        check_number(sc.label_smoothing, "supernet.label_smoothing", lo=0, hi=0.999)
+        check_int(sc.random_subnets, "supernet.random_subnets", lo=0)
+        check_bool(sc.distill, "supernet.distill")
+        if sc.cache_dir is not None and (not isinstance(sc.cache_dir, str) or not sc.cache_dir):
+            raise ConfigError(f"supernet.cache_dir: expected a directory path or null, got {sc.cache_dir!r}")
+        return sc
+
+    @property
+    def cache_root(self) -> Path:
+        """Where cached supernets live: ``cache_dir``, else ``$AEBNAS_CACHE_DIR/supernets``, else the user cache."""
+        if self.cache_dir:
+            return Path(os.path.expanduser(self.cache_dir))
+        base = os.environ.get("AEBNAS_CACHE_DIR") or os.path.join("~", ".cache", "aebnas")
+        return Path(os.path.expanduser(base)) / "supernets"
+
+
+@dataclass
+class SupernetInfo:
+    """How the supernet in hand came about: trained now (seconds, throughput) or loaded from ``path``."""
+
+    path: str
+    key: str
+    cached: bool
+    train_seconds: float
+    steps: int
+    images_per_second: float
+    final_loss: float
+
+
+def data_fingerprint(data: DataSplits) -> dict[str, Any]:
+    """What identifies the training data: shape facts plus a hash of the labels and a spread sample of images."""
+    n = len(data.train)
+    sample = data.train.x[:: max(1, n // 4096)].contiguous()
+    digest = hashlib.sha256(data.train.y.numpy().tobytes())
+    digest.update(sample.numpy().tobytes())
+    return {"name": data.name, "n_train": n, "resolution": data.resolution, "in_channels": data.in_channels,
+            "num_classes": data.num_classes, "hflip": data.hflip, "content": digest.hexdigest()[:16]}
+
+
+def supernet_identity(data: DataSplits, space: SearchSpace, cfg: SupernetConfig, trainer: TrainerConfig,
+                      seed: int) -> dict[str, Any]:
+    """Everything the trained weights depend on; the cache key is its hash."""
+    settings = {k: v for k, v in asdict(cfg).items() if k != "cache_dir"}
+    used = {k: getattr(trainer, k) for k in ("optimizer", "momentum", "nesterov", "crop_padding", "amp")}
+    return {"format": CACHE_FORMAT, "data": data_fingerprint(data), "space": backbone_identity(space.config),
+            "supernet": settings, "trainer": used, "seed": seed}
+
+
+def cache_path(identity: Mapping[str, Any], cfg: SupernetConfig, space_name: str) -> tuple[Path, str]:
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    name = f"{space_name}-{identity['data']['name']}-{key}.pt"
+    return cfg.cache_root / name, key
+
+
+def sandwich_backbones(space: SearchSpace, rng: np.random.Generator, n_random: int) -> list[Backbone]:
+    """The subnets one step trains: largest first (the teacher), smallest, then ``n_random`` random ones."""
+    return [space.largest().stages, space.smallest().stages] + [space.sample(rng).stages for _ in range(n_random)]
+
+
+def sandwich_step(supernet: Supernet, xb: torch.Tensor, yb: torch.Tensor, backbones: list[Backbone],
+                  cfg: SupernetConfig, use_amp: bool) -> torch.Tensor:
+    """Accumulate the gradients of one sandwich step (no optimizer step); returns the largest subnet's loss."""
+    device_type = xb.device.type
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_amp):
+        teacher = supernet(xb, backbones[0])
+    loss = F.cross_entropy(teacher.float(), yb, label_smoothing=cfg.label_smoothing)
+    loss.backward()
+    soft = teacher.detach().float().softmax(-1)
+    for backbone in backbones[1:]:
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_amp):
+            out = supernet(xb, backbone).float()
+        if cfg.distill:
+            sub_loss = F.kl_div(out.log_softmax(-1), soft, reduction="batchmean")
+        else:
+            sub_loss = F.cross_entropy(out, yb, label_smoothing=cfg.label_smoothing)
+        sub_loss.backward()
+    return loss.detach()
+
+
+def train_supernet(supernet: Supernet, space: SearchSpace, data: DataSplits, cfg: SupernetConfig,
+                   trainer: TrainerConfig, device: torch.device, seed: int = 0,
+                   progress: bool = True) -> tuple[int, float]:
+    """Sandwich-rule training with a cosine schedule; returns (steps, final loss of the largest subnet)."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    channels_last = use_channels_last(trainer, device)
+    supernet.to(device).train()
+    if channels_last:
+        supernet.to(memory_format=torch.channels_last)
+    stream = BatchStream(data, cfg.batch_size, trainer.crop_padding, device, seed, channels_last)
+    opt, sched = make_optimizer(supernet.parameters(), trainer, cfg.lr, cfg.weight_decay,
+                                cfg.epochs * stream.steps_per_epoch)
+    use_amp = trainer.amp and device.type == "cuda"
+    steps, loss = 0, torch.full((), float("nan"))
+    bar = tqdm(total=cfg.epochs * stream.steps_per_epoch, desc="supernet", unit="step", disable=not progress,
+               dynamic_ncols=True)
+    with cudnn_autotune(False):  # random subnets bring new shapes every step
+        for epoch in range(cfg.epochs):
+            loss_sum = torch.zeros((), device=device)
+            for xb, yb in stream.epoch():
+                opt.zero_grad(set_to_none=True)
+                loss = sandwich_step(supernet, xb, yb, sandwich_backbones(space, rng, cfg.random_subnets), cfg,
+                                     use_amp)
+                opt.step()
+                sched.step()
+                loss_sum += loss
+                steps += 1
+                bar.update(1)
+            check_finite(loss_sum, steps)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss_sum) / max(1, stream.steps_per_epoch):.3f}")
+            log.info("supernet epoch %d/%d: loss of the largest subnet %.4f", epoch + 1, cfg.epochs,
+                     float(loss_sum) / max(1, stream.steps_per_epoch))
+    bar.close()
+    if channels_last:
+        supernet.to(memory_format=torch.contiguous_format)
+    return steps, float(loss)
+
+
+def prepare_supernet(space: SearchSpace, data: DataSplits, cfg: SupernetConfig, trainer: TrainerConfig,
+                     device: torch.device, seed: int = 0, progress: bool = True) -> tuple[Supernet, SupernetInfo]:
+    """The supernet for these settings: loaded from the cache when its key matches, else trained and cached."""
+    identity = supernet_identity(data, space, cfg, trainer, seed)
+    path, key = cache_path(identity, cfg, space.config.name)
+    torch.manual_seed(seed)  # initial weights follow the seed in the key, not what ran before
+    supernet = Supernet(space.config, data.num_classes, data.in_channels)
+    if path.exists():
+        stored = torch.load(path, map_location="cpu", weights_only=False)
+        if stored.get("identity") == identity:
+            supernet.load_state_dict(stored["state_dict"])
+            log.info("supernet loaded from cache %s (trained in %.0fs)", path, stored["info"]["train_seconds"])
+            info = SupernetInfo(**{**stored["info"], "path": str(path), "cached": True})
+            return supernet.to(device), info
+        log.warning("supernet cache %s belongs to other settings; training a new one", path)
+    log.info("training the supernet (%d epochs, sandwich of largest + smallest + %d random); cached at %s",
+             cfg.epochs, cfg.random_subnets, path)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    steps, final_loss = train_supernet(supernet, space, data, cfg, trainer, device, seed, progress)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    info = SupernetInfo(path=str(path), key=key, cached=False, train_seconds=round(seconds, 3), steps=steps,
+                        images_per_second=round(steps * cfg.batch_size / seconds, 1), final_loss=final_loss)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save({"identity": identity, "info": asdict(info),
+                "state_dict": {k: v.detach().cpu() for k, v in supernet.state_dict().items()}}, tmp)
+    tmp.replace(path)
+    log.info("supernet trained in %.0fs (%d steps, %.0f images/s per subnet pass x%d)", seconds, steps,
+             info.images_per_second, 2 + cfg.random_subnets)
+    return supernet, info
