@@ -85,7 +85,7 @@ train_network() {
     search.objective=avg_macs search.exit_metric=max_softmax search.pop_size=2 search.generations=1 \
     "search.initial_genomes=['$GENOME','$GENOME_TWIN']" \
     search.threshold_tuning=true search.max_accuracy_drop=0.005 trainer.epochs="$EPOCHS" \
-    trainer.batch_size="$BATCH" trainer.lr="$LR" trainer.crop_padding=2 trainer.device="$DEVICE" \
+    trainer.init=from_scratch trainer.batch_size="$BATCH" trainer.lr="$LR" trainer.crop_padding=2 trainer.device="$DEVICE" \
     dataset.resolution=28 dataset.pad_to_resolution=false "${SIZE_ARGS[@]}" progress=false \
     hydra.run.dir="$RUN"
   stamp "trained"

@@ -49,7 +49,7 @@ def _kill_after(proc: subprocess.Popen, run_dir: Path, n_rows: int, timeout: flo
 
 def _comparable(row: tuple) -> tuple:
     data = json.loads(row[2])
-    for varying in ("train_seconds", "eval_seconds", "model_file"):
+    for varying in ("train_seconds", "eval_seconds", "tune_seconds", "model_file"):
         data.pop(varying)
     return row[1], data
 
