@@ -1,0 +1,93 @@
+"""What the search-speed and ranking benchmarks share: config, data, supernet, genomes, JSON output.
+
+Both benchmarks compose the same Hydra config as ``aebnas-search`` (overrides
+on their command line), so a benchmark measures exactly what a search runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from aebnas.cli.common import config_dir
+from aebnas.data import DataSplits, load_dataset
+from aebnas.search import SearchSettings
+from aebnas.space import Genome, SearchSpace, SpaceConfig
+from aebnas.train import TrainerConfig, resolve_device
+from aebnas.train.supernet import SupernetConfig
+
+DEFAULT_OVERRIDES = ("experiment=fashion_mnist_gpu",)
+
+
+@dataclass
+class Setup:
+    overrides: list[str]
+    config: dict[str, Any]
+    space: SearchSpace
+    data: DataSplits
+    trainer: TrainerConfig
+    supernet: SupernetConfig
+    settings: SearchSettings
+    device: torch.device
+    seed: int
+
+
+def load_setup(overrides: Sequence[str]) -> Setup:
+    """Compose conf/ with ``overrides`` and load the data, as aebnas-search would."""
+    overrides = list(overrides) or list(DEFAULT_OVERRIDES)
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    trainer = TrainerConfig.from_dict(plain["trainer"])
+    device = resolve_device(trainer.device)
+    if trainer.num_threads:
+        torch.set_num_threads(trainer.num_threads)
+    data = load_dataset(plain["dataset"])
+    return Setup(overrides, plain, SearchSpace(SpaceConfig.from_dict(plain["space"])), data, trainer,
+                 SupernetConfig.from_dict(plain["supernet"]), SearchSettings.from_dict(plain["search"]), device,
+                 int(plain["seed"]))
+
+
+def sample_genomes(space: SearchSpace, n: int, seed: int) -> list[Genome]:
+    """``n`` distinct random networks; the same ``seed`` gives both benchmarks the same genomes."""
+    rng = np.random.default_rng(seed)
+    genomes: dict[str, Genome] = {}
+    while len(genomes) < n:
+        g = space.sample(rng)
+        genomes.setdefault(g.network_key, g)
+    return list(genomes.values())
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {"host": platform.node(), "python": platform.python_version(), "torch": torch.__version__,
+                            "cpu_count": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def summary_stats(values: Sequence[float]) -> dict[str, float]:
+    a = np.asarray(values, dtype=float)
+    if a.size == 0:
+        return {}
+    return {"median": float(np.median(a)), "p90": float(np.percentile(a, 90)), "mean": float(a.mean()),
+            "min": float(a.min()), "max": float(a.max()), "n": int(a.size)}
+
+
+def write_json(path: str | Path, data: dict[str, Any]) -> None:
+    """Atomic: a reader (or a killed run) never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=float))
+    tmp.replace(path)

@@ -1,0 +1,131 @@
+"""Does the fast supernet path rank candidates as full training does?
+
+    python experiments/bench_ranking.py --out ranking.json [--genomes 20] [--scratch-epochs 15]
+        [--workers 4] [--speed-json search_speed.json] [hydra overrides ...]
+
+Each random genome is scored (a) the search's way: supernet weights, BatchNorm
+recalibration, ``trainer.epochs`` of fine-tuning, one val pass; and (b) trained
+from scratch for ``--scratch-epochs``. Reported: Kendall tau and Spearman rho
+between (a) and (b) val accuracies (final exit, and the tuned adaptive network),
+and the mean accuracy gap. (a) can be taken from a bench_search_speed.py JSON of
+the same genomes. (b) runs in ``--workers`` processes on the one GPU at once:
+one small network alone leaves most of an H100 idle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import kendalltau, spearmanr
+
+from bench_common import DEFAULT_OVERRIDES, load_setup, machine, sample_genomes, write_json
+
+from aebnas.search.evaluator import CandidateEvaluator
+from aebnas.train.supernet import prepare_supernet
+
+SCORES = ("static_val_accuracy", "val_accuracy")
+
+
+def score(setup, genomes, supernet=None, epochs: int | None = None) -> list[dict]:
+    """Evaluate genomes (supernet path when ``supernet`` is given, else from scratch for ``epochs``)."""
+    trainer = setup.trainer if supernet is not None else replace(setup.trainer, init="from_scratch", epochs=epochs)
+    evaluator = CandidateEvaluator(setup.data, trainer, replace(setup.settings, threshold_tuning=True), setup.device,
+                                   seed=setup.seed, supernet=supernet)
+    rows = []
+    for genome in genomes:
+        start = time.perf_counter()
+        ev = evaluator.evaluate(genome)
+        rows.append({"genome": genome.network_key, "static_val_accuracy": ev.static_val_accuracy,
+                     "val_accuracy": ev.val_accuracy, "expected_macs": ev.expected_macs, "status": ev.status,
+                     "seconds": time.perf_counter() - start})
+        print(f"{'supernet' if supernet is not None else 'scratch'} {len(rows):3d}: "
+              f"acc {ev.static_val_accuracy:.4f} ({rows[-1]['seconds']:.1f}s)", flush=True)
+    return rows
+
+
+def scratch_in_workers(args, overrides: list[str], n_genomes: int, out: Path) -> list[dict]:
+    """Run the from-scratch half in ``args.workers`` processes, each taking every workers-th genome."""
+    procs = []
+    for w in range(args.workers):
+        part = out.parent / f"{out.stem}.scratch{w}.json"
+        cmd = [sys.executable, __file__, "--out", str(part), "--genomes", str(n_genomes), "--scratch-epochs",
+               str(args.scratch_epochs), "--worker", f"{w}/{args.workers}", *overrides]
+        procs.append((part, subprocess.Popen(cmd)))
+    rows: dict[str, dict] = {}
+    for part, proc in procs:
+        proc.wait()
+        if part.exists():
+            for r in json.loads(part.read_text())["scratch"]:
+                rows[r["genome"]] = r
+    return list(rows.values())
+
+
+def compare(fast: list[dict], scratch: list[dict]) -> dict:
+    by_key = {r["genome"]: r for r in scratch if r["status"] == "ok"}
+    pairs = [(f, by_key[f["genome"]]) for f in fast if f["status"] == "ok" and f["genome"] in by_key]
+    out: dict = {"pairs": len(pairs)}
+    for name in SCORES:
+        a = np.array([f[name] for f, _ in pairs])
+        b = np.array([s[name] for _, s in pairs])
+        if len(pairs) >= 3:
+            out[name] = {"kendall_tau": float(kendalltau(a, b).statistic), "spearman_rho": float(spearmanr(a, b).statistic),
+                         "mean_gap_scratch_minus_fast": float((b - a).mean()),
+                         "fast_mean": float(a.mean()), "scratch_mean": float(b.mean())}
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True)
+    p.add_argument("--genomes", type=int, default=20)
+    p.add_argument("--scratch-epochs", type=int, default=15)
+    p.add_argument("--workers", type=int, default=1, help="processes training from scratch at once")
+    p.add_argument("--speed-json", default=None, help="take (a) from this bench_search_speed.py output")
+    p.add_argument("--cache-dir", default=None, help="supernet cache (reused when the settings match)")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args()
+    out = Path(args.out)
+    overrides = (args.overrides or list(DEFAULT_OVERRIDES)) + ([f"supernet.cache_dir={args.cache_dir}"]
+                                                               if args.cache_dir else [])
+    setup = load_setup(overrides)
+    genomes = sample_genomes(setup.space, args.genomes, setup.seed)
+    if args.worker:  # one slice of the from-scratch half
+        w, of = (int(v) for v in args.worker.split("/"))
+        write_json(out, {"scratch": score(setup, genomes[w::of], epochs=args.scratch_epochs)})
+        return
+    result: dict = {"machine": machine(), "overrides": setup.overrides, "genomes": args.genomes,
+                    "finetune_epochs": setup.trainer.epochs, "scratch_epochs": args.scratch_epochs,
+                    "workers": args.workers, "train_images": len(setup.data.train)}
+    start = time.perf_counter()
+    fast = None
+    if args.speed_json:
+        rows = {r["genome"]: r for r in json.loads(Path(args.speed_json).read_text()).get("candidates", [])}
+        if all(g.network_key in rows for g in genomes):
+            fast = [rows[g.network_key] for g in genomes]
+            result["fast_from"] = args.speed_json
+    if fast is None:
+        supernet, info = prepare_supernet(setup.space, setup.data, setup.supernet, setup.trainer, setup.device,
+                                          setup.seed, progress=False)
+        result["supernet_train_seconds"] = info.train_seconds
+        fast = score(setup, genomes, supernet)
+    result["fast"] = fast
+    write_json(out, result)
+    scratch = (scratch_in_workers(args, overrides, args.genomes, out) if args.workers > 1
+               else score(setup, genomes, epochs=args.scratch_epochs))
+    result["scratch"] = scratch
+    result["scratch_seconds"] = time.perf_counter() - start
+    result["comparison"] = compare(fast, scratch)
+    write_json(out, result)
+    print(json.dumps(result["comparison"], indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Where a training step's time goes on this device: cold (new layer shapes) vs warm steps, per data layout.
+
+    python experiments/bench_train_step.py --out train_step.json [hydra overrides ...]
+
+For every combination of bf16 autocast, channels_last and cuDNN autotuning, a
+candidate never seen before in this process is trained: the first step (every
+layer shape new to the process) and the mean of ``--steps`` later steps are
+timed. On an H100 the first epoch of each new candidate cost 27-36 s against
+2.3-2.9 s for later ones (docs/benchmarks.md), so the cold step is the figure
+to drive down. A supernet sandwich step (autotuning off: its shapes change every
+step) is timed per layout too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+
+import numpy as np
+import torch
+
+from bench_common import DEFAULT_OVERRIDES, load_setup, machine, sample_genomes, write_json
+
+from aebnas.nn import build_model
+from aebnas.nn.supernet import Supernet
+from aebnas.train.losses import joint_exit_loss
+from aebnas.train.supernet import sandwich_backbones, sandwich_step
+
+
+def timed(fn, device: torch.device) -> float:
+    torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) * 1000
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--batch", type=int, default=512)
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args()
+    setup = load_setup(args.overrides or list(DEFAULT_OVERRIDES))
+    dev, data = setup.device, setup.data
+    x = torch.randn(args.batch, data.in_channels, data.resolution, data.resolution, device=dev)
+    y = torch.randint(0, data.num_classes, (args.batch,), device=dev)
+    variants = list(itertools.product((True, False), (True, False), (False, True)))
+    genomes = iter(sample_genomes(setup.space, len(variants), setup.seed + 1))
+    rng = np.random.default_rng(0)
+    rows: list[dict] = []
+    result = {"machine": machine(), "batch": args.batch, "rows": rows}
+    for amp, cl, bench in variants:
+        torch.backends.cudnn.benchmark = bench
+        xb = x.contiguous(memory_format=torch.channels_last) if cl else x
+        genome = next(genomes)
+        model = build_model(genome, data.num_classes, data.in_channels).to(dev)
+        if cl:
+            model.to(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+        def step():
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                out = model(xb)
+            loss = joint_exit_loss(out, y, [1.0] * len(out))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        cold = timed(step, dev)
+        warm = timed(lambda: [step() for _ in range(args.steps)], dev) / args.steps
+        rows.append({"what": "new candidate", "genome": genome.network_key, "amp": amp, "channels_last": cl,
+                     "cudnn_benchmark": bench, "first_step_ms": cold, "later_step_ms": warm,
+                     "images_per_s_later": args.batch / warm * 1000})
+        print(rows[-1], flush=True)
+        write_json(args.out, result)
+        if not bench:
+            sn = Supernet(setup.space.config, data.num_classes, data.in_channels).to(dev)
+            if cl:
+                sn.to(memory_format=torch.channels_last)
+            sopt = torch.optim.SGD(sn.parameters(), lr=0.01, momentum=0.9)
+
+            def sstep():
+                sopt.zero_grad(set_to_none=True)
+                sandwich_step(sn, xb, y, sandwich_backbones(setup.space, rng, setup.supernet.random_subnets),
+                              setup.supernet, amp)
+                sopt.step()
+            per_step = [timed(sstep, dev) for _ in range(args.steps)]
+            rows.append({"what": "supernet sandwich step", "amp": amp, "channels_last": cl, "cudnn_benchmark": False,
+                         "step_ms_first": per_step[0], "step_ms_median": float(np.median(per_step))})
+            print(rows[-1], flush=True)
+            write_json(args.out, result)
+
+
+if __name__ == "__main__":
+    main()
