@@ -662,3 +662,15 @@ def test_cache_root_follows_setting_then_environment_then_user_cache(monkeypatch
     monkeypatch.delenv("AEBNAS_CACHE_DIR")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert SupernetConfig().cache_root == tmp_path / "home" / ".cache" / "aebnas" / "supernets"
+
+
+def test_unreadable_cache_file_is_retrained(small_synthetic, tmp_path, caplog):
+    space = make_space("tiny")
+    cfg = SupernetConfig(epochs=1, batch_size=48, random_subnets=0, cache_dir=str(tmp_path))
+    trainer = TrainerConfig(device="cpu", crop_padding=1)
+    _, info = prepare_supernet(space, small_synthetic, cfg, trainer, CPU, seed=0, progress=False)
+    Path(info.path).write_bytes(b"not a torch file")  # e.g. a copy cut short
+    with caplog.at_level("WARNING", logger="aebnas.supernet"):
+        _, again = prepare_supernet(space, small_synthetic, cfg, trainer, CPU, seed=0, progress=False)
+    assert not again.cached and "unreadable" in caplog.text
+    assert torch.load(again.path, weights_only=False)["identity"]["seed"] == 0

@@ -188,7 +188,11 @@ def prepare_supernet(space: SearchSpace, data: DataSplits, cfg: SupernetConfig, 
     torch.manual_seed(seed)  # initial weights follow the seed in the key, not what ran before
     supernet = Supernet(space.config, data.num_classes, data.in_channels)
     if path.exists():
-        stored = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            stored = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # a truncated or foreign file: train again rather than stop the search
+            log.warning("supernet cache %s is unreadable (%s); training a new one", path, type(exc).__name__)
+            stored = {}
         if stored.get("identity") == identity:
             supernet.load_state_dict(stored["state_dict"])
             log.info("supernet loaded from cache %s (trained in %.0fs)", path, stored["info"]["train_seconds"])
@@ -205,7 +209,7 @@ def prepare_supernet(space: SearchSpace, data: DataSplits, cfg: SupernetConfig, 
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     info = SupernetInfo(path=str(path), key=key, cached=False, train_seconds=round(seconds, 3), steps=steps,
-                        images_per_second=round(steps * cfg.batch_size / seconds, 1), final_loss=final_loss)
+                        images_per_second=round(cfg.epochs * len(data.train) / seconds, 1), final_loss=final_loss)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".pt.tmp")
     torch.save({"identity": identity, "info": asdict(info),
