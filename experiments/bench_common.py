@@ -73,6 +73,7 @@ def machine() -> dict[str, Any]:
                             "cpu_count": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
+        info["cudnn"] = torch.backends.cudnn.version()
     return info
 
 

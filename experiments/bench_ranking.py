@@ -59,8 +59,10 @@ def scratch_in_workers(args, overrides: list[str], n_genomes: int, out: Path) ->
                str(args.scratch_epochs), "--worker", f"{w}/{args.workers}", *overrides]
         procs.append((part, subprocess.Popen(cmd)))
     rows: dict[str, dict] = {}
-    for part, proc in procs:
-        proc.wait()
+    for w, (part, proc) in enumerate(procs):
+        if proc.wait() != 0:
+            print(f"worker {w} exited with {proc.returncode}: its genomes are missing from the comparison",
+                  file=sys.stderr)
         if part.exists():
             for r in json.loads(part.read_text())["scratch"]:
                 rows[r["genome"]] = r

@@ -114,7 +114,7 @@ def main() -> None:
         torch.cuda.empty_cache()
 
     if args.search_evals:
-        run_dir = out.parent / "full_search"
+        run_dir = out.parent / f"full_search_{time.strftime('%Y%m%d_%H%M%S')}"  # never an earlier run's archive
         result["full_search"] = full_search(overrides, args.search_evals, setup.settings.pop_size, run_dir,
                                             cache_dir, args.search_timeout)
         result["full_search"]["supernet_train_seconds"] = info.train_seconds

@@ -8,7 +8,10 @@ layer shape new to the process) and the mean of ``--steps`` later steps are
 timed. On an H100 the first epoch of each new candidate cost 27-36 s against
 2.3-2.9 s for later ones (docs/benchmarks.md), so the cold step is the figure
 to drive down. A supernet sandwich step (autotuning off: its shapes change every
-step) is timed per layout too.
+step) is timed per layout too. Two more rows run with cuDNN switched off
+(PyTorch's own depthwise kernels): cuDNN 9.10 and later compile depthwise
+engines at run time, about 1.5 s per new configuration (NVIDIA/cudnn-frontend
+issue #1066), the suspect for the cold cost.
 """
 
 from __future__ import annotations
@@ -47,13 +50,16 @@ def main() -> None:
     dev, data = setup.device, setup.data
     x = torch.randn(args.batch, data.in_channels, data.resolution, data.resolution, device=dev)
     y = torch.randint(0, data.num_classes, (args.batch,), device=dev)
-    variants = list(itertools.product((True, False), (True, False), (False, True)))
+    variants = [(amp, cl, bench, True) for amp, cl, bench in itertools.product((True, False), (True, False),
+                                                                                 (False, True))]
+    variants += [(True, False, False, False), (True, True, False, False)]  # cuDNN off
     genomes = iter(sample_genomes(setup.space, len(variants), setup.seed + 1))
     rng = np.random.default_rng(0)
     rows: list[dict] = []
     result = {"machine": machine(), "batch": args.batch, "rows": rows}
-    for amp, cl, bench in variants:
+    for amp, cl, bench, cudnn in variants:
         torch.backends.cudnn.benchmark = bench
+        torch.backends.cudnn.enabled = cudnn
         xb = x.contiguous(memory_format=torch.channels_last) if cl else x
         genome = next(genomes)
         model = build_model(genome, data.num_classes, data.in_channels).to(dev)
@@ -71,11 +77,11 @@ def main() -> None:
         cold = timed(step, dev)
         warm = timed(lambda: [step() for _ in range(args.steps)], dev) / args.steps
         rows.append({"what": "new candidate", "genome": genome.network_key, "amp": amp, "channels_last": cl,
-                     "cudnn_benchmark": bench, "first_step_ms": cold, "later_step_ms": warm,
+                     "cudnn": cudnn, "cudnn_benchmark": bench, "first_step_ms": cold, "later_step_ms": warm,
                      "images_per_s_later": args.batch / warm * 1000})
         print(rows[-1], flush=True)
         write_json(args.out, result)
-        if not bench:
+        if not bench and cudnn:
             sn = Supernet(setup.space.config, data.num_classes, data.in_channels).to(dev)
             if cl:
                 sn.to(memory_format=torch.channels_last)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,14 +17,14 @@ from aebnas.space import SearchSpace, SpaceConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session", autouse=True)
-def supernet_cache(tmp_path_factory) -> Path:
-    """Supernets trained by tests are cached in a temporary folder, never in the user's ~/.cache."""
-    path = tmp_path_factory.mktemp("aebnas_cache")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("AEBNAS_CACHE_DIR", str(path))
-    yield path
-    mp.undo()
+def pytest_configure(config) -> None:
+    """Supernets trained by tests (also in CLI subprocesses, whose environment is copied at import) are cached
+    in a temporary folder, never in the user's ~/.cache."""
+    os.environ["AEBNAS_CACHE_DIR"] = tempfile.mkdtemp(prefix="aebnas_test_cache_")
+
+
+def pytest_unconfigure(config) -> None:
+    shutil.rmtree(os.environ.pop("AEBNAS_CACHE_DIR", ""), ignore_errors=True)
 
 
 def space_config(name: str) -> SpaceConfig:

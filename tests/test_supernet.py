@@ -674,3 +674,18 @@ def test_unreadable_cache_file_is_retrained(small_synthetic, tmp_path, caplog):
         _, again = prepare_supernet(space, small_synthetic, cfg, trainer, CPU, seed=0, progress=False)
     assert not again.cached and "unreadable" in caplog.text
     assert torch.load(again.path, weights_only=False)["identity"]["seed"] == 0
+
+
+def test_cache_entry_with_other_shapes_is_retrained(small_synthetic, tmp_path, caplog):
+    """A file under the right key whose tensors no longer fit the code's supernet (code changed) is not fatal."""
+    space = make_space("tiny")
+    cfg = SupernetConfig(epochs=1, batch_size=48, random_subnets=0, cache_dir=str(tmp_path))
+    trainer = TrainerConfig(device="cpu", crop_padding=1)
+    _, info = prepare_supernet(space, small_synthetic, cfg, trainer, CPU, seed=0, progress=False)
+    stored = torch.load(info.path, weights_only=True)
+    stored["state_dict"]["stem.0.weight"] = torch.zeros(1, 1, 1, 1)
+    torch.save(stored, info.path)
+    with caplog.at_level("WARNING", logger="aebnas.supernet"):
+        _, again = prepare_supernet(space, small_synthetic, cfg, trainer, CPU, seed=0, progress=False)
+    assert not again.cached and "unreadable" in caplog.text
+    assert torch.load(again.path, weights_only=True)["state_dict"]["stem.0.weight"].shape[-1] == 3

@@ -86,9 +86,6 @@ class Supernet(nn.Module):
 
     def __init__(self, space: SpaceConfig, num_classes: int, in_channels: int):
         super().__init__()
-        for e in space.expansions:
-            if e < 1:
-                raise ValueError(f"space.expansions: {e} cannot be sliced from a supernet; use values >= 1")
         self.space = space
         self.num_classes, self.in_channels = num_classes, in_channels
         self.stem = ConvBNAct(in_channels, space.stem_channels, 3, space.stem_stride, activation=space.activation)

@@ -180,6 +180,21 @@ def train_supernet(supernet: Supernet, space: SearchSpace, data: DataSplits, cfg
     return steps, float(loss)
 
 
+def _load_cached(supernet: Supernet, path: Path, identity: Mapping[str, Any]) -> SupernetInfo | None:
+    """The cached weights into ``supernet`` if the file is readable and made under ``identity``; else None."""
+    try:  # tensors and plain values only: nothing in a (possibly shared) cache folder gets unpickled as code
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        if stored.get("identity") != identity:
+            log.warning("supernet cache %s belongs to other settings; training a new one", path)
+            return None
+        supernet.load_state_dict(stored["state_dict"])
+    except Exception as exc:  # truncated, foreign, or written by other code: train again rather than stop
+        log.warning("supernet cache %s is unreadable (%s: %s); training a new one", path, type(exc).__name__,
+                    str(exc).splitlines()[0][:200] if str(exc) else "")
+        return None
+    return SupernetInfo(**{**stored["info"], "path": str(path), "cached": True})
+
+
 def prepare_supernet(space: SearchSpace, data: DataSplits, cfg: SupernetConfig, trainer: TrainerConfig,
                      device: torch.device, seed: int = 0, progress: bool = True) -> tuple[Supernet, SupernetInfo]:
     """The supernet for these settings: loaded from the cache when its key matches, else trained and cached."""
@@ -188,17 +203,10 @@ def prepare_supernet(space: SearchSpace, data: DataSplits, cfg: SupernetConfig, 
     torch.manual_seed(seed)  # initial weights follow the seed in the key, not what ran before
     supernet = Supernet(space.config, data.num_classes, data.in_channels)
     if path.exists():
-        try:
-            stored = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # a truncated or foreign file: train again rather than stop the search
-            log.warning("supernet cache %s is unreadable (%s); training a new one", path, type(exc).__name__)
-            stored = {}
-        if stored.get("identity") == identity:
-            supernet.load_state_dict(stored["state_dict"])
-            log.info("supernet loaded from cache %s (trained in %.0fs)", path, stored["info"]["train_seconds"])
-            info = SupernetInfo(**{**stored["info"], "path": str(path), "cached": True})
-            return supernet.to(device), info
-        log.warning("supernet cache %s belongs to other settings; training a new one", path)
+        loaded = _load_cached(supernet, path, identity)
+        if loaded is not None:
+            log.info("supernet loaded from cache %s (trained in %.0fs)", path, loaded.train_seconds)
+            return supernet.to(device), loaded
     log.info("training the supernet (%d epochs, sandwich of largest + smallest + %d random); cached at %s",
              cfg.epochs, cfg.random_subnets, path)
     if device.type == "cuda":
@@ -211,7 +219,7 @@ def prepare_supernet(space: SearchSpace, data: DataSplits, cfg: SupernetConfig, 
     info = SupernetInfo(path=str(path), key=key, cached=False, train_seconds=round(seconds, 3), steps=steps,
                         images_per_second=round(cfg.epochs * len(data.train) / seconds, 1), final_loss=final_loss)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".pt.tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # jobs of a sweep may train the same supernet at once
     torch.save({"identity": identity, "info": asdict(info),
                 "state_dict": {k: v.detach().cpu() for k, v in supernet.state_dict().items()}}, tmp)
     tmp.replace(path)
