@@ -33,11 +33,15 @@ from aebnas.train.supernet import prepare_supernet
 SCORES = ("static_val_accuracy", "val_accuracy")
 
 
-def score(setup, genomes, supernet=None, epochs: int | None = None) -> list[dict]:
-    """Evaluate genomes (supernet path when ``supernet`` is given, else from scratch for ``epochs``)."""
+def score(setup, genomes, supernet=None, epochs: int | None = None, seed: int | None = None) -> list[dict]:
+    """Evaluate genomes (supernet path when ``supernet`` is given, else from scratch for ``epochs``).
+
+    ``seed`` (default: the config's) seeds each network's training; another seed for the
+    from-scratch half measures how well training from scratch ranks against itself.
+    """
     trainer = setup.trainer if supernet is not None else replace(setup.trainer, init="from_scratch", epochs=epochs)
     evaluator = CandidateEvaluator(setup.data, trainer, replace(setup.settings, threshold_tuning=True), setup.device,
-                                   seed=setup.seed, supernet=supernet)
+                                   seed=setup.seed if seed is None else seed, supernet=supernet)
     rows = []
     for genome in genomes:
         start = time.perf_counter()
@@ -55,8 +59,9 @@ def scratch_in_workers(args, overrides: list[str], n_genomes: int, out: Path) ->
     procs = []
     for w in range(args.workers):
         part = out.parent / f"{out.stem}.scratch{w}.json"
+        seed = [] if args.scratch_seed is None else ["--scratch-seed", str(args.scratch_seed)]
         cmd = [sys.executable, __file__, "--out", str(part), "--genomes", str(n_genomes), "--scratch-epochs",
-               str(args.scratch_epochs), "--worker", f"{w}/{args.workers}", *overrides]
+               str(args.scratch_epochs), "--worker", f"{w}/{args.workers}", *seed, *overrides]
         procs.append((part, subprocess.Popen(cmd)))
     rows: dict[str, dict] = {}
     for w, (part, proc) in enumerate(procs):
@@ -89,8 +94,11 @@ def main() -> None:
     p.add_argument("--genomes", type=int, default=20)
     p.add_argument("--scratch-epochs", type=int, default=15)
     p.add_argument("--workers", type=int, default=1, help="processes training from scratch at once")
-    p.add_argument("--speed-json", default=None, help="take (a) from this bench_search_speed.py output")
+    p.add_argument("--speed-json", default=None, help="take (a) from this bench_search_speed.py output (or an "
+                   "earlier bench_ranking.py output)")
     p.add_argument("--cache-dir", default=None, help="supernet cache (reused when the settings match)")
+    p.add_argument("--scratch-seed", type=int, default=None, help="seed of the from-scratch training (default: the "
+                   "config's seed); compare two runs' scratch halves for the noise ceiling of the ranking")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
@@ -101,15 +109,17 @@ def main() -> None:
     genomes = sample_genomes(setup.space, args.genomes, setup.seed)
     if args.worker:  # one slice of the from-scratch half
         w, of = (int(v) for v in args.worker.split("/"))
-        write_json(out, {"scratch": score(setup, genomes[w::of], epochs=args.scratch_epochs)})
+        write_json(out, {"scratch": score(setup, genomes[w::of], epochs=args.scratch_epochs, seed=args.scratch_seed)})
         return
     result: dict = {"machine": machine(), "overrides": setup.overrides, "genomes": args.genomes,
                     "finetune_epochs": setup.trainer.epochs, "scratch_epochs": args.scratch_epochs,
-                    "workers": args.workers, "train_images": len(setup.data.train)}
+                    "workers": args.workers, "train_images": len(setup.data.train),
+                    "scratch_seed": setup.seed if args.scratch_seed is None else args.scratch_seed}
     start = time.perf_counter()
     fast = None
     if args.speed_json:
-        rows = {r["genome"]: r for r in json.loads(Path(args.speed_json).read_text()).get("candidates", [])}
+        earlier = json.loads(Path(args.speed_json).read_text())  # bench_search_speed's, or an earlier ranking's
+        rows = {r["genome"]: r for r in earlier.get("candidates", earlier.get("fast", []))}
         if all(g.network_key in rows for g in genomes):
             fast = [rows[g.network_key] for g in genomes]
             result["fast_from"] = args.speed_json
@@ -121,7 +131,7 @@ def main() -> None:
     result["fast"] = fast
     write_json(out, result)
     scratch = (scratch_in_workers(args, overrides, args.genomes, out) if args.workers > 1
-               else score(setup, genomes, epochs=args.scratch_epochs))
+               else score(setup, genomes, epochs=args.scratch_epochs, seed=args.scratch_seed))
     result["scratch"] = scratch
     result["scratch_seconds"] = time.perf_counter() - start
     result["comparison"] = compare(fast, scratch)
