@@ -49,7 +49,7 @@ class TrainerConfig:
     channels_last: bool = True
     device: str = "auto"
     num_threads: int | None = None
-    init: str = "from_scratch"   # library default; conf/trainer/default.yaml picks supernet for the CLI
+    init: str = "from_scratch"
     finetune_lr: float = 0.01
     bn_calibration_images: int = 2000
 
