@@ -29,8 +29,7 @@ from aebnas.search.objectives import constraint_values, objective_values
 from aebnas.search.settings import SearchSettings
 from aebnas.search.thresholds import confidence, simulate_exits, tune_thresholds
 from aebnas.space import Genome
-from aebnas.train import TrainerConfig, fit, predict_logits
-from aebnas.train.trainer import recalibrate_batchnorm
+from aebnas.train import TrainerConfig, fit, predict_logits, recalibrate_batchnorm
 
 log = logging.getLogger("aebnas.search")
 

@@ -2,7 +2,8 @@
 
 from aebnas.train.device import resolve_device
 from aebnas.train.losses import exit_loss_weights, joint_exit_loss
-from aebnas.train.trainer import TrainerConfig, TrainingDiverged, TrainStats, fit, predict_logits
+from aebnas.train.trainer import (TrainerConfig, TrainingDiverged, TrainStats, fit, predict_logits,
+                                  recalibrate_batchnorm)
 
 __all__ = ["TrainStats", "TrainerConfig", "TrainingDiverged", "exit_loss_weights", "fit",
-           "joint_exit_loss", "predict_logits", "resolve_device"]
+           "joint_exit_loss", "predict_logits", "recalibrate_batchnorm", "resolve_device"]

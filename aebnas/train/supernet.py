@@ -33,7 +33,7 @@ from aebnas.data import DataSplits
 from aebnas.nn.supernet import Backbone, Supernet, backbone_identity
 from aebnas.space import SearchSpace
 from aebnas.train.trainer import (BatchStream, TrainerConfig, check_finite, cudnn_autotune, make_optimizer,
-                                  use_channels_last)
+                                  training_layout)
 from aebnas.validation import ConfigError, check_bool, check_int, check_number, reject_unknown_keys
 
 log = logging.getLogger("aebnas.supernet")
@@ -147,18 +147,15 @@ def train_supernet(supernet: Supernet, space: SearchSpace, data: DataSplits, cfg
     """Sandwich-rule training with a cosine schedule; returns (steps, final loss of the largest subnet)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    channels_last = use_channels_last(trainer, device)
-    supernet.to(device).train()
-    if channels_last:
-        supernet.to(memory_format=torch.channels_last)
-    stream = BatchStream(data, cfg.batch_size, trainer.crop_padding, device, seed, channels_last)
-    opt, sched = make_optimizer(supernet.parameters(), trainer, cfg.lr, cfg.weight_decay,
-                                cfg.epochs * stream.steps_per_epoch)
     use_amp = trainer.amp and device.type == "cuda"
     steps, loss = 0, torch.full((), float("nan"))
-    bar = tqdm(total=cfg.epochs * stream.steps_per_epoch, desc="supernet", unit="step", disable=not progress,
-               dynamic_ncols=True)
-    with cudnn_autotune(False):  # random subnets bring new shapes every step
+    # no autotuning: random subnets bring new shapes every step
+    with training_layout(supernet, trainer, device) as channels_last, cudnn_autotune(False):
+        stream = BatchStream(data, cfg.batch_size, trainer.crop_padding, device, seed, channels_last)
+        opt, sched = make_optimizer(supernet.parameters(), trainer, cfg.lr, cfg.weight_decay,
+                                    cfg.epochs * stream.steps_per_epoch)
+        bar = tqdm(total=cfg.epochs * stream.steps_per_epoch, desc="supernet", unit="step", disable=not progress,
+                   dynamic_ncols=True)
         for epoch in range(cfg.epochs):
             loss_sum = torch.zeros((), device=device)
             for xb, yb in stream.epoch():
@@ -171,12 +168,10 @@ def train_supernet(supernet: Supernet, space: SearchSpace, data: DataSplits, cfg
                 steps += 1
                 bar.update(1)
             check_finite(loss_sum, steps)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss_sum) / max(1, stream.steps_per_epoch):.3f}")
-            log.info("supernet epoch %d/%d: loss of the largest subnet %.4f", epoch + 1, cfg.epochs,
-                     float(loss_sum) / max(1, stream.steps_per_epoch))
-    bar.close()
-    if channels_last:
-        supernet.to(memory_format=torch.contiguous_format)
+            mean_loss = float(loss_sum) / max(1, stream.steps_per_epoch)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{mean_loss:.3f}")
+            log.info("supernet epoch %d/%d: loss of the largest subnet %.4f", epoch + 1, cfg.epochs, mean_loss)
+        bar.close()
     return steps, float(loss)
 
 

@@ -116,9 +116,22 @@ def cudnn_autotune(enabled: bool) -> Iterator[None]:
         torch.backends.cudnn.benchmark = before
 
 
-def use_channels_last(cfg: TrainerConfig, device: torch.device) -> bool:
-    """channels_last pays on CUDA (cuDNN's NHWC kernels); on the CPU depthwise convs get slower."""
-    return cfg.channels_last and device.type == "cuda"
+@contextmanager
+def training_layout(model: nn.Module, cfg: TrainerConfig, device: torch.device) -> Iterator[bool]:
+    """``model`` on ``device`` in train mode, in NHWC layout while the block runs if ``cfg.channels_last`` and CUDA
+    (cuDNN's NHWC kernels; on the CPU depthwise convs get slower); yields whether inputs must be NHWC too.
+
+    The layout is put back afterwards, so saved weights and later eval passes see ordinary tensors.
+    """
+    channels_last = cfg.channels_last and device.type == "cuda"
+    model.to(device).train()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    try:
+        yield channels_last
+    finally:
+        if channels_last:
+            model.to(memory_format=torch.contiguous_format)
 
 
 class BatchStream:
@@ -177,18 +190,15 @@ def fit(model: nn.Module, data: DataSplits, cfg: TrainerConfig, device: torch.de
         seed: int = 0) -> TrainStats:
     """Train all exits jointly with a cosine schedule; raises TrainingDiverged on NaN/inf loss."""
     start = time.perf_counter()
-    channels_last = use_channels_last(cfg, device)
-    model.to(device).train()
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    stream = BatchStream(data, cfg.batch_size, cfg.crop_padding, device, seed, channels_last)
     n_exits = model.n_exits if hasattr(model, "n_exits") else 1
     weights = exit_loss_weights(n_exits, cfg.exit_weights)
-    opt, sched = make_optimizer(model.parameters(), cfg, cfg.lr, cfg.weight_decay, cfg.epochs * stream.steps_per_epoch)
     use_amp = cfg.amp and device.type == "cuda"
     loss = torch.full((), float("nan"))
     steps = 0
-    with cudnn_autotune(device.type == "cuda"):
+    with training_layout(model, cfg, device) as channels_last, cudnn_autotune(device.type == "cuda"):
+        stream = BatchStream(data, cfg.batch_size, cfg.crop_padding, device, seed, channels_last)
+        opt, sched = make_optimizer(model.parameters(), cfg, cfg.lr, cfg.weight_decay,
+                                    cfg.epochs * stream.steps_per_epoch)
         for _ in range(cfg.epochs):
             loss_sum = torch.zeros((), device=device)
             for xb, yb in stream.epoch():
@@ -203,8 +213,6 @@ def fit(model: nn.Module, data: DataSplits, cfg: TrainerConfig, device: torch.de
                 steps += 1
                 loss_sum += loss.detach()
             check_finite(loss_sum, steps)
-    if channels_last:
-        model.to(memory_format=torch.contiguous_format)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return TrainStats(seconds=time.perf_counter() - start, steps=steps, final_loss=float(loss.detach()))
@@ -226,7 +234,7 @@ def recalibrate_batchnorm(model: nn.Module, data: DataSplits, device: torch.devi
     momenta = [bn.momentum for bn in bns]
     for bn in bns:
         bn.reset_running_stats()
-        bn.momentum = None  # cumulative average over the calibration batches
+        bn.momentum = None  # cumulative average: after the one batch below, exactly its statistics
     model.to(device).train()
     xb = normalize(data.train.x[:n_images].to(device), data.mean, data.std)
     if len(xb) >= 2:  # BatchNorm cannot estimate a variance from one image
