@@ -10,7 +10,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,7 +21,9 @@ from omegaconf import OmegaConf
 
 from aebnas.cli.common import config_dir
 from aebnas.data import DataSplits, load_dataset
+from aebnas.nn.supernet import Supernet
 from aebnas.search import SearchSettings
+from aebnas.search.evaluator import CandidateEvaluator
 from aebnas.space import Genome, SearchSpace, SpaceConfig
 from aebnas.train import TrainerConfig, resolve_device
 from aebnas.train.supernet import SupernetConfig
@@ -66,6 +68,35 @@ def sample_genomes(space: SearchSpace, n: int, seed: int) -> list[Genome]:
         g = space.sample(rng)
         genomes.setdefault(g.network_key, g)
     return list(genomes.values())
+
+
+def evaluate_genomes(setup: Setup, genomes: Sequence[Genome], trainer: TrainerConfig,
+                     supernet: Supernet | None = None, seed: int | None = None,
+                     label: str = "candidate") -> list[dict[str, Any]]:
+    """Evaluate genomes one after another as the search does (thresholds tuned); a row per genome with its
+    time split into fine-tune (or training), val pass and threshold tuning, and its val accuracies.
+
+    ``seed`` (default: the config's) seeds each network's training.
+    """
+    evaluator = CandidateEvaluator(setup.data, trainer, replace(setup.settings, threshold_tuning=True), setup.device,
+                                   seed=setup.seed if seed is None else seed, supernet=supernet)
+    rows = []
+    n_train = len(setup.data.train)
+    for genome in genomes:
+        start = time.perf_counter()
+        ev = evaluator.evaluate(genome)
+        wall = time.perf_counter() - start
+        rows.append({"genome": genome.network_key, "wall_seconds": wall, "finetune_seconds": ev.train_seconds,
+                     "val_pass_seconds": ev.eval_seconds, "threshold_tuning_seconds": ev.tune_seconds,
+                     "finetune_images_per_second": trainer.epochs * n_train / ev.train_seconds
+                     if ev.train_seconds else None,
+                     "static_macs": ev.static_macs, "expected_macs": ev.expected_macs,
+                     "val_accuracy": ev.val_accuracy, "static_val_accuracy": ev.static_val_accuracy,
+                     "status": ev.status, "error": ev.error})
+        print(f"{label} {len(rows):3d}: {wall:6.2f}s (training {ev.train_seconds:.2f}s, val {ev.eval_seconds:.2f}s, "
+              f"tuning {ev.tune_seconds:.3f}s)  val acc {ev.static_val_accuracy:.4f}  {ev.static_macs / 1e6:.1f}M MACs",
+              flush=True)
+    return rows
 
 
 def machine() -> dict[str, Any]:

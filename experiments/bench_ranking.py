@@ -25,9 +25,8 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import kendalltau, spearmanr
 
-from bench_common import DEFAULT_OVERRIDES, load_setup, machine, sample_genomes, write_json
+from bench_common import DEFAULT_OVERRIDES, evaluate_genomes, load_setup, machine, sample_genomes, write_json
 
-from aebnas.search.evaluator import CandidateEvaluator
 from aebnas.train.supernet import prepare_supernet
 
 SCORES = ("static_val_accuracy", "val_accuracy")
@@ -39,19 +38,10 @@ def score(setup, genomes, supernet=None, epochs: int | None = None, seed: int | 
     ``seed`` (default: the config's) seeds each network's training; another seed for the
     from-scratch half measures how well training from scratch ranks against itself.
     """
-    trainer = setup.trainer if supernet is not None else replace(setup.trainer, init="from_scratch", epochs=epochs)
-    evaluator = CandidateEvaluator(setup.data, trainer, replace(setup.settings, threshold_tuning=True), setup.device,
-                                   seed=setup.seed if seed is None else seed, supernet=supernet)
-    rows = []
-    for genome in genomes:
-        start = time.perf_counter()
-        ev = evaluator.evaluate(genome)
-        rows.append({"genome": genome.network_key, "static_val_accuracy": ev.static_val_accuracy,
-                     "val_accuracy": ev.val_accuracy, "expected_macs": ev.expected_macs, "status": ev.status,
-                     "seconds": time.perf_counter() - start})
-        print(f"{'supernet' if supernet is not None else 'scratch'} {len(rows):3d}: "
-              f"acc {ev.static_val_accuracy:.4f} ({rows[-1]['seconds']:.1f}s)", flush=True)
-    return rows
+    if supernet is not None:
+        return evaluate_genomes(setup, genomes, setup.trainer, supernet, seed, label="supernet")
+    return evaluate_genomes(setup, genomes, replace(setup.trainer, init="from_scratch", epochs=epochs), None, seed,
+                            label="scratch")
 
 
 def scratch_in_workers(args, overrides: list[str], n_genomes: int, out: Path) -> list[dict]:

@@ -19,35 +19,11 @@ from pathlib import Path
 
 import torch
 
-from bench_common import DEFAULT_OVERRIDES, load_setup, machine, sample_genomes, summary_stats, write_json
+from bench_common import (DEFAULT_OVERRIDES, evaluate_genomes, load_setup, machine, sample_genomes, summary_stats,
+                          write_json)
 
 from aebnas.search.archive import EvaluationArchive
-from aebnas.search.evaluator import CandidateEvaluator
 from aebnas.train.supernet import prepare_supernet
-
-
-def evaluate_candidates(setup, supernet, n: int) -> list[dict]:
-    """Evaluate ``n`` random genomes one after another; per-candidate time split into its parts."""
-    settings = replace(setup.settings, threshold_tuning=True)
-    evaluator = CandidateEvaluator(setup.data, setup.trainer, settings, setup.device, seed=setup.seed,
-                                   supernet=supernet)
-    rows = []
-    n_train = len(setup.data.train)
-    for genome in sample_genomes(setup.space, n, setup.seed):
-        start = time.perf_counter()
-        ev = evaluator.evaluate(genome)
-        wall = time.perf_counter() - start
-        rows.append({"genome": genome.network_key, "wall_seconds": wall, "finetune_seconds": ev.train_seconds,
-                     "val_pass_seconds": ev.eval_seconds, "threshold_tuning_seconds": ev.tune_seconds,
-                     "finetune_images_per_second": setup.trainer.epochs * n_train / ev.train_seconds
-                     if ev.train_seconds else None,
-                     "static_macs": ev.static_macs, "expected_macs": ev.expected_macs,
-                     "val_accuracy": ev.val_accuracy, "static_val_accuracy": ev.static_val_accuracy,
-                     "status": ev.status, "error": ev.error})
-        print(f"candidate {len(rows):3d}: {wall:6.2f}s (fine-tune {ev.train_seconds:.2f}s, val {ev.eval_seconds:.2f}s, "
-              f"tuning {ev.tune_seconds:.3f}s)  val acc {ev.static_val_accuracy:.4f}  {ev.static_macs / 1e6:.1f}M MACs",
-              flush=True)
-    return rows
 
 
 def full_search(overrides: list[str], evals: int, pop_size: int, run_dir: Path, cache_dir: str,
@@ -101,7 +77,7 @@ def main() -> None:
     print(f"supernet: {'loaded' if info.cached else 'trained'} in {info.train_seconds:.1f}s "
           f"({info.images_per_second:.0f} images/s per subnet pass)", flush=True)
 
-    rows = evaluate_candidates(setup, supernet, args.candidates)
+    rows = evaluate_genomes(setup, sample_genomes(setup.space, args.candidates, setup.seed), setup.trainer, supernet)
     timed = [r for r in rows[1:] if r["status"] == "ok"] or rows  # the first pays cuDNN's and the allocator's warm-up
     result["candidates"] = rows
     result["candidate_seconds"] = {k: summary_stats([r[k] for r in timed]) for k in
