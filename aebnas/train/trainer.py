@@ -218,28 +218,41 @@ def fit(model: nn.Module, data: DataSplits, cfg: TrainerConfig, device: torch.de
     return TrainStats(seconds=time.perf_counter() - start, steps=steps, final_loss=float(loss.detach()))
 
 
+#: Input values (images x channels x pixels) sent through recalibration at once: 2,000 CIFAR-sized images.
+#: Up to this the statistics are exact; beyond it, equal chunks keep activation memory bounded.
+CALIBRATION_CHUNK_VALUES = 2000 * 3 * 32 * 32
+
+
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, data: DataSplits, device: torch.device, n_images: int,
-                          amp: bool = True) -> None:
-    """Recompute every BatchNorm's running statistics as the exact mean/variance over ``n_images`` training images.
+                          amp: bool = True, chunk_values: int = CALIBRATION_CHUNK_VALUES) -> None:
+    """Recompute every BatchNorm's running statistics from ``n_images`` training images.
 
     Inherited running statistics belong to whatever mix of subnets the supernet
-    saw; a candidate's own activations have other statistics. The images go
-    through in one batch: averaging per-batch statistics would weigh a short last
-    batch too much and miss the spread between batch means.
+    saw; a candidate's own activations have other statistics. When the images
+    hold at most ``chunk_values`` values they go through in one batch, and the
+    statistics are exactly their mean and variance (averaging per-batch statistics
+    would weigh a short last batch too much and miss the spread between batch
+    means). Larger inputs (big ``image_folder`` images) go in equal chunks, whose
+    averaged means are still exact and whose variances leave out only the spread
+    between chunk means; a few images past a multiple of the chunk are left out.
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns or n_images <= 0:
+    n_images = min(n_images, len(data.train))
+    if not bns or n_images < 2:  # BatchNorm cannot estimate a variance from one image
         return
+    per_image = int(np.prod(data.train.x.shape[1:]))
+    n_chunks = max(1, math.ceil(n_images * per_image / chunk_values))
+    chunk = max(2, n_images // n_chunks)
+    n_chunks = n_images // chunk
     momenta = [bn.momentum for bn in bns]
     for bn in bns:
         bn.reset_running_stats()
-        bn.momentum = None  # cumulative average: after the one batch below, exactly its statistics
+        bn.momentum = None  # cumulative average over the chunks: with one chunk, exactly its statistics
     model.to(device).train()
-    xb = normalize(data.train.x[:n_images].to(device), data.mean, data.std)
-    if len(xb) >= 2:  # BatchNorm cannot estimate a variance from one image
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-            model(xb)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+        for start in range(0, n_chunks * chunk, chunk):
+            model(normalize(data.train.x[start:start + chunk].to(device), data.mean, data.std))
     for bn, m in zip(bns, momenta):
         bn.momentum = m
 
