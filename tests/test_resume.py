@@ -1,4 +1,5 @@
-"""A search killed with SIGKILL mid-generation, twice, then resumed, ends exactly like an uninterrupted one."""
+"""A search killed with SIGKILL mid-generation, twice, then resumed, ends exactly like an uninterrupted one
+(the first run trains in two worker processes, which must die with it; the others in-process)."""
 
 import json
 import os
@@ -32,6 +33,26 @@ def _archive(run_dir: Path) -> list[tuple]:
         return db.execute("SELECT id, key, data FROM evaluations ORDER BY id").fetchall()
 
 
+def _children(pid: int) -> list[int]:
+    """Live child processes of ``pid`` (its candidate workers, for one), from /proc."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended while we looked
+        if int(fields[1]) == pid and fields[0] != "Z":
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _kill_after(proc: subprocess.Popen, run_dir: Path, n_rows: int, timeout: float = 240) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
@@ -42,9 +63,14 @@ def _kill_after(proc: subprocess.Popen, run_dir: Path, n_rows: int, timeout: flo
             pass  # the database is being created
         time.sleep(0.05)
     assert proc.poll() is None, f"run ended before it could be killed:\n{proc.communicate()[1][-2000:]}"
+    children = _children(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
+    deadline = time.time() + 20
+    while any(_alive(c) for c in children) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(c) for c in children), "candidate workers outlived the killed search"
 
 
 def _comparable(row: tuple) -> tuple:
@@ -57,7 +83,7 @@ def _comparable(row: tuple) -> tuple:
 @pytest.mark.slow
 def test_killed_twice_then_resumed_equals_uninterrupted(tmp_path):
     run = tmp_path / "killed"
-    _kill_after(_start(run, *ARGS), run, 2)                          # inside generation 1 (4 candidates)
+    _kill_after(_start(run, *ARGS, "workers=2"), run, 2)             # inside generation 1 (4 candidates), 2 workers
     first = _archive(run)
     assert 2 <= len(first) < 4 and not (run / "pareto.csv").exists()
     _kill_after(_start(tmp_path / "log1", f"resume={run}"), run, 6)  # inside generation 2

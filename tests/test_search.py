@@ -150,10 +150,10 @@ def test_threshold_tuning_makes_threshold_genes_one_candidate(tiny_space, synthe
 def test_injected_failures_are_isolated_and_infrastructure_errors_stop(tiny_space, synthetic, tmp_path, monkeypatch):
     """One candidate raises, one diverges: both recorded as failed, the search completes.
     A disk error stops the run with the archive intact, and a resume finishes it."""
-    import aebnas.search.evaluator as evaluator_module
+    import aebnas.search.training as training_module
     from aebnas.train import TrainingDiverged
 
-    real_fit = evaluator_module.fit
+    real_fit = training_module.fit
     calls = {"n": 0}
 
     def flaky_fit(model, *args, **kwargs):
@@ -164,7 +164,7 @@ def test_injected_failures_are_isolated_and_infrastructure_errors_stop(tiny_spac
             raise TrainingDiverged("injected: loss became nan at step 3")
         return real_fit(model, *args, **kwargs)
 
-    monkeypatch.setattr(evaluator_module, "fit", flaky_fit)
+    monkeypatch.setattr(training_module, "fit", flaky_fit)
     trainer = TrainerConfig(epochs=1, batch_size=64, device="cpu")
     settings = SearchSettings(pop_size=4, generations=2, exit_metric="max_softmax")
     result = run_search(tiny_space, synthetic, trainer, settings, torch.device("cpu"), tmp_path / "a", progress=False)
@@ -183,14 +183,14 @@ def test_injected_failures_are_isolated_and_infrastructure_errors_stop(tiny_spac
             raise OSError(28, "No space left on device")
         return real_fit(model, *args, **kwargs)
 
-    monkeypatch.setattr(evaluator_module, "fit", disk_full_on_third)
+    monkeypatch.setattr(training_module, "fit", disk_full_on_third)
     with pytest.raises(OSError, match="No space left"):
         run_search(tiny_space, synthetic, trainer, settings, torch.device("cpu"), tmp_path / "b", progress=False)
     import sqlite3
 
     with sqlite3.connect(tmp_path / "b" / "archive.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0] == 2
-    monkeypatch.setattr(evaluator_module, "fit", real_fit)
+    monkeypatch.setattr(training_module, "fit", real_fit)
     resumed = run_search(tiny_space, synthetic, trainer, settings, torch.device("cpu"), tmp_path / "b",
                          progress=False, resume=True)
     assert len(load_run(resumed.run_dir).evaluations) == 8

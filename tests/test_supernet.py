@@ -17,7 +17,7 @@ import yaml
 from omegaconf import OmegaConf
 from torch import nn
 
-import aebnas.search.evaluator as evaluator_module
+import aebnas.search.training as training_module
 import aebnas.train.supernet as supernet_module
 from aebnas.data import ArraySplit, load_dataset
 from aebnas.nn import build_model
@@ -506,6 +506,30 @@ def test_recalibrated_statistics_are_exact_over_the_calibration_images(small_syn
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
 
+def test_large_inputs_are_recalibrated_in_equal_chunks_with_the_exact_mean(small_synthetic):
+    """Past the memory bound the images go in equal chunks: the stem BN's mean stays the exact mean over
+    the images used, its variance the average of the chunks' variances."""
+    data = small_synthetic
+    torch.manual_seed(0)
+    model = build_model(make_space("tiny").parse("k3e2/k3e2/k3e2/k3e2/k3e2|off|off|off|off"), 3, 1)
+    stem_bn = model.segments[0][0][1]
+    seen, handles = _bn_inputs(model, [stem_bn])
+    per_image = int(np.prod(data.train.x.shape[1:]))
+    recalibrate_batchnorm(model, data, CPU, n_images=41, chunk_values=10 * per_image)  # 5 chunks of 8; 1 left
+    for h in handles:
+        h.remove()
+    chunks = seen[id(stem_bn)]
+    assert [len(c) for c in chunks] == [8] * 5
+    everything = torch.cat(chunks)
+    torch.testing.assert_close(stem_bn.running_mean, everything.mean((0, 2, 3)), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(stem_bn.running_var, torch.stack([c.var((0, 2, 3)) for c in chunks]).mean(0),
+                               rtol=1e-5, atol=1e-6)
+    stem_in = (data.train.x[:40].float() / 255 - data.mean[0]) / data.std[0]  # the first 40 images, in order
+    with torch.no_grad():
+        torch.testing.assert_close(everything, F.conv2d(stem_in, model.segments[0][0][0].weight, padding=1),
+                                   rtol=1e-5, atol=1e-5)
+
+
 def test_supernet_sliced_batchnorm_follows_cumulative_momentum():
     space = make_space("tiny")
     supernet = Supernet(space.config, 3, 1).train()
@@ -571,13 +595,13 @@ def test_candidates_fine_tune_at_finetune_lr(small_synthetic, monkeypatch):
     assert tc.candidate_schedule() == replace(tc, lr=0.007)
     assert replace(tc, init="from_scratch").candidate_schedule().lr == 0.05
     seen = []
-    real_fit = evaluator_module.fit
+    real_fit = training_module.fit
 
     def recording_fit(model, data, cfg, *args, **kwargs):
         seen.append(cfg)
         return real_fit(model, data, cfg, *args, **kwargs)
 
-    monkeypatch.setattr(evaluator_module, "fit", recording_fit)
+    monkeypatch.setattr(training_module, "fit", recording_fit)
     space = make_space("tiny")
     g = space.smallest()
     common = dict(epochs=1, batch_size=48, device="cpu", lr=0.05, finetune_lr=0.007, bn_calibration_images=32)

@@ -25,7 +25,8 @@ from aebnas.validation import ConfigError, check_int
 log = logging.getLogger("aebnas")
 
 
-IGNORED_FOR_IDENTITY = ("resume", "progress")
+# How a run is carried out, not what it computes: free to change when resuming.
+IGNORED_FOR_IDENTITY = ("resume", "progress", "workers")
 
 
 def resumed_config(cfg: DictConfig, user_overrides: list[str]) -> tuple[DictConfig, Path]:
@@ -42,6 +43,8 @@ def resumed_config(cfg: DictConfig, user_overrides: list[str]) -> tuple[DictConf
         now, then = OmegaConf.select(cfg, key), OmegaConf.select(saved, key)
         if now != then:
             raise ConfigError(f"resume: {key} was {then!r} in '{run_dir}', not {now!r}; resume without changing it")
+    for key in IGNORED_FOR_IDENTITY:
+        saved[key] = cfg.get(key)
     saved.resume = str(run_dir)
     return saved, run_dir
 
@@ -59,6 +62,7 @@ def search(cfg: DictConfig, run_dir: Path, user_overrides: list[str] | None = No
     supernet = SupernetConfig.from_dict(plain["supernet"]) if trainer.init == "supernet" else None
     device = resolve_device(trainer.device)
     check_int(plain.get("seed"), "seed", lo=0)
+    workers = check_int(plain.get("workers", 1), "workers", lo=1)
     if trainer.num_threads:
         torch.set_num_threads(trainer.num_threads)
     data = load_dataset(plain["dataset"])
@@ -74,7 +78,7 @@ def search(cfg: DictConfig, run_dir: Path, user_overrides: list[str] | None = No
     result = run_search(space, data, trainer, settings, device, run_dir, seed=plain["seed"],
                         progress=bool(plain.get("progress", True)), resume=resume, config_record=record,
                         latency_table=latency_table, method=(plain.get("method") or {}).get("name"),
-                        supernet=supernet)
+                        supernet=supernet, workers=workers)
     best = max(result.pareto, key=lambda r: r["test_accuracy"], default=None)
     failed = sum(e.status != "ok" for e in result.evaluations)
     print(f"\n{len(result.evaluations)} candidates ({failed} failed) in {result.seconds:.0f}s; "

@@ -8,51 +8,31 @@ computed from the cached per-exit confidences without running the network.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import time
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 
-from aebnas.cost import NetworkCost, expected_cost, network_cost
+from aebnas.cost import expected_cost, network_cost
 from aebnas.cost.latency import LatencyTable
 from aebnas.data import DataSplits
-from aebnas.nn import build_model, count_parameters
-from aebnas.nn.supernet import Supernet, inherit_weights
+from aebnas.nn.supernet import Supernet
 from aebnas.search.objectives import constraint_values, objective_values
 from aebnas.search.settings import SearchSettings
-from aebnas.search.thresholds import confidence, simulate_exits, tune_thresholds
+from aebnas.search.thresholds import simulate_exits, tune_thresholds
+from aebnas.search.training import CandidateTraining, TrainedNetwork
+from aebnas.search.workers import CandidatePool
 from aebnas.space import Genome
-from aebnas.train import TrainerConfig, fit, predict_logits, recalibrate_batchnorm
+from aebnas.train import TrainerConfig
 
 log = logging.getLogger("aebnas.search")
-
-
-def short_hash(text: str, n: int = 12) -> str:
-    return hashlib.sha1(text.encode()).hexdigest()[:n]
-
-
-def candidate_seed(seed: int, network_key: str) -> int:
-    """Seed of one candidate's training, independent of the order candidates are met in."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{network_key}".encode()).digest()[:4], "little") & 0x7FFFFFFF
-
-
-@dataclass
-class TrainedNetwork:
-    confidences: np.ndarray        # [n_exits, N_val] decision metric
-    correct: np.ndarray            # [n_exits, N_val] bool
-    cost: NetworkCost
-    params: int
-    train_seconds: float
-    eval_seconds: float
-    model_file: str | None
-    path_latency_ms: tuple[float, ...] = ()
 
 
 LIST_FIELDS = ("exit_stages", "thresholds", "path_macs", "exit_rates", "exit_accuracies", "head_accuracies",
@@ -138,6 +118,10 @@ class CandidateEvaluator:
         self.device = device
         self.seed = seed
         self.model_dir = model_dir
+        self.training = CandidateTraining(data, trainer, settings.exit_metric, device, seed, model_dir, supernet)
+        # Worker processes training candidates side by side (set by the runner for workers > 1); None: in-process.
+        self.pool: CandidatePool | None = None
+        self._pending: dict[str, Future[TrainedNetwork]] = {}  # network_key -> training under way in the pool
         self.evaluations: list[Evaluation] = []
         self._by_key: dict[str, Evaluation] = {}
         self._networks: dict[str, TrainedNetwork] = {}
@@ -169,6 +153,24 @@ class CandidateEvaluator:
     def failures(self) -> list[Evaluation]:
         return [e for e in self.evaluations if e.status != "ok"]
 
+    def evaluate_all(self, genomes: Sequence[Genome], generation: int = 0) -> list[Evaluation]:
+        """Metrics and objectives of a population, in order; with a pool its new networks train side by side.
+
+        Every network to train goes to the pool first; results are then recorded
+        in the order given, each as soon as it and those before it are done, so
+        the archive and the callbacks see what a one-by-one run would see.
+        """
+        if self.pool is not None:
+            for genome in genomes:
+                if self._needs_training(genome):
+                    self._pending[genome.network_key] = self.pool.submit(genome)
+        return [self.evaluate(genome, generation) for genome in genomes]
+
+    def _needs_training(self, genome: Genome) -> bool:
+        key = self.candidate_key(genome)
+        return not (key in self._by_key or key in self._archived or genome.network_key in self._networks
+                    or genome.network_key in self._pending)
+
     def evaluate(self, genome: Genome, generation: int = 0) -> Evaluation:
         """Metrics and objectives of one genome (cached by candidate key)."""
         key = self.candidate_key(genome)
@@ -182,8 +184,8 @@ class CandidateEvaluator:
         if net is None:
             try:
                 net = self._train(genome)
-            except OSError:
-                raise  # the machine, not the candidate: disk full, dataset gone -> stop, archive intact
+            except (OSError, BrokenProcessPool):
+                raise  # the machine, not the candidate: disk full, dataset gone, a worker killed -> stop, archive intact
             except Exception as exc:  # diverged, out of memory, or a bug this genome triggers
                 if isinstance(exc, torch.cuda.OutOfMemoryError) and torch.cuda.is_available():
                     torch.cuda.empty_cache()
@@ -248,31 +250,8 @@ class CandidateEvaluator:
         return self.latency_table.static_ms(genome) if self.latency_table is not None else None
 
     def _train(self, genome: Genome) -> TrainedNetwork:
-        seed = candidate_seed(self.seed, genome.network_key)
-        torch.manual_seed(seed)
-        model = build_model(genome, self.data.num_classes, self.data.in_channels)
-        start = time.perf_counter()
-        if self.supernet is not None:  # inherit the backbone, then fit BatchNorm statistics to this subnet
-            inherit_weights(model, self.supernet)
-            recalibrate_batchnorm(model, self.data, self.device, self.trainer.bn_calibration_images,
-                                  self.trainer.amp)
-        fit(model, self.data, self.trainer.candidate_schedule(), self.device, seed=seed)
-        train_seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        logits = predict_logits(model, self.data.val, self.data.mean, self.data.std, self.device,
-                                self.trainer.eval_batch_size, self.trainer.amp)
-        labels = self.data.val.y.numpy()
-        conf = confidence(logits, self.settings.exit_metric)
-        correct = logits.argmax(-1) == labels[None, :]
-        eval_seconds = time.perf_counter() - start  # predict_logits ends in a host copy: the device is done
-        model_file = None
-        if self.model_dir is not None:
-            self.model_dir.mkdir(parents=True, exist_ok=True)
-            path = self.model_dir / f"{short_hash(genome.network_key)}.pt"
-            tmp = path.with_suffix(".pt.tmp")
-            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-            tmp.replace(path)
-            model_file = str(path)
-        cost = network_cost(genome, self.data.num_classes, self.data.in_channels, self.data.resolution)
-        return TrainedNetwork(conf.astype(np.float32), correct, cost, count_parameters(model),
-                              train_seconds, eval_seconds, model_file, self._path_latency(genome))
+        """The candidate's trained network: from the pool when it was sent there, else trained here."""
+        future = self._pending.pop(genome.network_key, None)
+        net = future.result() if future is not None else self.training.train(genome)
+        net.path_latency_ms = self._path_latency(genome)
+        return net

@@ -20,8 +20,8 @@ class EarlyExitProblem(Problem):
         self.generation = 1  # the initial population is generation 1; the runner's callback advances it
 
     def _evaluate(self, X, out, *args, **kwargs):
-        evaluations = [self.evaluator.evaluate(self.space.decode(np.asarray(x, dtype=np.int64)), self.generation)
-                       for x in X]
+        genomes = [self.space.decode(np.asarray(x, dtype=np.int64)) for x in X]
+        evaluations = self.evaluator.evaluate_all(genomes, self.generation)
         out["F"] = np.array([e.objectives for e in evaluations], dtype=float)
         if self.n_ieq_constr:
             out["G"] = np.array([e.constraints for e in evaluations], dtype=float)

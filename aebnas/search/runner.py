@@ -29,7 +29,9 @@ from aebnas.data import DataSplits
 from aebnas.nn import build_model
 from aebnas.search.archive import CsvLog, EvaluationArchive, write_csv_atomic, write_text_atomic
 from aebnas.search.baselines import UniformResampling, manual_genomes
-from aebnas.search.evaluator import LIST_FIELDS, CandidateEvaluator, Evaluation, short_hash
+from aebnas.search.evaluator import LIST_FIELDS, CandidateEvaluator, Evaluation
+from aebnas.search.training import short_hash
+from aebnas.search.workers import CandidatePool
 from aebnas.search.objectives import objective_names
 from aebnas.search.operators import (GeneResetMutation, GenomeDuplicateElimination, GroupUniformCrossover,
                                      SpaceRepair, SpaceSampling)
@@ -155,7 +157,7 @@ class _GenerationLog(Callback):
 def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, settings: SearchSettings,
                device: torch.device, run_dir: Path, seed: int = 0, progress: bool = True, resume: bool = False,
                config_record: dict[str, Any] | None = None, latency_table: LatencyTable | None = None,
-               method: str | None = None, supernet: SupernetConfig | None = None) -> SearchResult:
+               method: str | None = None, supernet: SupernetConfig | None = None, workers: int = 1) -> SearchResult:
     """Run NSGA-II and fill ``run_dir``; the library entry point behind ``aebnas-search``.
 
     Resuming replays the search from the start with the same seed: finished
@@ -230,8 +232,16 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
     )
     log.info("search space %s: %d genes, %.3e networks; largest static network %.2fM MACs",
              space.config.name, space.n_var, float(space.size), macs_ref / 1e6)
-    minimize(problem, algorithm, ("n_gen", generations), seed=seed, verbose=False, copy_algorithm=False,
-             callback=_GenerationLog(problem, run_dir, bar, start, cost_ref, archive, settings))
+    if workers > 1:
+        threads = trainer.num_threads or max(1, torch.get_num_threads() // workers)
+        log.info("training %d candidates at once in worker processes, %d torch thread(s) each", workers, threads)
+        evaluator.pool = CandidatePool(evaluator.training, workers, threads)
+    try:
+        minimize(problem, algorithm, ("n_gen", generations), seed=seed, verbose=False, copy_algorithm=False,
+                 callback=_GenerationLog(problem, run_dir, bar, start, cost_ref, archive, settings))
+    finally:
+        if evaluator.pool is not None:
+            evaluator.pool.close()
     bar.close()  # the last generation's callback has written evaluations.csv
 
     front = pareto_evaluations(evaluator.evaluations, settings.cost_column)
@@ -256,6 +266,7 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
         "largest_static_macs": macs_ref,
         "objectives": objective_names(settings),
         "candidate_init": trainer.init,
+        "workers": workers,
     }
     if supernet_info is not None:
         summary["supernet"] = _supernet_summary(supernet_info)

@@ -1,0 +1,95 @@
+"""One candidate's training: genome -> trained network -> what the evaluator keeps of it.
+
+Kept apart from the evaluator so that the same code runs in the search's own
+process and in worker processes (``aebnas.search.workers``): a ``CandidateTraining``
+holds everything training depends on besides the genome, and pickles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aebnas.cost import NetworkCost, network_cost
+from aebnas.data import DataSplits
+from aebnas.nn import build_model, count_parameters
+from aebnas.nn.supernet import Supernet, inherit_weights
+from aebnas.search.thresholds import confidence
+from aebnas.space import Genome
+from aebnas.train import TrainerConfig, fit, predict_logits, recalibrate_batchnorm
+
+
+def short_hash(text: str, n: int = 12) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:n]
+
+
+def candidate_seed(seed: int, network_key: str) -> int:
+    """Seed of one candidate's training, independent of the order candidates are met in (and of the worker)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{network_key}".encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
+@dataclass
+class TrainedNetwork:
+    confidences: np.ndarray        # [n_exits, N_val] decision metric
+    correct: np.ndarray            # [n_exits, N_val] bool
+    cost: NetworkCost
+    params: int
+    train_seconds: float
+    eval_seconds: float
+    model_file: str | None
+    path_latency_ms: tuple[float, ...] = ()
+
+
+@dataclass
+class CandidateTraining:
+    """What a candidate's training depends on besides its genome: data, trainer settings, the exit metric the
+    val confidences are scored with, the device, the search seed, where weights go, and the supernet (or None)."""
+
+    data: DataSplits
+    trainer: TrainerConfig
+    exit_metric: str
+    device: torch.device
+    seed: int = 0
+    model_dir: Path | None = None
+    supernet: Supernet | None = None
+
+    def train(self, genome: Genome) -> TrainedNetwork:
+        """Train ``genome``'s network, score every exit on val in one pass, save its weights under ``model_dir``.
+
+        Raises whatever training raises (TrainingDiverged, out of memory, OSError): the caller decides
+        which of those fail the candidate and which stop the search.
+        """
+        data, trainer = self.data, self.trainer
+        seed = candidate_seed(self.seed, genome.network_key)
+        torch.manual_seed(seed)
+        model = build_model(genome, data.num_classes, data.in_channels)
+        start = time.perf_counter()
+        if self.supernet is not None:  # inherit the backbone, then fit BatchNorm statistics to this subnet
+            inherit_weights(model, self.supernet)
+            recalibrate_batchnorm(model, data, self.device, trainer.bn_calibration_images, trainer.amp)
+        fit(model, data, trainer.candidate_schedule(), self.device, seed=seed)
+        train_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        logits = predict_logits(model, data.val, data.mean, data.std, self.device, trainer.eval_batch_size,
+                                trainer.amp)
+        labels = data.val.y.numpy()
+        conf = confidence(logits, self.exit_metric)
+        correct = logits.argmax(-1) == labels[None, :]
+        eval_seconds = time.perf_counter() - start  # predict_logits ends in a host copy: the device is done
+        model_file = None
+        if self.model_dir is not None:
+            self.model_dir.mkdir(parents=True, exist_ok=True)
+            path = self.model_dir / f"{short_hash(genome.network_key)}.pt"
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")  # worker processes never share a temp file
+            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+            tmp.replace(path)
+            model_file = str(path)
+        cost = network_cost(genome, data.num_classes, data.in_channels, data.resolution)
+        return TrainedNetwork(conf.astype(np.float32), correct, cost, count_parameters(model),
+                              train_seconds, eval_seconds, model_file)

@@ -1,0 +1,84 @@
+"""Candidates trained in worker processes: same results as one by one, failures isolated, a dead worker stops."""
+
+import multiprocessing
+from dataclasses import replace
+from concurrent.futures.process import BrokenProcessPool
+
+import numpy as np
+import pytest
+import torch
+
+from aebnas.analysis import load_run
+from aebnas.data import load_dataset
+from aebnas.search import SearchSettings, run_search
+from aebnas.search.evaluator import CandidateEvaluator
+from aebnas.search.workers import CandidatePool
+from aebnas.train import TrainerConfig
+
+TRAINER = TrainerConfig(epochs=1, batch_size=64, device="cpu", crop_padding=1, num_threads=1)
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return load_dataset({"name": "synthetic", "num_classes": 4, "num_samples": 400, "resolution": 8, "channels": 1,
+                         "val_size": 0.25, "test_size": 0.2, "seed": 0})
+
+
+def _comparable(result) -> list[tuple]:
+    return [(e.key, e.generation, e.val_accuracy, e.expected_macs, e.exit_rates, e.objectives, e.status)
+            for e in result.evaluations]
+
+
+def test_two_workers_give_exactly_the_one_by_one_search(tiny_space, synthetic, tmp_path):
+    """Same candidates in the same order with the same metrics, Pareto set and test accuracies."""
+    settings = SearchSettings(pop_size=4, generations=2, exit_metric="max_softmax")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what each worker uses: the same arithmetic, so the same numbers
+    try:
+        alone = run_search(tiny_space, synthetic, TRAINER, settings, CPU, tmp_path / "alone", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    pooled = run_search(tiny_space, synthetic, TRAINER, settings, CPU, tmp_path / "pooled", progress=False, workers=2)
+    assert len(alone.evaluations) == 8
+    assert _comparable(pooled) == _comparable(alone)
+    assert [r["test_accuracy"] for r in pooled.pareto] == [r["test_accuracy"] for r in alone.pareto]
+    assert load_run(pooled.run_dir).summary["workers"] == 2
+    assert not multiprocessing.active_children()  # the pool is shut down with the search
+
+
+def test_a_candidate_failing_in_a_worker_is_recorded_and_the_search_goes_on(tiny_space, synthetic, tmp_path):
+    diverging = replace(TRAINER, lr=1e30)
+    result = run_search(tiny_space, synthetic, diverging, SearchSettings(pop_size=2, generations=1), CPU,
+                        tmp_path / "run", progress=False, workers=2)
+    assert [e.status for e in result.evaluations] == ["failed", "failed"]
+    assert all(e.error.startswith("TrainingDiverged: loss became") for e in result.evaluations)
+    assert result.pareto == []
+
+
+def test_a_killed_worker_stops_the_search_instead_of_failing_candidates(tiny_space, synthetic):
+    """A worker killed from outside (out-of-memory killer, say) is the machine's fault: nothing is recorded as a
+    failed candidate, and what was recorded before stays valid."""
+    evaluator = CandidateEvaluator(synthetic, TRAINER, SearchSettings(exit_metric="max_softmax"), CPU)
+    genomes = [tiny_space.sample(np.random.default_rng(i)) for i in range(6)]
+    recorded = []
+
+    def kill_workers_after_the_first(ev, fresh):
+        recorded.append(ev)
+        if len(recorded) == 1:
+            for child in multiprocessing.active_children():
+                child.kill()
+
+    evaluator.on_evaluated.append(kill_workers_after_the_first)
+    with CandidatePool(evaluator.training, workers=2, threads=1) as pool:
+        evaluator.pool = pool
+        with pytest.raises(BrokenProcessPool):
+            evaluator.evaluate_all(genomes)
+    assert 1 <= len(recorded) < len(genomes)
+    assert all(ev.status == "ok" for ev in recorded)
+
+
+def test_a_pool_of_one_is_refused(synthetic):
+    evaluator = CandidateEvaluator(synthetic, TRAINER, SearchSettings(), CPU)
+    with pytest.raises(ValueError, match="at least 2 workers"):
+        CandidatePool(evaluator.training, workers=1, threads=1)
