@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 
@@ -58,12 +59,16 @@ def test_bad_input_gets_one_line(tmp_path, args, fragment):
     assert not (tmp_path / "run" / "evaluations.csv").exists()
 
 
-def test_machine_failure_is_one_line_with_the_way_back(capsys):
+@pytest.mark.parametrize("failure, fragment", [
+    (OSError(28, "No space left on device"), "No space left on device"),
+    (BrokenProcessPool("A process in the process pool was terminated abruptly"), "BrokenProcessPool: A process"),
+])
+def test_machine_failure_is_one_line_with_the_way_back(capsys, failure, fragment):
     from aebnas.cli.common import user_errors
 
     with pytest.raises(SystemExit) as info:
         with user_errors("aebnas-search"):
-            raise OSError(28, "No space left on device")
+            raise failure
     assert info.value.code == 3
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "No space left on device" in err[0] and "resume=<run dir>" in err[0]
+    assert len(err) == 1 and fragment in err[0] and "resume=<run dir>" in err[0]

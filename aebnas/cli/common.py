@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -120,7 +121,7 @@ def user_errors(prog: str) -> Iterator[None]:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"{prog}: error: {message}", file=sys.stderr)
         sys.exit(2)
-    except OSError as exc:  # disk full, data removed mid-run: every finished evaluation is in the archive
+    except (OSError, BrokenProcessPool) as exc:  # disk full, data gone, a worker killed: the archive is intact
         if os.environ.get("AEBNAS_TRACEBACK"):
             raise
         print(f"{prog}: error: the machine failed, not a candidate ({type(exc).__name__}: {exc}); finished "
