@@ -51,7 +51,8 @@ def test_divergence_is_reported(data, tiny_space):
 
 @pytest.mark.parametrize("patch, field", [({"epochs": -1}, "trainer.epochs"), ({"lr": 0}, "trainer.lr"),
                                           ({"optimizer": "adam"}, "trainer.optimizer"), ({"epoch": 3}, "trainer.epoch"),
-                                          ({"label_smoothing": 1.0}, "trainer.label_smoothing")])
+                                          ({"label_smoothing": 1.0}, "trainer.label_smoothing"),
+                                          ({"cudnn_benchmark": "off"}, "trainer.cudnn_benchmark")])
 def test_bad_trainer_config(patch, field):
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
         TrainerConfig.from_dict(patch)

@@ -47,6 +47,7 @@ class TrainerConfig:
     crop_padding: int = 4
     amp: bool = True
     channels_last: bool = True
+    cudnn_benchmark: bool = True
     device: str = "auto"
     num_threads: int | None = None
     init: str = "from_scratch"
@@ -71,6 +72,7 @@ class TrainerConfig:
         check_int(tc.crop_padding, "trainer.crop_padding", lo=0)
         check_bool(tc.amp, "trainer.amp")
         check_bool(tc.channels_last, "trainer.channels_last")
+        check_bool(tc.cudnn_benchmark, "trainer.cudnn_benchmark")
         if tc.init not in INITS:
             raise ConfigError(f"trainer.init: '{tc.init}' is not one of {list(INITS)}")
         check_number(tc.finetune_lr, "trainer.finetune_lr", lo=0, lo_open=True)
@@ -195,7 +197,8 @@ def fit(model: nn.Module, data: DataSplits, cfg: TrainerConfig, device: torch.de
     use_amp = cfg.amp and device.type == "cuda"
     loss = torch.full((), float("nan"))
     steps = 0
-    with training_layout(model, cfg, device) as channels_last, cudnn_autotune(device.type == "cuda"):
+    with training_layout(model, cfg, device) as channels_last, cudnn_autotune(
+            cfg.cudnn_benchmark and device.type == "cuda"):
         stream = BatchStream(data, cfg.batch_size, cfg.crop_padding, device, seed, channels_last)
         opt, sched = make_optimizer(model.parameters(), cfg, cfg.lr, cfg.weight_decay,
                                     cfg.epochs * stream.steps_per_epoch)
