@@ -82,3 +82,26 @@ def test_a_pool_of_one_is_refused(synthetic):
     evaluator = CandidateEvaluator(synthetic, TRAINER, SearchSettings(), CPU)
     with pytest.raises(ValueError, match="at least 2 workers"):
         CandidatePool(evaluator.training, workers=1, threads=1)
+
+
+def test_workers_inherit_from_the_supernet_like_the_search_process(tiny_space, synthetic):
+    """With trainer.init=supernet each worker gets a CPU copy of the supernet: same evaluations as in-process."""
+    from aebnas.nn.supernet import Supernet
+
+    torch.manual_seed(0)
+    supernet = Supernet(tiny_space.config, synthetic.num_classes, synthetic.in_channels)
+    trainer = replace(TRAINER, init="supernet", bn_calibration_images=64)
+    settings = SearchSettings(exit_metric="max_softmax", threshold_tuning=True)
+    genomes = [tiny_space.sample(np.random.default_rng(i)) for i in range(3)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        alone = CandidateEvaluator(synthetic, trainer, settings, CPU, supernet=supernet).evaluate_all(genomes)
+    finally:
+        torch.set_num_threads(threads)
+    evaluator = CandidateEvaluator(synthetic, trainer, settings, CPU, supernet=supernet)
+    with CandidatePool(evaluator.training, workers=2, threads=1) as pool:
+        evaluator.pool = pool
+        pooled = evaluator.evaluate_all(genomes)
+    assert [(e.key, e.val_accuracy, e.head_accuracies) for e in pooled] == \
+        [(e.key, e.val_accuracy, e.head_accuracies) for e in alone]
