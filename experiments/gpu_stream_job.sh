@@ -10,10 +10,13 @@
 # can be repeated on the same weights.
 #
 #   OUT=/tmp/stream_out bash experiments/gpu_stream_job.sh                    # on the GPU machine
+#   RUN_FROM=.gpu/fmnist_stream_run OUT=/tmp/stream_out bash experiments/gpu_stream_job.sh
+#                                 # no training: time the network trained on the CPU (docs/benchmarks.md)
 #   STREAM_SMOKE=1 OUT=/tmp/stream_out bash experiments/gpu_stream_job.sh     # tiny check on a CPU
 #
 # Run from the repo root with the package importable (PYTHONPATH=$PWD). Knobs (env):
-# DATA_DIR (the four Fashion-MNIST idx .gz files), EPOCHS, BATCH, LR, DEVICE, N_BATCH1.
+# DATA_DIR (the four Fashion-MNIST idx .gz files), RUN_FROM (a run directory of this genome to
+# stream instead of training one), EPOCHS, BATCH, LR, DEVICE, N_BATCH1.
 # Writes 5 files to $OUT: stream_job.log, stream_run.tar.gz (the run directory: config,
 # CSVs, models/00_*/ with weights and operating_points.json), stream_gpu.json (every
 # aebnas-stream result, keyed by pass), stream_b1.png, stream_batched.png.
@@ -95,7 +98,7 @@ train_network() {
 stream_pass() {
   local name=$1; shift
   stamp "stream $name: $*"
-  python3 -m aebnas.cli.stream run="$RUN" model=0 device="$DEVICE" progress=false \
+  python3 -m aebnas.cli.stream run="$RUN" model=0 device="$DEVICE" progress=false data_dir="$DATA_DIR" \
     hydra.run.dir="$WORK/$name" "$@"
 }
 
@@ -122,7 +125,12 @@ trap pack_run EXIT
 
 machine_facts
 preflight
-train_network
+if [[ -n "${RUN_FROM:-}" ]]; then
+  cp -r "$RUN_FROM" "$RUN"
+  stamp "streaming the trained run $RUN_FROM (no training)"
+else
+  train_network
+fi
 # batch 1 (camera-like stream) on the first N_BATCH1 images, with the operating-point table
 stream_pass b1 n_images="$N_BATCH1" batch_size=1 operating_point=balanced
 # the batched stream on every test image, at several batches (a GPU's throughput depends on it)

@@ -304,6 +304,40 @@ def test_stream_settings_refused_in_one_line(tiny_run, tmp_path, capsys, overrid
     assert not (tmp_path / "out" / "stream.json").exists()
 
 
+def test_stream_of_a_run_whose_data_moved_reads_it_from_data_dir(tmp_path, capsys):
+    """A run directory copied to another machine: its config names the search's data_dir; data_dir= says where
+    the files are now. Without it, the one-line missing-files error; with it, the stream runs."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from aebnas.cli.common import user_errors
+    from aebnas.cli.search import search
+    from aebnas.cli.stream import PROG, stream
+    from tests.conftest import compose_config
+    from tests.formats import write_cifar10
+
+    write_cifar10(tmp_path / "then", per_batch=8)
+    search(compose_config(["dataset=cifar10", f"dataset.data_dir={tmp_path / 'then'}", "dataset.val_size=10",
+                           "dataset.resolution=8", "space=tiny", "search.pop_size=2", "search.generations=1",
+                           "trainer.epochs=1", "trainer.device=cpu", "trainer.batch_size=16", "progress=false"]),
+           tmp_path / "run")
+    shutil.move(tmp_path / "then", tmp_path / "now")
+    cfg = OmegaConf.load(ROOT / "conf" / "stream.yaml")
+    del cfg["hydra"]
+    cfg.merge_with({"run": str(tmp_path / "run"), "progress": False, "num_threads": 1, "n_images": 8,
+                    "batch_size": 4, "warmup": 1, "operating_point_table": False})
+    with pytest.raises(SystemExit) as info:
+        with user_errors(PROG):
+            stream(cfg, tmp_path / "refused")
+    assert info.value.code == 2
+    assert "dataset.data_dir: CIFAR-10 not found" in capsys.readouterr().err
+    cfg.data_dir = str(tmp_path / "now")
+    stream(cfg, tmp_path / "out")
+    result = json.loads((tmp_path / "out" / "stream.json").read_text())
+    assert result["dataset"] == "cifar10" and result["test_images"] == 8
+
+
 def test_shipped_stream_config_composes_and_is_accepted():
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf

@@ -189,6 +189,7 @@ class StreamSettings:
     device: str = "cpu"
     num_threads: int | None = 2
     progress: bool = True
+    data_dir: str | None = None
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> "StreamSettings":
@@ -219,7 +220,8 @@ class StreamSettings:
                    warmup=check_int(cfg.get("warmup", 20), "warmup", lo=0),
                    operating_point_table=check_bool(cfg.get("operating_point_table", True), "operating_point_table"),
                    device=str(cfg.get("device", "cpu")), num_threads=cfg.get("num_threads"),
-                   progress=check_bool(cfg.get("progress", True), "progress"))
+                   progress=check_bool(cfg.get("progress", True), "progress"),
+                   data_dir=None if cfg.get("data_dir") in (None, "") else str(cfg["data_dir"]))
 
     @property
     def batch_sizes(self) -> list[int]:
@@ -271,7 +273,10 @@ def run_stream(settings: StreamSettings, out_dir: Path) -> dict:
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)
     saved = load_saved_model(run.model_dir(settings.model))
-    data = load_dataset(run.config["dataset"])
+    dataset = dict(run.config["dataset"])
+    if settings.data_dir is not None:  # the run came from another machine, where the files lay elsewhere
+        dataset["data_dir"] = settings.data_dir
+    data = load_dataset(dataset)
     points = ensure_operating_points(saved, data.val, data.mean, data.std, device, settings.recompute_operating_points)
     model = AdaptiveModel.from_saved(saved, points)
     point = model.set_operating_point(settings.operating_point, settings.min_accuracy, settings.max_macs)
