@@ -85,14 +85,16 @@ def test_killed_twice_then_resumed_equals_uninterrupted(tmp_path):
     run = tmp_path / "killed"
     _kill_after(_start(run, *ARGS, "workers=2"), run, 2)             # inside generation 1 (4 candidates), 2 workers
     first = _archive(run)
-    assert 2 <= len(first) < 4 and not (run / "pareto.csv").exists()
+    # rows are recorded in order: a slow first candidate can hold back the other three, so up to 4 at once
+    assert 2 <= len(first) <= 4 and not (run / "pareto.csv").exists()
     _kill_after(_start(tmp_path / "log1", f"resume={run}"), run, 6)  # inside generation 2
     second = _archive(run)
     assert second[:len(first)] == first                              # finished rows are kept as they were
-    assert 6 <= len(second) < 8
+    assert 6 <= len(second) <= 8 and not (run / "pareto.csv").exists()
     done = _start(tmp_path / "log2", f"resume={run}")
-    _, err = done.communicate(timeout=300)
+    out, err = done.communicate(timeout=300)
     assert done.returncode == 0, err[-2000:]
+    assert "training 2 candidates at once" in out + err  # the saved run's workers=2, kept without an override
 
     clean = tmp_path / "clean"
     proc = _start(clean, *ARGS)

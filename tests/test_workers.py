@@ -1,6 +1,9 @@
 """Candidates trained in worker processes: same results as one by one, failures isolated, a dead worker stops."""
 
 import multiprocessing
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from concurrent.futures.process import BrokenProcessPool
 
@@ -14,6 +17,7 @@ from aebnas.search import SearchSettings, run_search
 from aebnas.search.evaluator import CandidateEvaluator
 from aebnas.search.workers import CandidatePool
 from aebnas.train import TrainerConfig
+from tests.conftest import ROOT
 
 TRAINER = TrainerConfig(epochs=1, batch_size=64, device="cpu", crop_padding=1, num_threads=1)
 CPU = torch.device("cpu")
@@ -30,7 +34,7 @@ def _comparable(result) -> list[tuple]:
             for e in result.evaluations]
 
 
-def test_two_workers_give_exactly_the_one_by_one_search(tiny_space, synthetic, tmp_path):
+def test_two_workers_give_exactly_the_one_by_one_search(tiny_space, synthetic, tmp_path, monkeypatch):
     """Same candidates in the same order with the same metrics, Pareto set and test accuracies."""
     settings = SearchSettings(pop_size=4, generations=2, exit_metric="max_softmax")
     threads = torch.get_num_threads()
@@ -39,8 +43,12 @@ def test_two_workers_give_exactly_the_one_by_one_search(tiny_space, synthetic, t
         alone = run_search(tiny_space, synthetic, TRAINER, settings, CPU, tmp_path / "alone", progress=False)
     finally:
         torch.set_num_threads(threads)
+    submitted = []
+    real_submit = CandidatePool.submit
+    monkeypatch.setattr(CandidatePool, "submit", lambda self, g: submitted.append(g.network_key) or real_submit(self, g))
     pooled = run_search(tiny_space, synthetic, TRAINER, settings, CPU, tmp_path / "pooled", progress=False, workers=2)
     assert len(alone.evaluations) == 8
+    assert sorted(submitted) == sorted({e.network_key for e in alone.evaluations})  # each trained once, in a worker
     assert _comparable(pooled) == _comparable(alone)
     assert [r["test_accuracy"] for r in pooled.pareto] == [r["test_accuracy"] for r in alone.pareto]
     assert load_run(pooled.run_dir).summary["workers"] == 2
@@ -57,25 +65,50 @@ def test_a_candidate_failing_in_a_worker_is_recorded_and_the_search_goes_on(tiny
 
 
 def test_a_killed_worker_stops_the_search_instead_of_failing_candidates(tiny_space, synthetic):
-    """A worker killed from outside (out-of-memory killer, say) is the machine's fault: nothing is recorded as a
-    failed candidate, and what was recorded before stays valid."""
+    """A worker killed from outside (out-of-memory killer, say) is the machine's fault: BrokenProcessPool reaches
+    the caller and nothing is recorded as a failed candidate."""
     evaluator = CandidateEvaluator(synthetic, TRAINER, SearchSettings(exit_metric="max_softmax"), CPU)
     genomes = [tiny_space.sample(np.random.default_rng(i)) for i in range(6)]
     recorded = []
-
-    def kill_workers_after_the_first(ev, fresh):
-        recorded.append(ev)
-        if len(recorded) == 1:
-            for child in multiprocessing.active_children():
-                child.kill()
-
-    evaluator.on_evaluated.append(kill_workers_after_the_first)
+    evaluator.on_evaluated.append(lambda ev, fresh: recorded.append(ev))
     with CandidatePool(evaluator.training, workers=2, threads=1) as pool:
+        real_submit = pool.submit
+
+        def submit_then_kill_after_the_last(genome):
+            future = real_submit(genome)
+            if genome is genomes[-1]:  # every candidate handed out, none can have finished yet
+                for child in multiprocessing.active_children():
+                    child.kill()
+            return future
+
+        pool.submit = submit_then_kill_after_the_last
         evaluator.pool = pool
         with pytest.raises(BrokenProcessPool):
             evaluator.evaluate_all(genomes)
-    assert 1 <= len(recorded) < len(genomes)
-    assert all(ev.status == "ok" for ev in recorded)
+    assert recorded == []
+
+
+def test_workers_that_cannot_start_give_one_clear_error(tmp_path):
+    """A script without the __main__ guard: spawned workers re-run it and die; the error says what to do."""
+    script = tmp_path / "no_guard.py"
+    script.write_text(
+        "import torch\n"
+        "from aebnas.data import load_dataset\n"
+        "from aebnas.search import SearchSettings, run_search\n"
+        "from aebnas.space import SearchSpace\n"
+        "from aebnas.train import TrainerConfig\n"
+        "from tests.conftest import space_config\n"
+        "data = load_dataset({'name': 'synthetic', 'num_classes': 2, 'num_samples': 60, 'resolution': 8, "
+        "'channels': 1, 'val_size': 0.25, 'test_size': 0.25, 'seed': 0})\n"
+        f"run_search(SearchSpace(space_config('tiny')), data, TrainerConfig(epochs=1, device='cpu'), "
+        f"SearchSettings(pop_size=2, generations=1), torch.device('cpu'), {str(tmp_path / 'run')!r}, "
+        "progress=False, workers=2)\n")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode != 0
+    assert "WorkerStartError: workers: the worker processes could not start" in proc.stderr
+    assert 'if __name__ == "__main__":' in proc.stderr
+    assert not multiprocessing.active_children()
 
 
 def test_a_pool_of_one_is_refused(synthetic):

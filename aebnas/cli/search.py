@@ -43,8 +43,10 @@ def resumed_config(cfg: DictConfig, user_overrides: list[str]) -> tuple[DictConf
         now, then = OmegaConf.select(cfg, key), OmegaConf.select(saved, key)
         if now != then:
             raise ConfigError(f"resume: {key} was {then!r} in '{run_dir}', not {now!r}; resume without changing it")
-    for key in IGNORED_FOR_IDENTITY:
-        saved[key] = cfg.get(key)
+    overridden = {o.split("=", 1)[0].lstrip("+~") for o in user_overrides}
+    for key in IGNORED_FOR_IDENTITY:  # the saved run's way of running, unless this command line says otherwise
+        if key in overridden or key not in saved:
+            saved[key] = cfg.get(key)
     saved.resume = str(run_dir)
     return saved, run_dir
 

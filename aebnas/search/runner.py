@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -233,15 +234,16 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
     log.info("search space %s: %d genes, %.3e networks; largest static network %.2fM MACs",
              space.config.name, space.n_var, float(space.size), macs_ref / 1e6)
     if workers > 1:
-        threads = trainer.num_threads or max(1, torch.get_num_threads() // workers)
-        log.info("training %d candidates at once in worker processes, %d torch thread(s) each", workers, threads)
-        evaluator.pool = CandidatePool(evaluator.training, workers, threads)
+        evaluator.pool = _start_pool(evaluator, trainer, device, workers, pop_size)
     try:
         minimize(problem, algorithm, ("n_gen", generations), seed=seed, verbose=False, copy_algorithm=False,
                  callback=_GenerationLog(problem, run_dir, bar, start, cost_ref, archive, settings))
-    finally:
+    except BaseException:  # Ctrl-C, a machine failure: stop the workers now, not after their candidates
         if evaluator.pool is not None:
-            evaluator.pool.close()
+            evaluator.pool.close(abort=True)
+        raise
+    if evaluator.pool is not None:
+        evaluator.pool.close()
     bar.close()  # the last generation's callback has written evaluations.csv
 
     front = pareto_evaluations(evaluator.evaluations, settings.cost_column)
@@ -286,6 +288,23 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
     except Exception as exc:  # a plot must never cost the results
         log.warning("could not draw pareto.png: %s", exc)
     return SearchResult(run_dir=run_dir, evaluations=evaluator.evaluations, pareto=pareto_rows, seconds=seconds)
+
+
+def _start_pool(evaluator: CandidateEvaluator, trainer: TrainerConfig, device: torch.device, workers: int,
+                pop_size: int) -> CandidatePool:
+    """The worker processes, with torch's threads split between them unless ``trainer.num_threads`` is set."""
+    threads = trainer.num_threads or max(1, torch.get_num_threads() // workers)
+    cores = os.cpu_count() or 1
+    if device.type == "cpu" and workers * threads > cores:
+        log.warning("workers=%d x %d thread(s) each is more than this machine's %d cores: they will slow each other "
+                    "down; use workers=%d or fewer", workers, threads, cores, max(1, cores // threads))
+    if workers > pop_size:
+        log.warning("workers=%d: at most pop_size=%d candidates are new at a time, the other workers stay idle",
+                    workers, pop_size)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the workers have their own CUDA contexts; free what this process cached
+    log.info("training %d candidates at once in worker processes, %d torch thread(s) each", workers, threads)
+    return CandidatePool(evaluator.training, workers, threads)
 
 
 def _supernet_summary(info: SupernetInfo) -> dict[str, Any]:
