@@ -43,6 +43,34 @@ def test_training_learns_every_exit(data, tiny_space):
     assert acc.min() > 0.6, acc  # chance is 0.25
 
 
+def test_fit_reports_each_epoch_mean_loss(data, tiny_space):
+    seen = []
+    model = build_model(tiny_space.smallest(), data.num_classes, data.in_channels)
+    fit(model, data, TrainerConfig(epochs=3, batch_size=64, device="cpu"), torch.device("cpu"),
+        on_epoch=lambda epoch, loss: seen.append((epoch, loss)))
+    assert [e for e, _ in seen] == [1, 2, 3]
+    losses = [loss for _, loss in seen]
+    assert all(math.isfinite(x) and x > 0 for x in losses)
+    assert losses[-1] < losses[0]  # it learns: the joint loss falls over three epochs
+
+
+def test_a_quick_candidate_stays_quiet_and_a_slow_one_logs_epochs(data, tiny_space, caplog):
+    from dataclasses import replace
+
+    from aebnas.search import SearchSettings
+    from aebnas.search.evaluator import CandidateEvaluator
+
+    evaluator = CandidateEvaluator(data, TrainerConfig(epochs=2, batch_size=64, device="cpu"),
+                                   SearchSettings(exit_metric="max_softmax"), torch.device("cpu"))
+    with caplog.at_level("INFO", logger="aebnas.search"):
+        evaluator.evaluate(tiny_space.smallest())  # well under the default 30 s
+        assert "epoch" not in caplog.text
+        evaluator.training = replace(evaluator.training, epoch_log_seconds=0.0)
+        evaluator.evaluate(tiny_space.largest())
+    lines = [r.getMessage() for r in caplog.records if "epoch" in r.getMessage()]
+    assert [line.split(": ")[1].split(",")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+
+
 def test_divergence_is_reported(data, tiny_space):
     model = build_model(tiny_space.smallest(), data.num_classes, data.in_channels)
     with pytest.raises(TrainingDiverged):

@@ -15,6 +15,7 @@ from aebnas.analysis import load_run
 from aebnas.data import load_dataset
 from aebnas.search import SearchSettings, run_search
 from aebnas.search.evaluator import CandidateEvaluator
+from aebnas.search.training import short_hash
 from aebnas.search.workers import CandidatePool
 from aebnas.train import TrainerConfig
 from tests.conftest import ROOT
@@ -138,3 +139,18 @@ def test_workers_inherit_from_the_supernet_like_the_search_process(tiny_space, s
         pooled = evaluator.evaluate_all(genomes)
     assert [(e.key, e.val_accuracy, e.head_accuracies) for e in pooled] == \
         [(e.key, e.val_accuracy, e.head_accuracies) for e in alone]
+
+
+def test_a_long_candidate_reports_its_epochs_from_a_worker(tiny_space, synthetic, capfd):
+    """A candidate training past epoch_log_seconds logs each epoch; from a worker the line reaches stderr."""
+    evaluator = CandidateEvaluator(synthetic, replace(TRAINER, epochs=2), SearchSettings(exit_metric="max_softmax"), CPU)
+    evaluator.training = replace(evaluator.training, epoch_log_seconds=0.0)
+    genomes = [tiny_space.sample(np.random.default_rng(i)) for i in range(2)]
+    with CandidatePool(evaluator.training, workers=2, threads=1) as pool:
+        evaluator.pool = pool
+        evaluator.evaluate_all(genomes)
+    err = capfd.readouterr().err
+    for genome in genomes:
+        name = short_hash(genome.network_key, 8)
+        assert f"candidate {name}: epoch 1/2, loss" in err and f"candidate {name}: epoch 2/2, loss" in err
+    assert "[worker " in err

@@ -8,6 +8,7 @@ holds everything training depends on besides the genome, and pickles.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from aebnas.nn.supernet import Supernet, inherit_weights
 from aebnas.search.thresholds import confidence
 from aebnas.space import Genome
 from aebnas.train import TrainerConfig, fit, predict_logits, recalibrate_batchnorm
+
+log = logging.getLogger("aebnas.search")
 
 
 def short_hash(text: str, n: int = 12) -> str:
@@ -46,6 +49,23 @@ class TrainedNetwork:
     path_latency_ms: tuple[float, ...] = ()
 
 
+class EpochLog:
+    """``fit``'s on_epoch for a candidate: an INFO line per epoch once the training has run ``after_seconds``.
+
+    Short candidates stay quiet; a long one (a big network on a CPU: 45 min in
+    docs/benchmarks.md) shows that it is alive and how its loss goes.
+    """
+
+    def __init__(self, network_key: str, epochs: int, after_seconds: float):
+        self.name, self.epochs, self.after_seconds = short_hash(network_key, 8), epochs, after_seconds
+        self.start = time.perf_counter()
+
+    def __call__(self, epoch: int, mean_loss: float) -> None:
+        elapsed = time.perf_counter() - self.start
+        if elapsed >= self.after_seconds:
+            log.info("candidate %s: epoch %d/%d, loss %.4f, %.0f s", self.name, epoch, self.epochs, mean_loss, elapsed)
+
+
 @dataclass
 class CandidateTraining:
     """What a candidate's training depends on besides its genome: data, trainer settings, the exit metric the
@@ -58,6 +78,7 @@ class CandidateTraining:
     seed: int = 0
     model_dir: Path | None = None
     supernet: Supernet | None = None
+    epoch_log_seconds: float = 30.0  # a candidate training longer than this logs each epoch (EpochLog)
 
     def train(self, genome: Genome) -> TrainedNetwork:
         """Train ``genome``'s network, score every exit on val in one pass, save its weights under ``model_dir``.
@@ -73,7 +94,8 @@ class CandidateTraining:
         if self.supernet is not None:  # inherit the backbone, then fit BatchNorm statistics to this subnet
             inherit_weights(model, self.supernet)
             recalibrate_batchnorm(model, data, self.device, trainer.bn_calibration_images, trainer.amp)
-        fit(model, data, trainer.candidate_schedule(), self.device, seed=seed)
+        fit(model, data, trainer.candidate_schedule(), self.device, seed=seed,
+            on_epoch=EpochLog(genome.network_key, trainer.epochs, self.epoch_log_seconds))
         train_seconds = time.perf_counter() - start
         start = time.perf_counter()
         logits = predict_logits(model, data.val, data.mean, data.std, self.device, trainer.eval_batch_size,

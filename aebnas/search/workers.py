@@ -20,6 +20,7 @@ usual ``if __name__ == "__main__":`` guard (the console scripts have it).
 from __future__ import annotations
 
 import copy
+import logging
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -51,10 +52,21 @@ def _exit_with_parent() -> None:
         os._exit(1)
 
 
+def _log_to_stderr() -> None:
+    """The worker's INFO lines (a long candidate's epochs) on stderr, marked with its pid; spawned processes
+    start with no logging set up, and the search process's handlers (Hydra's) are not inherited."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[%(asctime)s][worker %(process)d][%(name)s][%(levelname)s] - %(message)s"))
+    logger = logging.getLogger("aebnas")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 def _start_worker(payload: bytes, threads: int) -> None:
     global _TRAINING
     # Ctrl-C is the search process's to handle: it stops the pool; a worker must not turn it into a failed candidate.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _log_to_stderr()
     threading.Thread(target=_exit_with_parent, name="exit-with-parent", daemon=True).start()
     torch.set_num_threads(threads)
     _TRAINING = pickle.loads(payload)

@@ -11,7 +11,7 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -189,8 +189,11 @@ def check_finite(loss_sum: torch.Tensor, steps: int) -> None:
 
 
 def fit(model: nn.Module, data: DataSplits, cfg: TrainerConfig, device: torch.device,
-        seed: int = 0) -> TrainStats:
-    """Train all exits jointly with a cosine schedule; raises TrainingDiverged on NaN/inf loss."""
+        seed: int = 0, on_epoch: Callable[[int, float], None] | None = None) -> TrainStats:
+    """Train all exits jointly with a cosine schedule; raises TrainingDiverged on NaN/inf loss.
+
+    ``on_epoch(epoch, mean_loss)`` runs after each epoch (1-based), e.g. to report progress of a long run.
+    """
     start = time.perf_counter()
     n_exits = model.n_exits if hasattr(model, "n_exits") else 1
     weights = exit_loss_weights(n_exits, cfg.exit_weights)
@@ -202,8 +205,9 @@ def fit(model: nn.Module, data: DataSplits, cfg: TrainerConfig, device: torch.de
         stream = BatchStream(data, cfg.batch_size, cfg.crop_padding, device, seed, channels_last)
         opt, sched = make_optimizer(model.parameters(), cfg, cfg.lr, cfg.weight_decay,
                                     cfg.epochs * stream.steps_per_epoch)
-        for _ in range(cfg.epochs):
+        for epoch in range(1, cfg.epochs + 1):
             loss_sum = torch.zeros((), device=device)
+            epoch_steps = steps
             for xb, yb in stream.epoch():
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                     outputs = model(xb)
@@ -215,7 +219,9 @@ def fit(model: nn.Module, data: DataSplits, cfg: TrainerConfig, device: torch.de
                 sched.step()
                 steps += 1
                 loss_sum += loss.detach()
-            check_finite(loss_sum, steps)
+            check_finite(loss_sum, steps)  # synchronises once per epoch anyway; on_epoch adds no wait
+            if on_epoch is not None:
+                on_epoch(epoch, float(loss_sum) / max(1, steps - epoch_steps))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return TrainStats(seconds=time.perf_counter() - start, steps=steps, final_loss=float(loss.detach()))
