@@ -111,13 +111,9 @@ class CandidateEvaluator:
             raise ValueError(f"CandidateEvaluator: trainer.init={trainer.init} but "
                              f"{'no supernet was' if supernet is None else 'a supernet was'} given")
         self.data = data
-        self.supernet = supernet
         self.latency_table = latency_table
-        self.trainer = trainer
         self.settings = settings
-        self.device = device
-        self.seed = seed
-        self.model_dir = model_dir
+        # trainer, device, seed, weights folder and supernet live here, the one copy training reads
         self.training = CandidateTraining(data, trainer, settings.exit_metric, device, seed, model_dir, supernet)
         # Worker processes training candidates side by side (set by the runner for workers > 1); None: in-process.
         self.pool: CandidatePool | None = None
