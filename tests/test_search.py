@@ -194,3 +194,21 @@ def test_injected_failures_are_isolated_and_infrastructure_errors_stop(tiny_spac
     resumed = run_search(tiny_space, synthetic, trainer, settings, torch.device("cpu"), tmp_path / "b",
                          progress=False, resume=True)
     assert len(load_run(resumed.run_dir).evaluations) == 8
+
+
+def test_out_of_memory_fails_the_candidate_and_empties_the_cache(tiny_space, synthetic, monkeypatch):
+    """The process that ran out of GPU memory (here the search's own) empties its cache before the next candidate."""
+    import aebnas.search.training as training_module
+    from aebnas.search.evaluator import CandidateEvaluator
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    emptied = []
+    monkeypatch.setattr(training_module, "fit", out_of_memory)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+    ev = CandidateEvaluator(synthetic, TrainerConfig(epochs=1, device="cpu"), SearchSettings(exit_metric="max_softmax"),
+                            torch.device("cpu"))
+    result = ev.evaluate(tiny_space.smallest())
+    assert result.status == "failed" and result.error.startswith("OutOfMemoryError: CUDA out of memory")
+    assert emptied == [True]

@@ -183,8 +183,6 @@ class CandidateEvaluator:
             except (OSError, BrokenProcessPool):
                 raise  # the machine, not the candidate: disk full, dataset gone, a worker killed -> stop, archive intact
             except Exception as exc:  # diverged, out of memory, or a bug this genome triggers
-                if isinstance(exc, torch.cuda.OutOfMemoryError) and torch.cuda.is_available():
-                    torch.cuda.empty_cache()
                 return self._record(self._failed(genome, generation, exc), key)
             self._networks[genome.network_key] = net
         thresholds = list(genome.thresholds)

@@ -84,8 +84,16 @@ class CandidateTraining:
         """Train ``genome``'s network, score every exit on val in one pass, save its weights under ``model_dir``.
 
         Raises whatever training raises (TrainingDiverged, out of memory, OSError): the caller decides
-        which of those fail the candidate and which stop the search.
+        which of those fail the candidate and which stop the search. After running out of GPU memory the
+        cache of this process (the search's or a worker's) is emptied, so the next candidate starts clean.
         """
+        try:
+            return self._train(genome)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            raise
+
+    def _train(self, genome: Genome) -> TrainedNetwork:
         data, trainer = self.data, self.trainer
         seed = candidate_seed(self.seed, genome.network_key)
         torch.manual_seed(seed)

@@ -81,11 +81,7 @@ def _ready() -> int:
 def _train_in_worker(genome: Genome) -> TrainedNetwork:
     if _TRAINING is None:
         raise RuntimeError("candidate worker used before _start_worker ran")
-    try:
-        return _TRAINING.train(genome)
-    except torch.cuda.OutOfMemoryError:
-        torch.cuda.empty_cache()  # this worker's cache, so the next candidate it takes starts clean
-        raise
+    return _TRAINING.train(genome)
 
 
 def _on_cpu(supernet: Supernet | None) -> Supernet | None:
