@@ -36,14 +36,13 @@ def resumed_config(cfg: DictConfig, user_overrides: list[str]) -> tuple[DictConf
     if not saved_path.exists():
         raise FileNotFoundError(f"resume: no config.yaml in '{run_dir}'; pass the run directory of an earlier search")
     saved = OmegaConf.load(saved_path)
-    for override in user_overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
+    overridden = [o.split("=", 1)[0].lstrip("+~") for o in user_overrides]
+    for key in overridden:
         if key in IGNORED_FOR_IDENTITY or isinstance(OmegaConf.select(cfg, key), DictConfig) or key == "experiment":
             continue  # group choices (experiment=, dataset=) are not values; what they set is in the saved config
         now, then = OmegaConf.select(cfg, key), OmegaConf.select(saved, key)
         if now != then:
             raise ConfigError(f"resume: {key} was {then!r} in '{run_dir}', not {now!r}; resume without changing it")
-    overridden = {o.split("=", 1)[0].lstrip("+~") for o in user_overrides}
     for key in IGNORED_FOR_IDENTITY:  # the saved run's way of running, unless this command line says otherwise
         if key in overridden or key not in saved:
             saved[key] = cfg.get(key)
