@@ -5,7 +5,8 @@ import torch
 
 from aebnas.data import load_dataset
 from aebnas.nn import build_model
-from aebnas.train import TrainerConfig, TrainingDiverged, exit_loss_weights, fit, joint_exit_loss, predict_logits
+from aebnas.train import (TrainerConfig, TrainingDiverged, candidate_cudnn, exit_loss_weights, fit, joint_exit_loss,
+                          predict_logits)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +81,25 @@ def test_divergence_is_reported(data, tiny_space):
 @pytest.mark.parametrize("patch, field", [({"epochs": -1}, "trainer.epochs"), ({"lr": 0}, "trainer.lr"),
                                           ({"optimizer": "adam"}, "trainer.optimizer"), ({"epoch": 3}, "trainer.epoch"),
                                           ({"label_smoothing": 1.0}, "trainer.label_smoothing"),
-                                          ({"cudnn_benchmark": "off"}, "trainer.cudnn_benchmark")])
+                                          ({"cudnn_benchmark": "off"}, "trainer.cudnn_benchmark"),
+                                          ({"cudnn": "no"}, "trainer.cudnn")])
 def test_bad_trainer_config(patch, field):
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
         TrainerConfig.from_dict(patch)
+
+
+def test_candidate_cudnn_sets_flags_on_cuda_only_and_puts_them_back():
+    flags = torch.backends.cudnn
+    before = (flags.enabled, flags.benchmark)
+    cuda = torch.device("cuda")  # a device object needs no GPU: only the flags are under test
+    with candidate_cudnn(TrainerConfig(cudnn=False, cudnn_benchmark=True), cuda):
+        assert (flags.enabled, flags.benchmark) == (False, False)  # autotuning needs cuDNN
+    assert (flags.enabled, flags.benchmark) == before
+    with candidate_cudnn(TrainerConfig(cudnn=True, cudnn_benchmark=True), cuda):
+        assert (flags.enabled, flags.benchmark) == (True, True)
+    with pytest.raises(RuntimeError):  # a failing candidate leaves the flags as they were too
+        with candidate_cudnn(TrainerConfig(cudnn=False), cuda):
+            raise RuntimeError("candidate failed")
+    assert (flags.enabled, flags.benchmark) == before
+    with candidate_cudnn(TrainerConfig(cudnn=False), torch.device("cpu")):
+        assert (flags.enabled, flags.benchmark) == before

@@ -23,7 +23,7 @@ from aebnas.nn import build_model, count_parameters
 from aebnas.nn.supernet import Supernet, inherit_weights
 from aebnas.search.thresholds import confidence
 from aebnas.space import Genome
-from aebnas.train import TrainerConfig, fit, predict_logits, recalibrate_batchnorm
+from aebnas.train import TrainerConfig, candidate_cudnn, fit, predict_logits, recalibrate_batchnorm
 
 log = logging.getLogger("aebnas.search")
 
@@ -98,16 +98,17 @@ class CandidateTraining:
         seed = candidate_seed(self.seed, genome.network_key)
         torch.manual_seed(seed)
         model = build_model(genome, data.num_classes, data.in_channels)
-        start = time.perf_counter()
-        if self.supernet is not None:  # inherit the backbone, then fit BatchNorm statistics to this subnet
-            inherit_weights(model, self.supernet)
-            recalibrate_batchnorm(model, data, self.device, trainer.bn_calibration_images, trainer.amp)
-        fit(model, data, trainer.candidate_schedule(), self.device, seed=seed,
-            on_epoch=EpochLog(genome.network_key, trainer.epochs, self.epoch_log_seconds))
-        train_seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        logits = predict_logits(model, data.val, data.mean, data.std, self.device, trainer.eval_batch_size,
-                                trainer.amp)
+        with candidate_cudnn(trainer, self.device):  # trainer.cudnn covers calibration and the val pass too
+            start = time.perf_counter()
+            if self.supernet is not None:  # inherit the backbone, then fit BatchNorm statistics to this subnet
+                inherit_weights(model, self.supernet)
+                recalibrate_batchnorm(model, data, self.device, trainer.bn_calibration_images, trainer.amp)
+            fit(model, data, trainer.candidate_schedule(), self.device, seed=seed,
+                on_epoch=EpochLog(genome.network_key, trainer.epochs, self.epoch_log_seconds))
+            train_seconds = time.perf_counter() - start
+            start = time.perf_counter()
+            logits = predict_logits(model, data.val, data.mean, data.std, self.device, trainer.eval_batch_size,
+                                    trainer.amp)
         labels = data.val.y.numpy()
         conf = confidence(logits, self.exit_metric)
         correct = logits.argmax(-1) == labels[None, :]

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, fields, replace
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -48,6 +48,7 @@ class TrainerConfig:
     amp: bool = True
     channels_last: bool = True
     cudnn_benchmark: bool = True
+    cudnn: bool = True
     device: str = "auto"
     num_threads: int | None = None
     init: str = "from_scratch"
@@ -73,6 +74,7 @@ class TrainerConfig:
         check_bool(tc.amp, "trainer.amp")
         check_bool(tc.channels_last, "trainer.channels_last")
         check_bool(tc.cudnn_benchmark, "trainer.cudnn_benchmark")
+        check_bool(tc.cudnn, "trainer.cudnn")
         if tc.init not in INITS:
             raise ConfigError(f"trainer.init: '{tc.init}' is not one of {list(INITS)}")
         check_number(tc.finetune_lr, "trainer.finetune_lr", lo=0, lo_open=True)
@@ -106,16 +108,36 @@ def _batches(n: int, batch_size: int, generator: torch.Generator | None = None) 
 
 
 @contextmanager
-def cudnn_autotune(enabled: bool) -> Iterator[None]:
-    """cuDNN autotuning while a block runs: it pays for one fixed network (a candidate: 25 vs 38 ms per
-    step on an H100, docs/benchmarks.md) and costs seconds per step when every step brings new shapes
-    (supernet sandwich steps: 2.9 s vs 0.13 s)."""
-    before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = enabled
+def cudnn_flags(**flags: bool) -> Iterator[None]:
+    """Set ``torch.backends.cudnn`` flags (``enabled``, ``benchmark``) while a block runs, then put them back,
+    so one candidate's choice never leaks into the next candidate or the caller."""
+    before = {name: getattr(torch.backends.cudnn, name) for name in flags}
+    for name, value in flags.items():
+        setattr(torch.backends.cudnn, name, value)
     try:
         yield
     finally:
-        torch.backends.cudnn.benchmark = before
+        for name, value in before.items():
+            setattr(torch.backends.cudnn, name, value)
+
+
+def cudnn_autotune(enabled: bool) -> ContextManager[None]:
+    """cuDNN autotuning while a block runs: it pays for one fixed network (a candidate: 25 vs 38 ms per
+    step on an H100, docs/benchmarks.md) and costs seconds per step when every step brings new shapes
+    (supernet sandwich steps: 2.9 s vs 0.13 s)."""
+    return cudnn_flags(benchmark=enabled)
+
+
+def candidate_cudnn(cfg: TrainerConfig, device: torch.device) -> ContextManager[None]:
+    """cuDNN as ``trainer.cudnn`` and ``trainer.cudnn_benchmark`` ask, for one candidate's training and val pass.
+
+    ``trainer.cudnn=false`` runs PyTorch's own convolution kernels instead: cuDNN 9.10 and later compile
+    depthwise engines at run time for every new layer shape (NVIDIA/cudnn-frontend#1066), the suspect for
+    the 27-36 s first epoch of each new candidate on an H100 (docs/benchmarks.md). On the CPU both are no-ops.
+    """
+    if device.type != "cuda":
+        return nullcontext()
+    return cudnn_flags(enabled=cfg.cudnn, benchmark=cfg.cudnn and cfg.cudnn_benchmark)
 
 
 @contextmanager
@@ -200,8 +222,7 @@ def fit(model: nn.Module, data: DataSplits, cfg: TrainerConfig, device: torch.de
     use_amp = cfg.amp and device.type == "cuda"
     loss = torch.full((), float("nan"))
     steps = 0
-    with training_layout(model, cfg, device) as channels_last, cudnn_autotune(
-            cfg.cudnn_benchmark and device.type == "cuda"):
+    with training_layout(model, cfg, device) as channels_last, candidate_cudnn(cfg, device):
         stream = BatchStream(data, cfg.batch_size, cfg.crop_padding, device, seed, channels_last)
         opt, sched = make_optimizer(model.parameters(), cfg, cfg.lr, cfg.weight_decay,
                                     cfg.epochs * stream.steps_per_epoch)
