@@ -27,6 +27,7 @@ from scipy.stats import kendalltau, spearmanr
 
 from bench_common import DEFAULT_OVERRIDES, evaluate_genomes, load_setup, machine, sample_genomes, write_json
 
+from aebnas.cli.common import user_errors
 from aebnas.train.supernet import prepare_supernet
 
 SCORES = ("static_val_accuracy", "val_accuracy")
@@ -130,4 +131,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors("bench_ranking.py"):  # a bad override or missing data: one line, no traceback
+        main()

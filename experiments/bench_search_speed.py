@@ -22,6 +22,7 @@ import torch
 from bench_common import (DEFAULT_OVERRIDES, evaluate_genomes, load_setup, machine, sample_genomes, summary_stats,
                           write_json)
 
+from aebnas.cli.common import user_errors
 from aebnas.search.archive import EvaluationArchive
 from aebnas.train.supernet import prepare_supernet
 
@@ -100,4 +101,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors("bench_search_speed.py"):  # a bad override or missing data: one line, no traceback
+        main()

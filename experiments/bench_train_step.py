@@ -25,6 +25,7 @@ import torch
 
 from bench_common import DEFAULT_OVERRIDES, load_setup, machine, sample_genomes, write_json
 
+from aebnas.cli.common import user_errors
 from aebnas.nn import build_model
 from aebnas.nn.supernet import Supernet
 from aebnas.train.losses import joint_exit_loss
@@ -48,6 +49,9 @@ def main() -> None:
     args = p.parse_args()
     setup = load_setup(args.overrides or list(DEFAULT_OVERRIDES))
     dev, data = setup.device, setup.data
+    if dev.type != "cuda":
+        raise SystemExit(f"bench_train_step.py times cuDNN and CUDA kernels; trainer.device resolved to {dev}, "
+                         "run it on a machine with a GPU")
     x = torch.randn(args.batch, data.in_channels, data.resolution, data.resolution, device=dev)
     y = torch.randint(0, data.num_classes, (args.batch,), device=dev)
     variants = [(amp, cl, bench, True) for amp, cl, bench in itertools.product((True, False), (True, False),
@@ -100,4 +104,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors("bench_train_step.py"):  # a bad override or missing data: one line, no traceback
+        main()
