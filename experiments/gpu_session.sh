@@ -5,6 +5,7 @@
 #   STAGE=probe  OUT=$OUT bash experiments/gpu_session.sh   # one call, at most 9.5 minutes
 #   STAGE=search OUT=$OUT bash experiments/gpu_session.sh   # call again until it says "finished"
 #   STAGE=ranking OUT=$OUT bash experiments/gpu_session.sh  # likewise
+#   STAGE=methods OUT=$OUT bash experiments/gpu_session.sh  # likewise
 #
 # probe: what a training step costs (bench_train_step.py, cuDNN on and off); four candidates of the
 #   supernet path with trainer.cudnn=false (the first-epoch cost of a new candidate was 27-36 s with
@@ -17,6 +18,8 @@
 #   search: experiment=fashion_mnist_gpu (40 x 9 = 360 candidates of the supernet path), the whole
 #   search timed by the clock, supernet training included (#3's <= 30 min target).
 #   ranking: bench_ranking.py, 20 genomes, supernet path vs 15 epochs from scratch (#3's Kendall tau).
+#   methods: #7's comparison, experiment=methods_fashion_mnist_gpu (6 methods x 3 seeds, from scratch),
+#   then aebnas-report on the sweep; the report's tables and figure come back.
 #
 # Run from the repo root with the package importable: the device call's command starts with the
 # prefix that ../shared/gpu/prepare.sh prints (it installs pymoo and hydra-core into /tmp/site).
@@ -29,7 +32,7 @@
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 
-STAGE=${STAGE:?set STAGE to probe, search, ranking or smoke}
+STAGE=${STAGE:?set STAGE to probe, search, ranking, methods or smoke}
 OUT=${OUT:?set OUT to the output folder}
 DATA_DIR=$(realpath "${DATA_DIR:-.gpu/fashion-mnist}")
 CUDNN=${CUDNN:-false}
@@ -147,12 +150,24 @@ ranking() {
   wait_job ranking "$JOBS/ranking/ranking.json"
 }
 
+# The sweep and its report in one job; the report's files come back once it has run.
+methods() {
+  local sweep=$JOBS/methods/sweep
+  start_job methods bash -c 'python3 -m aebnas.cli.search -m "$@" && python3 -m aebnas.cli.report "$0" --out "$0/report"' \
+    "$sweep" $METHODS_EXPERIMENT dataset.data_dir="$DATA_DIR" trainer.cudnn="$CUDNN" workers="$WORKERS" \
+    ${METHODS_OVERRIDES:-} ${EXTRA_ARGS[*]} progress=false hydra.sweep.dir="$sweep"
+  wait_job methods "$sweep/report/summary.md" "$sweep/report/runs.csv" "$sweep/report/fronts.png" \
+    "$sweep/report/summary.tex"
+}
+
 GPU_EXPERIMENT=experiment=fashion_mnist_gpu
+METHODS_EXPERIMENT=experiment=methods_fashion_mnist_gpu
 PROFILE_HARDWARE="h100 h100_b256"
 case "$STAGE" in
   probe) probe ;;
   search) search ;;
   ranking) ranking ;;
+  methods) methods ;;
   smoke)
     # Toy sizes on the CPU: every command above runs, the figures mean nothing.
     JOBS=$(mktemp -d /tmp/aebnas-gpu-smoke.XXXXXX)
@@ -169,6 +184,9 @@ case "$STAGE" in
     EXTRA="search.pop_size=4 search.generations=1 ${EXTRA:-}"; read -r -a EXTRA_ARGS <<< "$EXTRA"
     search
     ranking
+    METHODS_EXPERIMENT=experiment=methods_quickstart METHODS_OVERRIDES="method=aebnas,manual seed=0"
+    EXTRA_ARGS=()
+    methods
     ;;
-  *) echo "STAGE must be probe, search, ranking or smoke, not '$STAGE'" >&2; exit 2 ;;
+  *) echo "STAGE must be probe, search, ranking, methods or smoke, not '$STAGE'" >&2; exit 2 ;;
 esac
