@@ -12,7 +12,7 @@ import platform
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -72,11 +72,13 @@ def sample_genomes(space: SearchSpace, n: int, seed: int) -> list[Genome]:
 
 def evaluate_genomes(setup: Setup, genomes: Sequence[Genome], trainer: TrainerConfig,
                      supernet: Supernet | None = None, seed: int | None = None,
-                     label: str = "candidate") -> list[dict[str, Any]]:
+                     label: str = "candidate",
+                     on_row: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
     """Evaluate genomes one after another as the search does (thresholds tuned); a row per genome with its
     time split into fine-tune (or training), val pass and threshold tuning, and its val accuracies.
 
-    ``seed`` (default: the config's) seeds each network's training.
+    ``seed`` (default: the config's) seeds each network's training. ``on_row(rows)`` runs after each genome,
+    e.g. to rewrite the JSON so a run cut short keeps the candidates it finished.
     """
     evaluator = CandidateEvaluator(setup.data, trainer, replace(setup.settings, threshold_tuning=True), setup.device,
                                    seed=setup.seed if seed is None else seed, supernet=supernet)
@@ -96,6 +98,8 @@ def evaluate_genomes(setup: Setup, genomes: Sequence[Genome], trainer: TrainerCo
         print(f"{label} {len(rows):3d}: {wall:6.2f}s (training {ev.train_seconds:.2f}s, val {ev.eval_seconds:.2f}s, "
               f"tuning {ev.tune_seconds:.3f}s)  val acc {ev.static_val_accuracy:.4f}  {ev.static_macs / 1e6:.1f}M MACs",
               flush=True)
+        if on_row is not None:
+            on_row(rows)
     return rows
 
 

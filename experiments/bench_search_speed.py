@@ -78,7 +78,11 @@ def main() -> None:
     print(f"supernet: {'loaded' if info.cached else 'trained'} in {info.train_seconds:.1f}s "
           f"({info.images_per_second:.0f} images/s per subnet pass)", flush=True)
 
-    rows = evaluate_genomes(setup, sample_genomes(setup.space, args.candidates, setup.seed), setup.trainer, supernet)
+    def keep(rows: list[dict]) -> None:
+        result["candidates"] = rows
+        write_json(out, result)
+    rows = evaluate_genomes(setup, sample_genomes(setup.space, args.candidates, setup.seed), setup.trainer, supernet,
+                            on_row=keep)
     timed = [r for r in rows[1:] if r["status"] == "ok"] or rows  # the first pays cuDNN's and the allocator's warm-up
     result["candidates"] = rows
     result["candidate_seconds"] = {k: summary_stats([r[k] for r in timed]) for k in

@@ -102,6 +102,7 @@ stream_pass() {
   stamp "stream $name: $*"
   python3 -m aebnas.cli.stream run="$RUN" model=0 device="$DEVICE" progress=false data_dir="$DATA_DIR" \
     hydra.run.dir="$WORK/$name" "$@"
+  collect_all  # after every pass: a job stopped at its time limit still returns the passes it finished
 }
 
 # Every pass's stream.json in one file (the device returns only a few files).
@@ -114,6 +115,13 @@ found = {n: json.loads((work / n / "stream.json").read_text()) for n in names if
 out.write_text(json.dumps(found, indent=2))
 print(f"wrote {out}: {sorted(found)}")
 EOF
+}
+
+# What the passes so far wrote: their stream.json in one file, and the two plots.
+collect_all() {
+  collect_results b1 batched floor092 points_max_accuracy points_min_energy
+  if [[ -f "$WORK/b1/stream.png" ]]; then cp "$WORK/b1/stream.png" "$OUT/stream_b1.png"; fi
+  if [[ -f "$WORK/batched/stream.png" ]]; then cp "$WORK/batched/stream.png" "$OUT/stream_batched.png"; fi
 }
 
 # The run directory as one tarball; runs on exit too, so a failed stream still brings the weights back.
@@ -146,7 +154,4 @@ for point in max_accuracy min_energy; do
   stream_pass "points_$point" n_images="$N_TEST" "batch_size=$BATCHES_POINTS" batch_one=false \
     operating_point_table=false operating_point="$point"
 done
-collect_results b1 batched floor092 points_max_accuracy points_min_energy
-cp "$WORK/b1/stream.png" "$OUT/stream_b1.png"
-cp "$WORK/batched/stream.png" "$OUT/stream_batched.png"
 stamp "done; outputs in $OUT"

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+import aebnas.nn.depthwise as depthwise
 from aebnas.data import load_dataset
 from aebnas.nn import build_model
 from aebnas.train import (TrainerConfig, TrainingDiverged, candidate_cudnn, exit_loss_weights, fit, joint_exit_loss,
@@ -82,7 +83,7 @@ def test_divergence_is_reported(data, tiny_space):
                                           ({"optimizer": "adam"}, "trainer.optimizer"), ({"epoch": 3}, "trainer.epoch"),
                                           ({"label_smoothing": 1.0}, "trainer.label_smoothing"),
                                           ({"cudnn_benchmark": "off"}, "trainer.cudnn_benchmark"),
-                                          ({"cudnn": "no"}, "trainer.cudnn")])
+                                          ({"cudnn_depthwise": "no"}, "trainer.cudnn_depthwise")])
 def test_bad_trainer_config(patch, field):
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
         TrainerConfig.from_dict(patch)
@@ -90,16 +91,16 @@ def test_bad_trainer_config(patch, field):
 
 def test_candidate_cudnn_sets_flags_on_cuda_only_and_puts_them_back():
     flags = torch.backends.cudnn
-    before = (flags.enabled, flags.benchmark)
-    cuda = torch.device("cuda")  # a device object needs no GPU: only the flags are under test
-    with candidate_cudnn(TrainerConfig(cudnn=False, cudnn_benchmark=True), cuda):
-        assert (flags.enabled, flags.benchmark) == (False, False)  # autotuning needs cuDNN
-    assert (flags.enabled, flags.benchmark) == before
-    with candidate_cudnn(TrainerConfig(cudnn=True, cudnn_benchmark=True), cuda):
-        assert (flags.enabled, flags.benchmark) == (True, True)
-    with pytest.raises(RuntimeError):  # a failing candidate leaves the flags as they were too
-        with candidate_cudnn(TrainerConfig(cudnn=False), cuda):
+    before = (flags.enabled, flags.benchmark, depthwise._native)
+    cuda = torch.device("cuda")  # a device object needs no GPU: only the switches are under test
+    with candidate_cudnn(TrainerConfig(cudnn_depthwise=False, cudnn_benchmark=False), cuda):
+        assert (flags.enabled, flags.benchmark, depthwise._native) == (before[0], False, True)
+    assert (flags.enabled, flags.benchmark, depthwise._native) == before
+    with candidate_cudnn(TrainerConfig(cudnn_depthwise=True, cudnn_benchmark=True), cuda):
+        assert (flags.benchmark, depthwise._native) == (True, False)
+    with pytest.raises(RuntimeError):  # a failing candidate leaves the switches as they were too
+        with candidate_cudnn(TrainerConfig(cudnn_depthwise=False, cudnn_benchmark=True), cuda):
             raise RuntimeError("candidate failed")
-    assert (flags.enabled, flags.benchmark) == before
-    with candidate_cudnn(TrainerConfig(cudnn=False), torch.device("cpu")):
-        assert (flags.enabled, flags.benchmark) == before
+    assert (flags.enabled, flags.benchmark, depthwise._native) == before
+    with candidate_cudnn(TrainerConfig(cudnn_depthwise=False, cudnn_benchmark=True), torch.device("cpu")):
+        assert (flags.enabled, flags.benchmark, depthwise._native) == before

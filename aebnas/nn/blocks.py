@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from aebnas.nn.depthwise import DepthwiseConv2d
+
 
 def make_activation(name: str) -> nn.Module:
     if name == "relu":
@@ -21,8 +23,9 @@ def make_activation(name: str) -> nn.Module:
 class ConvBNAct(nn.Sequential):
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, groups: int = 1,
                  activation: str | None = "relu"):
+        conv = DepthwiseConv2d if groups > 1 and groups == c_in == c_out else nn.Conv2d
         layers: list[nn.Module] = [
-            nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=groups, bias=False),
+            conv(c_in, c_out, kernel, stride, kernel // 2, groups=groups, bias=False),
             nn.BatchNorm2d(c_out),
         ]
         if activation is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, ContextManager, Iterable, Iterator, Mapping, Sequence
 
@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from aebnas.data import ArraySplit, DataSplits, augment_batch, normalize
+from aebnas.nn.depthwise import cudnn_flags, native_depthwise
 from aebnas.train.losses import exit_loss_weights, joint_exit_loss
 from aebnas.validation import ConfigError, check_bool, check_int, check_number, reject_unknown_keys
 
@@ -48,7 +49,7 @@ class TrainerConfig:
     amp: bool = True
     channels_last: bool = True
     cudnn_benchmark: bool = True
-    cudnn: bool = True
+    cudnn_depthwise: bool = True
     device: str = "auto"
     num_threads: int | None = None
     init: str = "from_scratch"
@@ -74,7 +75,7 @@ class TrainerConfig:
         check_bool(tc.amp, "trainer.amp")
         check_bool(tc.channels_last, "trainer.channels_last")
         check_bool(tc.cudnn_benchmark, "trainer.cudnn_benchmark")
-        check_bool(tc.cudnn, "trainer.cudnn")
+        check_bool(tc.cudnn_depthwise, "trainer.cudnn_depthwise")
         if tc.init not in INITS:
             raise ConfigError(f"trainer.init: '{tc.init}' is not one of {list(INITS)}")
         check_number(tc.finetune_lr, "trainer.finetune_lr", lo=0, lo_open=True)
@@ -107,20 +108,6 @@ def _batches(n: int, batch_size: int, generator: torch.Generator | None = None) 
     return batches
 
 
-@contextmanager
-def cudnn_flags(**flags: bool) -> Iterator[None]:
-    """Set ``torch.backends.cudnn`` flags (``enabled``, ``benchmark``) while a block runs, then put them back,
-    so one candidate's choice never leaks into the next candidate or the caller."""
-    before = {name: getattr(torch.backends.cudnn, name) for name in flags}
-    for name, value in flags.items():
-        setattr(torch.backends.cudnn, name, value)
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            setattr(torch.backends.cudnn, name, value)
-
-
 def cudnn_autotune(enabled: bool) -> ContextManager[None]:
     """cuDNN autotuning while a block runs: it pays for one fixed network (a candidate: 25 vs 38 ms per
     step on an H100, docs/benchmarks.md) and costs seconds per step when every step brings new shapes
@@ -128,16 +115,20 @@ def cudnn_autotune(enabled: bool) -> ContextManager[None]:
     return cudnn_flags(benchmark=enabled)
 
 
-def candidate_cudnn(cfg: TrainerConfig, device: torch.device) -> ContextManager[None]:
-    """cuDNN as ``trainer.cudnn`` and ``trainer.cudnn_benchmark`` ask, for one candidate's training and val pass.
+@contextmanager
+def candidate_cudnn(cfg: TrainerConfig, device: torch.device) -> Iterator[None]:
+    """cuDNN as the trainer settings ask, for one candidate's training, BatchNorm calibration and val pass.
 
-    ``trainer.cudnn=false`` runs PyTorch's own convolution kernels instead: cuDNN 9.10 and later compile
-    depthwise engines at run time for every new layer shape (NVIDIA/cudnn-frontend#1066), the suspect for
-    the 27-36 s first epoch of each new candidate on an H100 (docs/benchmarks.md). On the CPU both are no-ops.
+    ``trainer.cudnn_depthwise=false`` routes depthwise convolutions to PyTorch's own CUDA kernel
+    (``aebnas.nn.depthwise``): cuDNN >= 9.10 compiles a depthwise engine at run time for every new layer
+    shape (NVIDIA/cudnn-frontend#1066), the suspect for the 27-36 s first epoch of each new candidate on an
+    H100 (docs/benchmarks.md). On the CPU both settings are no-ops.
     """
     if device.type != "cuda":
-        return nullcontext()
-    return cudnn_flags(enabled=cfg.cudnn, benchmark=cfg.cudnn and cfg.cudnn_benchmark)
+        yield
+        return
+    with cudnn_flags(benchmark=cfg.cudnn_benchmark), native_depthwise(not cfg.cudnn_depthwise):
+        yield
 
 
 @contextmanager
