@@ -90,11 +90,15 @@ def main() -> None:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
             opt.step()
-        cold = timed(step, dev)
-        warm = timed(lambda: [step() for _ in range(args.steps)], dev) / args.steps
-        rows.append({"what": "new candidate", "genome": genome.network_key, "amp": amp, "channels_last": cl,
-                     "cudnn": cudnn, "cudnn_benchmark": bench, "cudnn_depthwise": cudnn_dw, "first_step_ms": cold,
-                     "later_step_ms": warm, "images_per_s_later": args.batch / warm * 1000})
+        row = {"what": "new candidate", "genome": genome.network_key, "amp": amp, "channels_last": cl,
+               "cudnn": cudnn, "cudnn_benchmark": bench, "cudnn_depthwise": cudnn_dw}
+        try:  # one variant failing on this machine must not cost the rows after it
+            cold = timed(step, dev)
+            warm = timed(lambda: [step() for _ in range(args.steps)], dev) / args.steps
+            row.update({"first_step_ms": cold, "later_step_ms": warm, "images_per_s_later": args.batch / warm * 1000})
+        except RuntimeError as exc:
+            row["error"] = f"{type(exc).__name__}: {exc}"[:500]
+        rows.append(row)
         print(rows[-1], flush=True)
         write_json(args.out, result)
     # Supernet sandwich steps (autotuning off: their shapes change every step), per layout.

@@ -60,6 +60,14 @@ def test_depthwise_layer_scripts_and_its_native_forward_matches():
     torch.testing.assert_close(layer._native_forward(x), layer(x))
 
 
+def test_native_depthwise_runs_in_inference_mode():  # the val pass and the adaptive runtime use it
+    x, w = torch.randn(2, 4, 8, 8), torch.randn(4, 1, 3, 3, requires_grad=True)
+    with torch.inference_mode():
+        out = NativeDepthwiseConv.apply(x, w, (1, 1), (1, 1), (1, 1), 4)
+    torch.testing.assert_close(out, F.conv2d(x, w.detach(), None, 1, 1, 1, 4))
+    assert not out.requires_grad
+
+
 def test_native_depthwise_switch_is_restored_after_an_error():
     before = depthwise._native
     with pytest.raises(ValueError):
