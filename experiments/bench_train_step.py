@@ -16,13 +16,26 @@ batch: slow, but free of cuDNN set-up). The most telling rows come first, so a
 run cut short keeps them; the JSON is rewritten after every row. Supernet
 sandwich steps (autotuning off: their shapes change every step) come last, per
 layout.
+
+In one process every row trains another network (so no row finds its shapes
+compiled by an earlier one), but engines and the allocator stay warm from row
+to row. ``--fresh`` runs each variant in a process of its own on one shared
+network: the clean comparison, at the price of a process start per row. The
+first row compares PyTorch's depthwise kernel with cuDNN's numerically.
+
+    python experiments/bench_train_step.py --out train_step.json --fresh --variants 4 --no-supernet
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,7 +44,7 @@ from bench_common import DEFAULT_OVERRIDES, load_setup, machine, sample_genomes,
 
 from aebnas.cli.common import user_errors
 from aebnas.nn import build_model
-from aebnas.nn.depthwise import native_depthwise
+from aebnas.nn.depthwise import DepthwiseConv2d, native_depthwise
 from aebnas.nn.supernet import Supernet
 from aebnas.train.losses import joint_exit_loss
 from aebnas.train.supernet import sandwich_backbones, sandwich_step
@@ -45,65 +58,75 @@ def timed(fn, device: torch.device) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--batch", type=int, default=512)
-    p.add_argument("overrides", nargs="*")
-    args = p.parse_args()
-    setup = load_setup(args.overrides or list(DEFAULT_OVERRIDES))
-    dev, data = setup.device, setup.data
-    if dev.type != "cuda":
-        raise SystemExit(f"bench_train_step.py times cuDNN and CUDA kernels; trainer.device resolved to {dev}, "
-                         "run it on a machine with a GPU")
-    x = torch.randn(args.batch, data.in_channels, data.resolution, data.resolution, device=dev)
-    y = torch.randint(0, data.num_classes, (args.batch,), device=dev)
-    # Most telling first (a call cut short keeps those rows): today's default, then depthwise without cuDNN
-    # (trainer.cudnn_depthwise=false), then no autotuning, then cuDNN off altogether, then the rest.
-    # (amp, channels_last, autotune, cudnn, cudnn for depthwise)
-    variants = [(True, True, True, True, True), (True, True, True, True, False), (True, True, False, True, True),
-                (True, True, False, True, False), (True, False, False, True, False), (True, False, False, False, True),
-                (True, True, False, False, True)]
-    variants += [(amp, cl, bench, True, True) for amp, cl, bench in itertools.product((True, False), (True, False),
-                                                                                       (False, True))
-                 if (amp, cl, bench, True, True) not in variants]
-    genomes = iter(sample_genomes(setup.space, len(variants), setup.seed + 1))
-    rng = np.random.default_rng(0)
-    rows: list[dict] = []
-    result = {"machine": machine(), "batch": args.batch, "rows": rows}
-    for amp, cl, bench, cudnn, cudnn_dw in variants:
-        torch.backends.cudnn.benchmark = bench
-        torch.backends.cudnn.enabled = cudnn
-        xb = x.contiguous(memory_format=torch.channels_last) if cl else x
-        genome = next(genomes)
-        model = build_model(genome, data.num_classes, data.in_channels).to(dev)
-        if cl:
-            model.to(memory_format=torch.channels_last)
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+# (amp, channels_last, autotune, cudnn, cudnn for depthwise). Most telling first (a run cut short keeps those
+# rows): today's default, depthwise without cuDNN (trainer.cudnn_depthwise=false), the same without autotuning,
+# NCHW, cuDNN off altogether, then the remaining layouts.
+VARIANTS = [(True, True, True, True, True), (True, True, True, True, False), (True, True, False, True, True),
+            (True, True, False, True, False), (True, False, False, True, False), (True, False, False, False, True),
+            (True, True, False, False, True)]
+VARIANTS += [(amp, cl, bench, True, True) for amp, cl, bench in itertools.product((True, False), (True, False),
+                                                                                   (False, True))
+             if (amp, cl, bench, True, True) not in VARIANTS]
 
-        def step():
-            with native_depthwise(not cudnn_dw):
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                    out = model(xb)
-                loss = joint_exit_loss(out, y, [1.0] * len(out))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-            opt.step()
-        row = {"what": "new candidate", "genome": genome.network_key, "amp": amp, "channels_last": cl,
-               "cudnn": cudnn, "cudnn_benchmark": bench, "cudnn_depthwise": cudnn_dw}
-        try:  # one variant failing on this machine must not cost the rows after it
-            cold = timed(step, dev)
-            warm = timed(lambda: [step() for _ in range(args.steps)], dev) / args.steps
-            row.update({"first_step_ms": cold, "later_step_ms": warm, "images_per_s_later": args.batch / warm * 1000})
-        except RuntimeError as exc:
-            row["error"] = f"{type(exc).__name__}: {exc}"[:500]
-        rows.append(row)
-        print(rows[-1], flush=True)
-        write_json(args.out, result)
-    # Supernet sandwich steps (autotuning off: their shapes change every step), per layout.
-    torch.backends.cudnn.enabled = True
+
+def depthwise_check(dev: torch.device) -> dict:
+    """PyTorch's depthwise kernel against cuDNN's on one layer, bf16 autocast and channels_last as in training:
+    the largest differences of the output and of both gradients, relative to the largest cuDNN value."""
+    torch.manual_seed(0)
+    layer = DepthwiseConv2d(96, 96, 5, 1, 2, groups=96, bias=False).to(dev).to(memory_format=torch.channels_last)
+    x0 = torch.randn(64, 96, 16, 16, device=dev).contiguous(memory_format=torch.channels_last)
+    results = []
+    for native in (False, True):
+        x = x0.clone().requires_grad_()
+        layer.zero_grad(set_to_none=True)
+        with native_depthwise(native), torch.autocast("cuda", dtype=torch.bfloat16):
+            out = layer(x)
+        out.float().square().sum().backward()
+        results.append((out.float(), x.grad.float(), layer.weight.grad.float()))
+    (ref, *ref_grads), (got, *got_grads) = results
+    rel = [float((g - r).abs().max() / r.abs().max()) for r, g in zip([ref, *ref_grads], [got, *got_grads])]
+    return {"what": "native depthwise vs cuDNN (bf16, channels_last)", "output_rel_diff": rel[0],
+            "grad_input_rel_diff": rel[1], "grad_weight_rel_diff": rel[2]}
+
+
+def time_variant(setup, variant: tuple, genome, x: torch.Tensor, y: torch.Tensor, steps: int) -> dict:
+    """First and later training steps of ``genome``'s network, new to this process, under ``variant``."""
+    amp, cl, bench, cudnn, cudnn_dw = variant
+    dev, data = setup.device, setup.data
+    torch.backends.cudnn.benchmark = bench
+    torch.backends.cudnn.enabled = cudnn
+    xb = x.contiguous(memory_format=torch.channels_last) if cl else x
+    model = build_model(genome, data.num_classes, data.in_channels).to(dev)
+    if cl:
+        model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step():
+        with native_depthwise(not cudnn_dw):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                out = model(xb)
+            loss = joint_exit_loss(out, y, [1.0] * len(out))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+        opt.step()
+    row = {"what": "new candidate", "genome": genome.network_key, "amp": amp, "channels_last": cl,
+           "cudnn": cudnn, "cudnn_benchmark": bench, "cudnn_depthwise": cudnn_dw}
+    try:  # one variant failing on this machine must not cost the rows after it
+        cold = timed(step, dev)
+        warm = timed(lambda: [step() for _ in range(steps)], dev) / steps
+        row.update({"first_step_ms": cold, "later_step_ms": warm, "images_per_s_later": x.shape[0] / warm * 1000})
+    except RuntimeError as exc:
+        row["error"] = f"{type(exc).__name__}: {exc}"[:500]
+    finally:
+        torch.backends.cudnn.enabled = True
+    return row
+
+
+def time_supernet_steps(setup, x: torch.Tensor, y: torch.Tensor, steps: int, rng: np.random.Generator) -> list[dict]:
+    """Supernet sandwich steps per layout (autotuning off: their shapes change every step)."""
+    dev, data = setup.device, setup.data
     torch.backends.cudnn.benchmark = False
+    rows = []
     for amp, cl in itertools.product((True, False), (True, False)):
         xb = x.contiguous(memory_format=torch.channels_last) if cl else x
         sn = Supernet(setup.space.config, data.num_classes, data.in_channels).to(dev)
@@ -116,10 +139,66 @@ def main() -> None:
             sandwich_step(sn, xb, y, sandwich_backbones(setup.space, rng, setup.supernet.random_subnets),
                           setup.supernet, amp)
             sopt.step()
-        per_step = [timed(sstep, dev) for _ in range(args.steps)]
+        per_step = [timed(sstep, dev) for _ in range(steps)]
         rows.append({"what": "supernet sandwich step", "amp": amp, "channels_last": cl, "cudnn_benchmark": False,
                      "step_ms_first": per_step[0], "step_ms_median": float(np.median(per_step))})
         print(rows[-1], flush=True)
+    return rows
+
+
+def fresh_process_row(args: argparse.Namespace, index: int) -> dict:
+    """Variant ``index`` in a process of its own: no engine, autotuning result or allocation of another row."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "row.json"
+        cmd = [sys.executable, __file__, "--out", str(out), "--only", str(index), "--steps", str(args.steps),
+               "--batch", str(args.batch), *args.overrides]
+        try:
+            subprocess.run(cmd, timeout=args.row_timeout, check=False)
+        except subprocess.TimeoutExpired:
+            return {"what": "new candidate", "variant": list(VARIANTS[index]), "error": f"over {args.row_timeout} s"}
+        if not out.exists():
+            return {"what": "new candidate", "variant": list(VARIANTS[index]), "error": "the process wrote nothing"}
+        return json.loads(out.read_text())["rows"][0]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--variants", type=int, default=len(VARIANTS), help="time only the first N variants")
+    p.add_argument("--fresh", action="store_true", help="each variant in a process of its own, all on one genome")
+    p.add_argument("--row-timeout", type=float, default=90, help="with --fresh: seconds one variant may take")
+    p.add_argument("--no-supernet", action="store_true", help="skip the supernet sandwich steps")
+    p.add_argument("--only", type=int, default=None, help=argparse.SUPPRESS)  # one variant, for --fresh
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args()
+    setup = load_setup(args.overrides or list(DEFAULT_OVERRIDES))
+    dev, data = setup.device, setup.data
+    if dev.type != "cuda":
+        raise SystemExit(f"bench_train_step.py times cuDNN and CUDA kernels; trainer.device resolved to {dev}, "
+                         "run it on a machine with a GPU")
+    x = torch.randn(args.batch, data.in_channels, data.resolution, data.resolution, device=dev)
+    y = torch.randint(0, data.num_classes, (args.batch,), device=dev)
+    rows: list[dict] = []
+    result = {"machine": machine(), "batch": args.batch, "fresh_processes": args.fresh, "rows": rows}
+    variants = VARIANTS[:args.variants]
+    if args.only is not None:  # a child of --fresh: the one shared genome, one row
+        genome = sample_genomes(setup.space, 1, setup.seed + 1)[0]
+        rows.append(time_variant(setup, VARIANTS[args.only], genome, x, y, args.steps))
+        write_json(args.out, result)
+        return
+    rows.append(depthwise_check(dev))
+    print(rows[-1], flush=True)
+    write_json(args.out, result)
+    genomes = sample_genomes(setup.space, len(variants), setup.seed + 1)  # in one process: a new network per row
+    for index, variant in enumerate(variants):
+        rows.append(fresh_process_row(args, index) if args.fresh
+                    else time_variant(setup, variant, genomes[index], x, y, args.steps))
+        print(rows[-1], flush=True)
+        write_json(args.out, result)
+    if not args.no_supernet:
+        rows.extend(time_supernet_steps(setup, x, y, args.steps, np.random.default_rng(0)))
         write_json(args.out, result)
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@
 #   STAGE=ranking CUDNN_DEPTHWISE=false OUT=$OUT bash experiments/gpu_session.sh  # likewise
 #   STAGE=methods CUDNN_DEPTHWISE=false OUT=$OUT bash experiments/gpu_session.sh  # likewise
 #
-# probe: what a training step costs (bench_train_step.py: cuDNN autotuning, depthwise on PyTorch's own
-#   kernel, cuDNN off); three supernet-path candidates with trainer.cudnn_depthwise=false (the first epoch
+# probe: PyTorch's depthwise kernel against cuDNN's (numbers), then what a training step costs with and
+#   without it and autotuning, each in a fresh process (bench_train_step.py --fresh); three supernet-path candidates with trainer.cudnn_depthwise=false (the first epoch
 #   of a new candidate cost 27-36 s with cuDNN on an H100); the #6 stream benchmark on the network trained
 #   on the CPU; H100 latency tables (#5). Each step has its own time limit, capped so the whole probe
 #   ends by PROBE_BUDGET seconds, and the results are re-packed after every step: a call cut short still
@@ -98,8 +98,10 @@ probe() {
   machine_facts
   stage_data
   if [[ -z "${SKIP_TRAIN_STEP:-}" ]]; then
-    step "${LIMIT_TRAIN_STEP:-110}" python3 experiments/bench_train_step.py --out "$w/train_step.json" \
-      $GPU_EXPERIMENT dataset.data_dir="$DATA_DIR" ${SIZE_OVERRIDES:-}
+    # Each variant in its own process on one network: the clean comparison of the four that decide.
+    step "${LIMIT_TRAIN_STEP:-150}" python3 experiments/bench_train_step.py --out "$w/train_step.json" \
+      --fresh --variants 4 --no-supernet --row-timeout 40 $GPU_EXPERIMENT dataset.data_dir="$DATA_DIR" \
+      ${SIZE_OVERRIDES:-}
     pack_probe "$w"
   fi
   # The supernet's quality does not change a candidate's time: one epoch is enough to time candidates.
@@ -110,14 +112,14 @@ probe() {
   pack_probe "$w"
   if [[ -d "${STREAM_RUN:-.gpu/fmnist_stream_run}" ]]; then
     RUN_FROM=${STREAM_RUN:-.gpu/fmnist_stream_run} OUT=$w/stream DATA_DIR=$DATA_DIR \
-      step "${LIMIT_STREAM:-140}" bash experiments/gpu_stream_job.sh
+      step "${LIMIT_STREAM:-120}" bash experiments/gpu_stream_job.sh
     rm -f "$w/stream/stream_run.tar.gz"  # the weights came from this repo's .gpu/ in the first place
     pack_probe "$w"
   else
     stamp "no trained stream network in ${STREAM_RUN:-.gpu/fmnist_stream_run}: stream step skipped"
   fi
   for hw in $PROFILE_HARDWARE; do
-    step "${LIMIT_PROFILE:-70}" python3 -m aebnas.cli.profile hardware="$hw" space=mbv3_32 profile.resolution=32 \
+    step "${LIMIT_PROFILE:-60}" python3 -m aebnas.cli.profile hardware="$hw" space=mbv3_32 profile.resolution=32 \
       profile.channels=3 profile.num_classes=10 profile.validate=true profile.networks=20 progress=false \
       hydra.run.dir="$w/profile_$hw" ${PROFILE_OVERRIDES:-}
     cp -r "${TABLES:-conf/hardware/tables/$hw}" "$w/profile_$hw/table" 2>/dev/null || true

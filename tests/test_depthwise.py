@@ -75,3 +75,20 @@ def test_native_depthwise_switch_is_restored_after_an_error():
             assert depthwise._native is True
             raise ValueError("candidate failed")
     assert depthwise._native is before
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the routing to PyTorch's kernel happens on CUDA only")
+def test_native_depthwise_matches_cudnn_on_cuda():
+    torch.manual_seed(0)
+    layer = DepthwiseConv2d(32, 32, 5, 2, 2, groups=32, bias=False).cuda().to(memory_format=torch.channels_last)
+    x0 = torch.randn(8, 32, 16, 16, device="cuda").contiguous(memory_format=torch.channels_last)
+    results = []
+    for native in (False, True):
+        x = x0.clone().requires_grad_()
+        layer.zero_grad(set_to_none=True)
+        with native_depthwise(native), torch.autocast("cuda", dtype=torch.bfloat16):
+            out = layer(x)
+        out.float().square().sum().backward()
+        results.append((out.float(), x.grad, layer.weight.grad))
+    for ref, got in zip(*results):
+        torch.testing.assert_close(got, ref, rtol=2e-2, atol=2e-2)

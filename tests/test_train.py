@@ -98,6 +98,8 @@ def test_candidate_cudnn_sets_flags_on_cuda_only_and_puts_them_back():
     assert (flags.enabled, flags.benchmark, depthwise._native) == before
     with candidate_cudnn(TrainerConfig(cudnn_depthwise=True, cudnn_benchmark=True), cuda):
         assert (flags.benchmark, depthwise._native) == (True, False)
+    with candidate_cudnn(TrainerConfig(cudnn_benchmark=True), cuda, autotune=False):  # one-off passes: no tuning
+        assert flags.benchmark is False
     with pytest.raises(RuntimeError):  # a failing candidate leaves the switches as they were too
         with candidate_cudnn(TrainerConfig(cudnn_depthwise=False, cudnn_benchmark=True), cuda):
             raise RuntimeError("candidate failed")

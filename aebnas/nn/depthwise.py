@@ -93,7 +93,8 @@ class DepthwiseConv2d(nn.Conv2d):
 
     @torch.jit.unused
     def _eager_forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _native and x.is_cuda and self.bias is None:
+        if _native and x.is_cuda and self.bias is None and self.padding_mode == "zeros" and \
+                not isinstance(self.padding, str):
             return self._native_forward(x)
         return self._conv_forward(x, self.weight, self.bias)
 

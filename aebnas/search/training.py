@@ -98,7 +98,8 @@ class CandidateTraining:
         seed = candidate_seed(self.seed, genome.network_key)
         torch.manual_seed(seed)
         model = build_model(genome, data.num_classes, data.in_channels)
-        with candidate_cudnn(trainer, self.device):  # trainer.cudnn covers calibration and the val pass too
+        # trainer.cudnn_depthwise covers calibration and the val pass too; fit turns autotuning on for training only
+        with candidate_cudnn(trainer, self.device, autotune=False):
             start = time.perf_counter()
             if self.supernet is not None:  # inherit the backbone, then fit BatchNorm statistics to this subnet
                 inherit_weights(model, self.supernet)

@@ -116,8 +116,11 @@ def cudnn_autotune(enabled: bool) -> ContextManager[None]:
 
 
 @contextmanager
-def candidate_cudnn(cfg: TrainerConfig, device: torch.device) -> Iterator[None]:
+def candidate_cudnn(cfg: TrainerConfig, device: torch.device, autotune: bool = True) -> Iterator[None]:
     """cuDNN as the trainer settings ask, for one candidate's training, BatchNorm calibration and val pass.
+
+    ``autotune`` False keeps cuDNN's autotuning off whatever ``trainer.cudnn_benchmark`` says: a pass that
+    runs once (BatchNorm calibration, the val pass at ``eval_batch_size``) would only pay for the tuning.
 
     ``trainer.cudnn_depthwise=false`` routes depthwise convolutions to PyTorch's own CUDA kernel
     (``aebnas.nn.depthwise``): cuDNN >= 9.10 compiles a depthwise engine at run time for every new layer
@@ -127,7 +130,7 @@ def candidate_cudnn(cfg: TrainerConfig, device: torch.device) -> Iterator[None]:
     if device.type != "cuda":
         yield
         return
-    with cudnn_flags(benchmark=cfg.cudnn_benchmark), native_depthwise(not cfg.cudnn_depthwise):
+    with cudnn_flags(benchmark=autotune and cfg.cudnn_benchmark), native_depthwise(not cfg.cudnn_depthwise):
         yield
 
 
