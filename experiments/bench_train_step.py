@@ -44,7 +44,7 @@ from bench_common import DEFAULT_OVERRIDES, load_setup, machine, sample_genomes,
 
 from aebnas.cli.common import user_errors
 from aebnas.nn import build_model
-from aebnas.nn.depthwise import DepthwiseConv2d, native_depthwise
+from aebnas.nn.depthwise import DepthwiseConv2d, native_depthwise, native_vs_cudnn
 from aebnas.nn.supernet import Supernet
 from aebnas.train.losses import joint_exit_loss
 from aebnas.train.supernet import sandwich_backbones, sandwich_step
@@ -74,17 +74,9 @@ def depthwise_check(dev: torch.device) -> dict:
     the largest differences of the output and of both gradients, relative to the largest cuDNN value."""
     torch.manual_seed(0)
     layer = DepthwiseConv2d(96, 96, 5, 1, 2, groups=96, bias=False).to(dev).to(memory_format=torch.channels_last)
-    x0 = torch.randn(64, 96, 16, 16, device=dev).contiguous(memory_format=torch.channels_last)
-    results = []
-    for native in (False, True):
-        x = x0.clone().requires_grad_()
-        layer.zero_grad(set_to_none=True)
-        with native_depthwise(native), torch.autocast("cuda", dtype=torch.bfloat16):
-            out = layer(x)
-        out.float().square().sum().backward()
-        results.append((out.float(), x.grad.float(), layer.weight.grad.float()))
-    (ref, *ref_grads), (got, *got_grads) = results
-    rel = [float((g - r).abs().max() / r.abs().max()) for r, g in zip([ref, *ref_grads], [got, *got_grads])]
+    x = torch.randn(64, 96, 16, 16, device=dev).contiguous(memory_format=torch.channels_last)
+    ref, got = native_vs_cudnn(layer, x)
+    rel = [float((g - r).abs().max() / r.abs().max()) for r, g in zip(ref, got)]
     return {"what": "native depthwise vs cuDNN (bf16, channels_last)", "output_rel_diff": rel[0],
             "grad_input_rel_diff": rel[1], "grad_weight_rel_diff": rel[2]}
 

@@ -101,3 +101,17 @@ class DepthwiseConv2d(nn.Conv2d):
     @torch.jit.unused
     def _native_forward(self, x: torch.Tensor) -> torch.Tensor:
         return NativeDepthwiseConv.apply(x, self.weight, self.stride, self.padding, self.dilation, self.groups)
+
+
+def native_vs_cudnn(layer: DepthwiseConv2d, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Output, input gradient and weight gradient of ``layer`` on ``x`` under bf16 autocast, through cuDNN
+    and then through PyTorch's kernel: the check that the route computes the same numbers on a new machine."""
+    results = []
+    for native in (False, True):
+        xg = x.detach().clone().requires_grad_()
+        layer.zero_grad(set_to_none=True)
+        with native_depthwise(native), torch.autocast(x.device.type, dtype=torch.bfloat16):
+            out = layer(xg)
+        out.float().square().sum().backward()
+        results.append([out.detach().float(), xg.grad.float(), layer.weight.grad.float()])
+    return results[0], results[1]
