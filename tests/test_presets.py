@@ -27,10 +27,19 @@ def test_paper_sweep_lists_the_papers_grid_and_targets():
 
 
 @pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if e.startswith("methods_")])
-def test_cpu_method_sweeps_run_every_method(experiment):
+def test_method_sweeps_run_every_method(experiment):
     cfg = compose_config([f"experiment={experiment}"], hydra=True)
     assert cfg.hydra.sweeper.params.method.split(",") == ["aebnas", "edanas", "nachos", "static", "random", "manual"]
-    assert cfg.trainer.device == "cpu" and cfg.search.target_macs > 0
+    assert cfg.search.target_macs > 0
+    # the _gpu grid picks its device (a lent GPU); the others must finish on a CPU
+    assert cfg.trainer.device == ("auto" if experiment.endswith("_gpu") else "cpu")
+
+
+def test_gpu_method_grid_is_sized_for_one_session():
+    cfg = compose_config(["experiment=methods_fashion_mnist_gpu"], hydra=True)
+    assert cfg.hydra.sweeper.params.seed == "0,1,2" and cfg.dataset.name == "fashion_mnist"
+    assert (cfg.search.pop_size, cfg.search.generations, cfg.trainer.epochs) == (12, 3, 3)
+    assert cfg.space.name == "mbv3_32" and cfg.workers == 4 and cfg.search.target_macs == 4.0e7
 
 
 def test_slurm_launcher_preset_composes():
