@@ -94,7 +94,7 @@ def evaluate_genomes(setup: Setup, genomes: Sequence[Genome], trainer: TrainerCo
                      if ev.train_seconds else None,
                      "static_macs": ev.static_macs, "expected_macs": ev.expected_macs,
                      "val_accuracy": ev.val_accuracy, "static_val_accuracy": ev.static_val_accuracy,
-                     "status": ev.status, "error": ev.error})
+                     "head_accuracies": list(ev.head_accuracies or []), "status": ev.status, "error": ev.error})
         print(f"{label} {len(rows):3d}: {wall:6.2f}s (training {ev.train_seconds:.2f}s, val {ev.eval_seconds:.2f}s, "
               f"tuning {ev.tune_seconds:.3f}s)  val acc {ev.static_val_accuracy:.4f}  {ev.static_macs / 1e6:.1f}M MACs",
               flush=True)

@@ -1,7 +1,7 @@
 """Does the fast supernet path rank candidates as full training does?
 
     python experiments/bench_ranking.py --out ranking.json [--genomes 20] [--scratch-epochs 15]
-        [--workers 4] [--speed-json search_speed.json] [hydra overrides ...]
+        [--workers 4] [--speed-json search_speed.json] [--scratch-json ranking.json] [hydra overrides ...]
 
 Each random genome is scored (a) the search's way: supernet weights, BatchNorm
 recalibration, ``trainer.epochs`` of fine-tuning, one val pass; and (b) trained
@@ -9,7 +9,9 @@ from scratch for ``--scratch-epochs``. Reported: Kendall tau and Spearman rho
 between (a) and (b) val accuracies (final exit, and the tuned adaptive network),
 and the mean accuracy gap. (a) can be taken from a bench_search_speed.py JSON of
 the same genomes. (b) runs in ``--workers`` processes on the one GPU at once:
-one small network alone leaves most of an H100 idle.
+one small network alone leaves most of an H100 idle; or it is taken from an
+earlier ranking's JSON (``--scratch-json``), so two fast paths (fresh and joint
+exit heads, ``supernet.exits``) are compared against one from-scratch training.
 """
 
 from __future__ import annotations
@@ -65,6 +67,20 @@ def scratch_in_workers(args, overrides: list[str], n_genomes: int, out: Path) ->
     return list(rows.values())
 
 
+def reuse_scratch(path: Path, genomes, scratch_epochs: int) -> list[dict]:
+    """The from-scratch half of an earlier run, refused unless it scored these very genomes as long."""
+    earlier = json.loads(path.read_text())
+    if earlier.get("scratch_epochs") != scratch_epochs:
+        raise ValueError(f"--scratch-json: {path} trained {earlier.get('scratch_epochs')} epochs from scratch, this "
+                         f"run asks for {scratch_epochs} (--scratch-epochs)")
+    rows = {r["genome"]: r for r in earlier.get("scratch", [])}
+    missing = [g.network_key for g in genomes if g.network_key not in rows]
+    if missing:
+        raise ValueError(f"--scratch-json: {path} lacks {len(missing)} of these {len(genomes)} genomes (other "
+                         "--genomes, data or seed?)")
+    return [rows[g.network_key] for g in genomes]
+
+
 def compare(fast: list[dict], scratch: list[dict]) -> dict:
     by_key = {r["genome"]: r for r in scratch if r["status"] == "ok"}
     pairs = [(f, by_key[f["genome"]]) for f in fast if f["status"] == "ok" and f["genome"] in by_key]
@@ -87,6 +103,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1, help="processes training from scratch at once")
     p.add_argument("--speed-json", default=None, help="take (a) from this bench_search_speed.py output (or an "
                    "earlier bench_ranking.py output)")
+    p.add_argument("--scratch-json", default=None, help="take (b) from this earlier bench_ranking.py output (same "
+                   "genomes, data and seed)")
     p.add_argument("--cache-dir", default=None, help="supernet cache (reused when the settings match)")
     p.add_argument("--scratch-seed", type=int, default=None, help="seed of the from-scratch training (default: the "
                    "config's seed); compare two runs' scratch halves for the noise ceiling of the ranking")
@@ -121,8 +139,12 @@ def main() -> None:
         fast = score(setup, genomes, supernet)
     result["fast"] = fast
     write_json(out, result)
-    scratch = (scratch_in_workers(args, overrides, args.genomes, out) if args.workers > 1
-               else score(setup, genomes, epochs=args.scratch_epochs, seed=args.scratch_seed))
+    if args.scratch_json:
+        scratch = reuse_scratch(Path(args.scratch_json), genomes, args.scratch_epochs)
+        result["scratch_from"] = args.scratch_json
+    else:
+        scratch = (scratch_in_workers(args, overrides, args.genomes, out) if args.workers > 1
+                   else score(setup, genomes, epochs=args.scratch_epochs, seed=args.scratch_seed))
     result["scratch"] = scratch
     result["scratch_seconds"] = time.perf_counter() - start
     result["comparison"] = compare(fast, scratch)

@@ -10,8 +10,9 @@ slice of it, so every candidate starts from weights that already work:
   filters, SE and project-conv columns, and the matching BatchNorm entries).
 
 Stage widths, stem and final head are fixed in our spaces, so they are shared
-whole. Exit heads are not part of the supernet: a candidate's heads start fresh
-and are trained in its fine-tuning (see docs/benchmarks.md, "Supernet").
+whole. Exit heads are part of the supernet only when it is built with
+``exits=True`` (``supernet.exits=joint``, see ``nn.elastic_heads``); otherwise a
+candidate's heads start fresh and are trained in its fine-tuning.
 """
 
 from __future__ import annotations
@@ -23,23 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from aebnas.nn.blocks import ConvBNAct, MBConv, SqueezeExcite, make_activation, se_channels
+from aebnas.nn.elastic_heads import Heads, build_elastic_heads, check_head, head_choices
 from aebnas.nn.network import EarlyExitNet, build_final_head
-from aebnas.space import Block, SpaceConfig
+from aebnas.nn.slicing import centre, copy_batch_norm, sliced_batch_norm
+from aebnas.space import Block, Genome, SpaceConfig
 
 Backbone = Sequence[Sequence[Block]]
-
-
-def _batch_norm(x: torch.Tensor, bn: nn.BatchNorm2d, n: int) -> torch.Tensor:
-    """BatchNorm over the first ``n`` channels of ``bn``; running statistics of that slice are updated in place."""
-    if n == bn.num_features:
-        return bn(x)
-    momentum = bn.momentum
-    if bn.training and bn.track_running_stats:  # the same bookkeeping as nn.BatchNorm2d.forward
-        bn.num_batches_tracked.add_(1)
-        if momentum is None:  # cumulative moving average
-            momentum = 1.0 / float(bn.num_batches_tracked)
-    return F.batch_norm(x, bn.running_mean[:n], bn.running_var[:n], bn.weight[:n], bn.bias[:n],
-                        bn.training, momentum if momentum is not None else 0.0, bn.eps)
 
 
 class ElasticMBConv(nn.Module):
@@ -60,31 +50,30 @@ class ElasticMBConv(nn.Module):
 
     def centre(self, kernel: int) -> slice:
         """Rows/columns of the largest depthwise kernel that make up a ``kernel`` x ``kernel`` one."""
-        offset = (self.max_kernel - kernel) // 2
-        return slice(offset, offset + kernel)
+        return centre(self.max_kernel, kernel)
 
     def forward(self, x: torch.Tensor, kernel: int, expansion: int) -> torch.Tensor:
         hidden = self.c_in * expansion
         y = x
         if expansion != 1:  # an expansion-1 MBConv has no expand conv (as in nn.blocks.MBConv)
-            y = self.act(_batch_norm(F.conv2d(y, self.expand[0].weight[:hidden]), self.expand[1], hidden))
+            y = self.act(sliced_batch_norm(F.conv2d(y, self.expand[0].weight[:hidden]), self.expand[1], hidden))
         c = self.centre(kernel)
         w = self.depthwise[0].weight[:hidden, :, c, c]
-        y = self.act(_batch_norm(F.conv2d(y, w, None, self.stride, kernel // 2, groups=hidden),
+        y = self.act(sliced_batch_norm(F.conv2d(y, w, None, self.stride, kernel // 2, groups=hidden),
                                  self.depthwise[1], hidden))
         if self.se is not None:
             mid = se_channels(hidden)
             s = F.conv2d(y.mean((2, 3), keepdim=True), self.se.reduce.weight[:mid, :hidden], self.se.reduce.bias[:mid])
             s = F.conv2d(self.se.act(s), self.se.expand.weight[:hidden, :mid], self.se.expand.bias[:hidden])
             y = y * self.se.gate(s)
-        y = _batch_norm(F.conv2d(y, self.project[0].weight[:, :hidden]), self.project[1], self.c_out)
+        y = sliced_batch_norm(F.conv2d(y, self.project[0].weight[:, :hidden]), self.project[1], self.c_out)
         return x + y if self.residual else y
 
 
 class Supernet(nn.Module):
-    """Stem, the largest blocks of every stage, and the final head of a space."""
+    """Stem, the largest blocks of every stage, the final head and, with ``exits``, an elastic head per exit stage."""
 
-    def __init__(self, space: SpaceConfig, num_classes: int, in_channels: int):
+    def __init__(self, space: SpaceConfig, num_classes: int, in_channels: int, exits: bool = False):
         super().__init__()
         self.space = space
         self.num_classes, self.in_channels = num_classes, in_channels
@@ -99,6 +88,11 @@ class Supernet(nn.Module):
             c = spec.width
         self.stages = nn.ModuleList(stages)
         self.final_head = build_final_head(space, c, num_classes)
+        self.exit_heads = build_elastic_heads(space, num_classes) if exits else None
+
+    @property
+    def has_exits(self) -> bool:
+        return self.exit_heads is not None
 
     def features(self, x: torch.Tensor, backbone: Backbone) -> torch.Tensor:
         x = self.stem(x)
@@ -111,6 +105,25 @@ class Supernet(nn.Module):
         """Final-classifier logits of the subnet ``backbone`` (a genome's ``stages``)."""
         return self.final_head(self.features(x, backbone))
 
+    def forward_exits(self, x: torch.Tensor, backbone: Backbone, heads: Heads) -> list[torch.Tensor]:
+        """Logits of the exit heads ``heads`` (stage -> layers), early ones first, then the final classifier's."""
+        if self.exit_heads is None:
+            raise ValueError("Supernet.forward_exits: this supernet has no exit heads (built with exits=False)")
+        outputs = []
+        x = self.stem(x)
+        for s, (stage, blocks) in enumerate(zip(self.stages, backbone), start=1):
+            for module, block in zip(stage, blocks):
+                x = module(x, block.kernel, block.expansion)
+            if s in heads:
+                outputs.append(self.exit_heads[str(s)](x, heads[s]))
+        outputs.append(self.final_head(x))
+        return outputs
+
+
+def genome_heads(genome: Genome) -> dict[int, tuple]:
+    """A genome's active exits as the ``heads`` mapping of ``Supernet.forward_exits``."""
+    return {e.stage: e.layers for e in genome.active_exits}
+
 
 def backbone_modules(model: EarlyExitNet) -> tuple[nn.Module, list[nn.Sequential]]:
     """The stem and the stage Sequentials of an EarlyExitNet, whatever segments the exits cut it into."""
@@ -122,24 +135,17 @@ def backbone_modules(model: EarlyExitNet) -> tuple[nn.Module, list[nn.Sequential
 
 
 @torch.no_grad()
-def _copy_bn(dst: nn.BatchNorm2d, src: nn.BatchNorm2d, n: int) -> None:
-    for name in ("weight", "bias", "running_mean", "running_var"):
-        getattr(dst, name).copy_(getattr(src, name)[:n])
-    dst.num_batches_tracked.copy_(src.num_batches_tracked)
-
-
-@torch.no_grad()
 def _copy_block(dst: MBConv, src: ElasticMBConv, block: Block) -> None:
     hidden = src.c_in * block.expansion
     layers = list(dst.body)
     if block.expansion != 1:
         expand = layers.pop(0)
         expand[0].weight.copy_(src.expand[0].weight[:hidden])
-        _copy_bn(expand[1], src.expand[1], hidden)
+        copy_batch_norm(expand[1], src.expand[1], hidden)
     depthwise = layers.pop(0)
     c = src.centre(block.kernel)
     depthwise[0].weight.copy_(src.depthwise[0].weight[:hidden, :, c, c])
-    _copy_bn(depthwise[1], src.depthwise[1], hidden)
+    copy_batch_norm(depthwise[1], src.depthwise[1], hidden)
     if src.se is not None:
         se = layers.pop(0)
         mid = se_channels(hidden)
@@ -149,12 +155,12 @@ def _copy_block(dst: MBConv, src: ElasticMBConv, block: Block) -> None:
         se.expand.bias.copy_(src.se.expand.bias[:hidden])
     project = layers.pop(0)
     project[0].weight.copy_(src.project[0].weight[:, :hidden])
-    _copy_bn(project[1], src.project[1], src.c_out)
+    copy_batch_norm(project[1], src.project[1], src.c_out)
 
 
 @torch.no_grad()
 def inherit_weights(model: EarlyExitNet, supernet: Supernet) -> EarlyExitNet:
-    """Copy the candidate's slice of the supernet into ``model`` (exit heads keep their own fresh weights)."""
+    """Copy the candidate's slice of the supernet into ``model``; exit heads too when the supernet has them."""
     if backbone_identity(model.genome.space) != backbone_identity(supernet.space):
         raise ValueError("inherit_weights: the candidate's backbone space differs from the supernet's")
     if (model.num_classes, model.in_channels) != (supernet.num_classes, supernet.in_channels):
@@ -166,6 +172,13 @@ def inherit_weights(model: EarlyExitNet, supernet: Supernet) -> EarlyExitNet:
         for dst, src, block in zip(dst_stage, src_stage, blocks):
             _copy_block(dst, src, block)
     model.heads[-1].load_state_dict(supernet.final_head.state_dict())
+    if supernet.exit_heads is not None:
+        if exit_identity(model.genome.space) != exit_identity(supernet.space):
+            raise ValueError("inherit_weights: the candidate's exit choices differ from those of the supernet's "
+                             "joint heads")
+        for head, e in zip(model.heads, model.genome.active_exits):
+            check_head(head_choices(supernet.space, e.stage), e.layers, e.stage)
+            supernet.exit_heads[str(e.stage)].copy_into(head, e.layers)
     return model
 
 
@@ -177,3 +190,12 @@ def backbone_identity(space: SpaceConfig) -> dict:
     """What the supernet's shapes depend on (part of its cache key); exit choices and thresholds are not."""
     d = space.to_dict()
     return {k: d[k] for k in BACKBONE_FIELDS}
+
+
+EXIT_FIELDS = ("exit_stages", "exit_heads", "branch")
+
+
+def exit_identity(space: SpaceConfig) -> dict:
+    """What joint exit heads' shapes depend on (part of the cache key of a supernet with exits)."""
+    d = space.to_dict()
+    return {k: d[k] for k in EXIT_FIELDS} | {"stage_widths": [s["width"] for s in d["stages"]]}

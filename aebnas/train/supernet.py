@@ -7,6 +7,12 @@ distillation the smaller subnets learn the largest one's soft predictions of
 the same batch, which is what keeps small subnets' weights useful without a
 separately trained teacher.
 
+With ``exits: joint`` every subnet of a step also runs an exit head at every exit
+position (largest heads with the largest subnet, smallest with the smallest,
+random ones with the random subnets), trained with the candidates' weighted
+exit loss, and distilled, like the final classifier, from the largest subnet's
+final prediction.
+
 A trained supernet is stored under a key derived from everything its weights
 depend on (data, backbone space, these settings, the trainer options it uses,
 seed). Later searches with the same key load it in a second; change any of
@@ -30,8 +36,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from aebnas.data import DataSplits
-from aebnas.nn.supernet import Backbone, Supernet, backbone_identity
-from aebnas.space import SearchSpace
+from aebnas.nn.elastic_heads import Heads, head_choices
+from aebnas.nn.supernet import Backbone, Supernet, backbone_identity, exit_identity
+from aebnas.space import BranchLayer, SearchSpace
+from aebnas.train.losses import exit_loss_weights, joint_exit_loss
 from aebnas.train.trainer import (BatchStream, TrainerConfig, check_finite, cudnn_autotune, make_optimizer,
                                   training_layout)
 from aebnas.validation import ConfigError, check_bool, check_int, check_number, reject_unknown_keys
@@ -39,6 +47,7 @@ from aebnas.validation import ConfigError, check_bool, check_int, check_number, 
 log = logging.getLogger("aebnas.supernet")
 
 CACHE_FORMAT = "aebnas-supernet/1"
+EXIT_MODES = ("fresh", "joint")
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,7 @@ class SupernetConfig:
     label_smoothing: float = 0.1
     random_subnets: int = 2
     distill: bool = True
+    exits: str = "fresh"             # fresh: candidates' exit heads start untrained; joint: trained here too
     cache_dir: str | None = None   # None: $AEBNAS_CACHE_DIR/supernets, else ~/.cache/aebnas/supernets
 
     @classmethod
@@ -65,6 +75,8 @@ class SupernetConfig:
         check_number(sc.label_smoothing, "supernet.label_smoothing", lo=0, hi=0.999)
         check_int(sc.random_subnets, "supernet.random_subnets", lo=0)
         check_bool(sc.distill, "supernet.distill")
+        if sc.exits not in EXIT_MODES:
+            raise ConfigError(f"supernet.exits: expected fresh or joint, got {sc.exits!r}")
         if sc.cache_dir is not None and (not isinstance(sc.cache_dir, str) or not sc.cache_dir):
             raise ConfigError(f"supernet.cache_dir: expected a directory path or null, got {sc.cache_dir!r}")
         return sc
@@ -89,6 +101,7 @@ class SupernetInfo:
     steps: int
     images_per_second: float
     final_loss: float
+    exits: str = "fresh"   # whether the exit heads were trained with it (joint) or candidates start them fresh
 
 
 def data_fingerprint(data: DataSplits) -> dict[str, Any]:
@@ -104,10 +117,16 @@ def data_fingerprint(data: DataSplits) -> dict[str, Any]:
 def supernet_identity(data: DataSplits, space: SearchSpace, cfg: SupernetConfig, trainer: TrainerConfig,
                       seed: int) -> dict[str, Any]:
     """Everything the trained weights depend on; the cache key is its hash."""
-    settings = {k: v for k, v in asdict(cfg).items() if k != "cache_dir"}
+    # "exits" enters the key only when joint, so supernets cached before the option existed stay valid
+    settings = {k: v for k, v in asdict(cfg).items() if k != "cache_dir" and not (k == "exits" and v == "fresh")}
     used = {k: getattr(trainer, k) for k in ("optimizer", "momentum", "nesterov", "crop_padding", "amp")}
-    return {"format": CACHE_FORMAT, "data": data_fingerprint(data), "space": backbone_identity(space.config),
-            "supernet": settings, "trainer": used, "seed": seed}
+    identity = {"format": CACHE_FORMAT, "data": data_fingerprint(data), "space": backbone_identity(space.config),
+                "supernet": settings, "trainer": used, "seed": seed}
+    if cfg.exits == "joint":
+        identity["exit_space"] = exit_identity(space.config)
+        used["exit_weights"] = list(trainer.exit_weights) if not isinstance(trainer.exit_weights, str) \
+            else trainer.exit_weights
+    return identity
 
 
 def cache_path(identity: Mapping[str, Any], cfg: SupernetConfig, space_name: str) -> tuple[Path, str]:
@@ -121,22 +140,68 @@ def sandwich_backbones(space: SearchSpace, rng: np.random.Generator, n_random: i
     return [space.largest().stages, space.smallest().stages] + [space.sample(rng).stages for _ in range(n_random)]
 
 
+def sample_heads(space: SearchSpace, rng: np.random.Generator, size: str) -> Heads:
+    """An exit head at every exit position for one subnet of a step: ``largest``, ``smallest`` or ``random``.
+
+    Widths, kernels and depths have an order, layer types do not: the largest and
+    smallest heads take a drawn type, so every type's weights are trained.
+    """
+    def pick(values, extreme):
+        return extreme(values) if size != "random" else values[int(rng.integers(len(values)))]
+
+    heads: dict[int, tuple[BranchLayer, ...]] = {}
+    for stage in space.config.exit_stages:
+        choices = head_choices(space.config, stage)
+        extreme = max if size == "largest" else min
+        depth = pick(choices.depths, extreme)
+        layers = []
+        for slot in choices.slots[:depth]:
+            kind = slot.types[int(rng.integers(len(slot.types)))]
+            # pooling has no weights; the largest head sees the full feature map, the others a drawn pooling
+            pool = "none" if size == "largest" and "none" in slot.pools else slot.pools[int(rng.integers(len(slot.pools)))]
+            layers.append(BranchLayer(kind, pick(slot.widths, extreme), pick(slot.kernels, extreme), pool))
+        heads[stage] = tuple(layers)
+    return heads
+
+
+def sandwich_heads(space: SearchSpace, rng: np.random.Generator, n_random: int) -> list[Heads]:
+    """The exit heads of one step's subnets, in ``sandwich_backbones``' order."""
+    return [sample_heads(space, rng, "largest"), sample_heads(space, rng, "smallest")] + \
+        [sample_heads(space, rng, "random") for _ in range(n_random)]
+
+
 def sandwich_step(supernet: Supernet, xb: torch.Tensor, yb: torch.Tensor, backbones: list[Backbone],
-                  cfg: SupernetConfig, use_amp: bool) -> torch.Tensor:
-    """Accumulate the gradients of one sandwich step (no optimizer step); returns the largest subnet's loss."""
+                  cfg: SupernetConfig, use_amp: bool, heads: list[Heads] | None = None,
+                  exit_weights: str | list[float] = "uniform") -> torch.Tensor:
+    """Accumulate the gradients of one sandwich step (no optimizer step); returns the largest subnet's loss.
+
+    With ``heads`` (one mapping per backbone) the exit heads train too, weighted as
+    a candidate's exits are (``trainer.exit_weights``); the returned loss is still
+    the final classifier's, so it reads the same with and without joint heads.
+    """
     device_type = xb.device.type
-    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_amp):
-        teacher = supernet(xb, backbones[0])
-    loss = F.cross_entropy(teacher.float(), yb, label_smoothing=cfg.label_smoothing)
-    loss.backward()
-    soft = teacher.detach().float().softmax(-1)
-    for backbone in backbones[1:]:
+
+    def run(i: int) -> list[torch.Tensor]:
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_amp):
-            out = supernet(xb, backbone).float()
+            if heads is None:
+                return [supernet(xb, backbones[i]).float()]
+            return [o.float() for o in supernet.forward_exits(xb, backbones[i], heads[i])]
+
+    teacher = run(0)
+    weights = exit_loss_weights(len(teacher), exit_weights) if heads is not None else [1.0]
+    loss = F.cross_entropy(teacher[-1], yb, label_smoothing=cfg.label_smoothing)
+    total = loss if heads is None else joint_exit_loss(teacher, yb, weights, cfg.label_smoothing)
+    total.backward()
+    soft = teacher[-1].detach().softmax(-1)
+    for i in range(1, len(backbones)):
+        outs = run(i)
         if cfg.distill:
-            sub_loss = F.kl_div(out.log_softmax(-1), soft, reduction="batchmean")
+            sub_loss = outs[0].new_zeros(())
+            for w, out in zip(weights, outs):
+                if w:
+                    sub_loss = sub_loss + w * F.kl_div(out.log_softmax(-1), soft, reduction="batchmean")
         else:
-            sub_loss = F.cross_entropy(out, yb, label_smoothing=cfg.label_smoothing)
+            sub_loss = joint_exit_loss(outs, yb, weights, cfg.label_smoothing)
         sub_loss.backward()
     return loss.detach()
 
@@ -160,8 +225,9 @@ def train_supernet(supernet: Supernet, space: SearchSpace, data: DataSplits, cfg
             loss_sum = torch.zeros((), device=device)
             for xb, yb in stream.epoch():
                 opt.zero_grad(set_to_none=True)
-                loss = sandwich_step(supernet, xb, yb, sandwich_backbones(space, rng, cfg.random_subnets), cfg,
-                                     use_amp)
+                backbones = sandwich_backbones(space, rng, cfg.random_subnets)
+                heads = sandwich_heads(space, rng, cfg.random_subnets) if supernet.has_exits else None
+                loss = sandwich_step(supernet, xb, yb, backbones, cfg, use_amp, heads, trainer.exit_weights)
                 opt.step()
                 sched.step()
                 loss_sum += loss
@@ -196,14 +262,14 @@ def prepare_supernet(space: SearchSpace, data: DataSplits, cfg: SupernetConfig, 
     identity = supernet_identity(data, space, cfg, trainer, seed)
     path, key = cache_path(identity, cfg, space.config.name)
     torch.manual_seed(seed)  # initial weights follow the seed in the key, not what ran before
-    supernet = Supernet(space.config, data.num_classes, data.in_channels)
+    supernet = Supernet(space.config, data.num_classes, data.in_channels, exits=cfg.exits == "joint")
     if path.exists():
         loaded = _load_cached(supernet, path, identity)
         if loaded is not None:
             log.info("supernet loaded from cache %s (trained in %.0fs)", path, loaded.train_seconds)
             return supernet.to(device), loaded
-    log.info("training the supernet (%d epochs, sandwich of largest + smallest + %d random); cached at %s",
-             cfg.epochs, cfg.random_subnets, path)
+    log.info("training the supernet (%d epochs, sandwich of largest + smallest + %d random, %s exit heads); "
+             "cached at %s", cfg.epochs, cfg.random_subnets, cfg.exits, path)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
@@ -212,7 +278,8 @@ def prepare_supernet(space: SearchSpace, data: DataSplits, cfg: SupernetConfig, 
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     info = SupernetInfo(path=str(path), key=key, cached=False, train_seconds=round(seconds, 3), steps=steps,
-                        images_per_second=round(cfg.epochs * len(data.train) / seconds, 1), final_loss=final_loss)
+                        images_per_second=round(cfg.epochs * len(data.train) / seconds, 1), final_loss=final_loss,
+                        exits=cfg.exits)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")  # jobs of a sweep may train the same supernet at once
     torch.save({"identity": identity, "info": asdict(info),

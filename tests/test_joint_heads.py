@@ -1,0 +1,249 @@
+"""Exit heads trained in the supernet (``supernet.exits=joint``): exact inheritance of head slices, sandwich
+steps that train them, the cache key, and candidates whose early exits work without fine-tuning."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from aebnas.nn import build_model
+from aebnas.nn.elastic_heads import check_head, head_choices
+from aebnas.nn.supernet import Supernet, genome_heads, inherit_weights
+from aebnas.search import SearchSettings, run_search
+from aebnas.search.evaluator import CandidateEvaluator
+from aebnas.search.thresholds import confidence
+from aebnas.space import BranchLayer
+from aebnas.train import TrainerConfig, predict_logits
+from aebnas.train.losses import exit_loss_weights
+from aebnas.train.supernet import (SupernetConfig, prepare_supernet, sample_heads, sandwich_backbones, sandwich_heads,
+                                   sandwich_step)
+from aebnas.train.trainer import recalibrate_batchnorm
+from tests.test_supernet import _one_thread, make_space, randomise_batchnorm  # noqa: F401  (fixture re-used)
+
+CPU = torch.device("cpu")
+
+HEAD_SPACES = {
+    "searched": {},
+    # 1x1 kernels and two widths the searched choices do not have (EDANAS's fixed head)
+    "fixed_edanas": {"exit_heads": "conv16k1+avg-conv16k1"},
+    "growing_nachos": {"exit_heads": "growing"},
+    # an ir layer whose input width equals its output width takes the residual path
+    "ir_residual": {"branch": {"depths": [1, 2], "layer_types": ["ir"], "widths": [8, 16], "kernels": [3, 5],
+                               "pools": ["none", "avg"], "ir_expansion": 2}},
+}
+
+
+def _space(which: str):
+    return make_space("tiny", **HEAD_SPACES[which])
+
+
+@pytest.mark.parametrize("which", list(HEAD_SPACES))
+def test_inherited_heads_compute_what_the_supernet_heads_compute(which):
+    space = _space(which)
+    torch.manual_seed(0)
+    supernet = Supernet(space.config, 5, 1, exits=True)
+    randomise_batchnorm(supernet)
+    supernet.eval()
+    rng = np.random.default_rng(3)
+    genomes = [space.largest(with_exits=True), space.smallest()] + [space.sample(rng) for _ in range(12)]
+    x = torch.randn(3, 1, 16, 16, generator=torch.Generator().manual_seed(4))
+    n_exits_seen, residual_seen = 0, False
+    for g in genomes:
+        model = inherit_weights(build_model(g, 5, 1), supernet).eval()
+        with torch.no_grad():
+            expected = supernet.forward_exits(x, g.stages, genome_heads(g))
+            got = model(x)
+        assert len(got) == len(expected) == len(g.active_exits) + 1
+        for k, (a, b) in enumerate(zip(got, expected)):
+            assert b.abs().max() > 1e-3
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=lambda m: f"{g.key} exit {k}: {m}")
+        n_exits_seen += len(g.active_exits)
+        residual_seen |= any(l.type == "ir" and l.width == w for e in g.active_exits
+                             for l, w in zip(e.layers, [space.config.stages[e.stage - 1].width]
+                                             + [l.width for l in e.layers]))
+    assert n_exits_seen >= 10
+    if which == "ir_residual":
+        assert residual_seen
+
+
+def test_head_slices_are_first_channels_and_kernel_centre():
+    space = make_space("tiny")  # branch widths 8/16, kernels 3/5
+    torch.manual_seed(0)
+    supernet = Supernet(space.config, 5, 1, exits=True)
+    g = space.parse("k3e2/k3e2/k3e2/k3e2/k3e2|off|t0.8:conv8k3+max-dwsep16k5|off|off")
+    model = inherit_weights(build_model(g, 5, 1), supernet)
+    head, src = model.heads[0], supernet.exit_heads["2"]
+    conv = head[0][0].weight                      # conv8k3 on the 16 channels of stage 2
+    assert conv.shape == (8, 16, 3, 3)
+    assert torch.equal(conv, src.slots[0].conv[0].weight[:8, :, 1:4, 1:4])
+    dw, pw = head[2][0].weight, head[3][0].weight  # after the max pooling: dwsep16k5 on the 8 channels
+    assert torch.equal(dw, src.slots[1].dwsep[0][0].weight[:8])
+    assert torch.equal(pw, src.slots[1].dwsep[1][0].weight[:16, :8])
+    fc = head[4].fc
+    assert torch.equal(fc.weight, src.classifiers["2"].weight[:, :16]) and torch.equal(fc.bias, src.classifiers["2"].bias)
+
+
+def test_heads_outside_the_trained_choices_are_refused():
+    space = make_space("tiny")
+    torch.manual_seed(0)
+    supernet = Supernet(space.config, 5, 1, exits=True)
+    wider = make_space("tiny", branch={"widths": [8, 16, 32]})
+    g = wider.parse("k3e2/k3e2/k3e2/k3e2/k3e2|t0.8:conv32k3|off|off|off")
+    with pytest.raises(ValueError, match="exit choices differ"):
+        inherit_weights(build_model(g, 5, 1), supernet)
+    with pytest.raises(ValueError, match="exit after stage 1"):
+        check_head(head_choices(space.config, 1), (BranchLayer("conv", 32, 3),), 1)
+    # without joint heads the same candidate inherits its backbone and keeps fresh heads
+    plain = Supernet(space.config, 5, 1)
+    inherit_weights(build_model(g, 5, 1), plain)
+    with pytest.raises(ValueError, match="no exit heads"):
+        plain.forward_exits(torch.zeros(1, 1, 8, 8), g.stages, genome_heads(g))
+
+
+def test_sampled_heads_cover_every_exit_and_their_extremes():
+    space = make_space("tiny")
+    rng = np.random.default_rng(0)
+    big, small = sample_heads(space, rng, "largest"), sample_heads(space, rng, "smallest")
+    assert sorted(big) == sorted(small) == list(space.config.exit_stages)
+    for layers in big.values():
+        assert len(layers) == 2 and all(l.width == 16 and l.kernel == 5 and l.pool == "none" for l in layers)
+    for layers in small.values():
+        assert len(layers) == 1 and layers[0].width == 8 and layers[0].kernel == 3
+    types = {l.type for _ in range(20) for heads in sandwich_heads(space, rng, 1) for ls in heads.values() for l in ls}
+    assert types == {"conv", "dwsep", "ir"}  # types have no order: the extremes draw them too
+    fixed = make_space("tiny", exit_heads="conv16k1+avg-conv16k1")
+    for size in ("largest", "smallest", "random"):
+        assert all(ls == tuple(replace(l) for l in (BranchLayer("conv", 16, 1), BranchLayer("conv", 16, 1, "avg")))
+                   for ls in sample_heads(fixed, rng, size).values())
+
+
+def _grads(supernet, x, y, backbones, heads, cfg, weights="uniform"):
+    supernet.zero_grad(set_to_none=True)
+    loss = sandwich_step(supernet, x, y, backbones, cfg, use_amp=False, heads=heads, exit_weights=weights)
+    return loss, {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
+                  for n, p in supernet.named_parameters()}
+
+
+def test_joint_sandwich_step_is_the_weighted_exit_loss_by_hand():
+    space = make_space("tiny")
+    torch.manual_seed(0)
+    supernet = Supernet(space.config, 3, 1, exits=True).train()
+    gen = torch.Generator().manual_seed(5)
+    x, y = torch.randn(8, 1, 16, 16, generator=gen), torch.randint(0, 3, (8,), generator=gen)
+    rng = np.random.default_rng(1)
+    backbones = sandwich_backbones(space, rng, 1)
+    heads = sandwich_heads(space, rng, 1)
+    cfg = SupernetConfig(random_subnets=1, distill=True, label_smoothing=0.1)
+    loss, got = _grads(supernet, x, y, backbones, heads, cfg, "linear")
+    # by hand: the largest subnet's weighted CE over its 4 exits and final classifier, then each other subnet's
+    # weighted KL of every output to the largest subnet's final soft predictions
+    supernet.zero_grad(set_to_none=True)
+    w = exit_loss_weights(5, "linear")
+    assert w == [0.2, 0.4, 0.6, 0.8, 1.0]
+    teacher = supernet.forward_exits(x, backbones[0], heads[0])
+    total = sum(wk * F.cross_entropy(o, y, label_smoothing=0.1) for wk, o in zip(w, teacher))
+    soft = teacher[-1].detach().softmax(-1)
+    for b, h in zip(backbones[1:], heads[1:]):
+        outs = supernet.forward_exits(x, b, h)
+        total = total + sum(wk * (soft * (soft.log() - o.log_softmax(-1))).sum(-1).mean() for wk, o in zip(w, outs))
+    total.backward()
+    assert loss.item() == pytest.approx(F.cross_entropy(teacher[-1], y, label_smoothing=0.1).item(), rel=1e-5)
+    for n, p in supernet.named_parameters():
+        torch.testing.assert_close(got[n], p.grad if p.grad is not None else torch.zeros_like(p), rtol=1e-4,
+                                   atol=1e-6, msg=lambda m: f"{n}: {m}")
+    # every exit position's head got a gradient, and the largest heads' outer kernel ring did (only they use it)
+    for s in space.config.exit_stages:
+        head = f"exit_heads.{s}."
+        assert any(got[n].abs().sum() > 0 for n in got if n.startswith(head + "slots.1."))
+        assert got[head + "classifiers.2.weight"].abs().sum() > 0
+        assert got[head + "classifiers.1.weight"].abs().sum() > 0  # the smallest subnet's one-layer heads
+
+
+def test_fresh_mode_step_is_unchanged_by_the_heads_argument():
+    space = make_space("tiny")
+    torch.manual_seed(0)
+    supernet = Supernet(space.config, 3, 1).train()
+    gen = torch.Generator().manual_seed(5)
+    x, y = torch.randn(8, 1, 16, 16, generator=gen), torch.randint(0, 3, (8,), generator=gen)
+    backbones = sandwich_backbones(space, np.random.default_rng(1), 1)
+    cfg = SupernetConfig(random_subnets=1)
+    _, a = _grads(supernet, x, y, backbones, None, cfg)
+    _, b = _grads(supernet, x, y, backbones, None, cfg, [0.3, 0.5])  # exit weights only matter with heads
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert not any(n.startswith("exit_heads") for n in a)
+
+
+def test_joint_supernet_has_its_own_cache_key_and_fresh_keys_stay(small_synthetic, tmp_path):
+    data, space = small_synthetic, make_space("tiny")
+    trainer = TrainerConfig(device="cpu", crop_padding=1)
+    cfg = SupernetConfig(epochs=1, batch_size=48, random_subnets=0, cache_dir=str(tmp_path))
+
+    def key(cfg=cfg, space=space, trainer=trainer):
+        return prepare_supernet(space, data, cfg, trainer, CPU, progress=False)[1]
+
+    fresh = key()
+    joint = key(replace(cfg, exits="joint"))
+    assert fresh.exits == "fresh" and joint.exits == "joint" and joint.key != fresh.key
+    stored = torch.load(joint.path, weights_only=False)
+    assert "exit_space" in stored["identity"] and "exits" not in torch.load(fresh.path, weights_only=False)[
+        "identity"]["supernet"]  # a fresh supernet's key is what it was before the option existed
+    assert any(k.startswith("exit_heads.") for k in stored["state_dict"])
+    again = key(replace(cfg, exits="joint"))
+    assert again.cached and again.key == joint.key and again.exits == "joint"
+    # exit choices and the candidates' exit weights shape joint heads, so they change its key, not fresh's
+    narrow = make_space("tiny", branch={"widths": [8]})
+    assert key(space=narrow).key == fresh.key
+    assert key(replace(cfg, exits="joint"), space=narrow).key not in (joint.key, fresh.key)
+    linear = replace(trainer, exit_weights="linear")
+    assert key(trainer=linear).key == fresh.key
+    assert key(replace(cfg, exits="joint"), trainer=linear).key != joint.key
+
+
+def test_bad_exits_mode_names_the_field():
+    with pytest.raises(ValueError, match=r"supernet\.exits: expected fresh or joint"):
+        SupernetConfig.from_dict({"exits": "shared"})
+
+
+def test_untuned_candidate_exits_score_the_inherited_supernet_heads(small_synthetic):
+    """With joint heads and no fine-tuning, a candidate's early exit is the recalibrated supernet head."""
+    data = small_synthetic
+    space = make_space("tiny")
+    torch.manual_seed(0)
+    supernet = Supernet(space.config, data.num_classes, data.in_channels, exits=True)
+    randomise_batchnorm(supernet)
+    trainer = TrainerConfig(epochs=0, init="supernet", device="cpu", bn_calibration_images=64, eval_batch_size=256)
+    ev = CandidateEvaluator(data, trainer, SearchSettings(exit_metric="max_softmax"), CPU, supernet=supernet)
+    g = space.parse("k3e2-k5e3/k5e2/k3e4/k3e2-k3e2/k5e3|t0.8:avg-ir16k5|off|t0.6:conv8k3+dwsep16k3|off")
+    ev.evaluate(g)
+    net = ev._networks[g.network_key]
+    reference = inherit_weights(build_model(g, data.num_classes, data.in_channels), supernet)
+    recalibrate_batchnorm(reference, data, CPU, 64)
+    logits = predict_logits(reference, data.val, data.mean, data.std, CPU)
+    for k in range(3):
+        np.testing.assert_allclose(net.confidences[k], confidence(logits[k], "max_softmax"), rtol=1e-5, atol=1e-6)
+    # the untuned early exit is the supernet's head, not a fresh one: a fresh supernet head differs
+    fresh = build_model(g, data.num_classes, data.in_channels)
+    inherit_weights(fresh, Supernet(space.config, data.num_classes, data.in_channels))
+    recalibrate_batchnorm(fresh, data, CPU, 64)
+    assert np.abs(confidence(predict_logits(fresh, data.val, data.mean, data.std, CPU)[0], "max_softmax")
+                  - net.confidences[0]).max() > 1e-3
+
+
+def test_search_with_joint_heads_records_them(small_synthetic, tmp_path):
+    space = make_space("tiny")
+    trainer = TrainerConfig(epochs=0, batch_size=48, device="cpu", crop_padding=1, init="supernet",
+                            bn_calibration_images=64, eval_batch_size=256)
+    settings = SearchSettings(pop_size=2, generations=1, exit_metric="max_softmax")
+    sn_cfg = SupernetConfig(epochs=2, batch_size=48, random_subnets=1, exits="joint", cache_dir=str(tmp_path / "c"))
+    result = run_search(space, small_synthetic, trainer, settings, CPU, tmp_path / "run", seed=0, progress=False,
+                        supernet=sn_cfg)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["supernet"]["exit_heads"] == "joint" and summary["failed"] == 0
+    assert Path(summary["supernet"]["path"]).is_file()
+    assert all(e.status == "ok" for e in result.evaluations)
