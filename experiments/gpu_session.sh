@@ -20,7 +20,8 @@
 #   running job's, or RESTART=1, sets the old job aside and starts anew. Job state: /tmp/aebnas-gpu-jobs.
 #   search: experiment=fashion_mnist_gpu (40 x 9 = 360 candidates of the supernet path), the whole
 #   search timed by the clock, supernet training included (#3's <= 30 min target).
-#   ranking: bench_ranking.py, 20 genomes, supernet path vs 15 epochs from scratch (#3's Kendall tau).
+#   ranking: bench_ranking.py, 20 genomes, supernet path vs 15 epochs from scratch (#3's Kendall tau),
+#   with fresh exit heads, then with joint ones (supernet.exits=joint) against the same from-scratch half.
 #   methods: #7's comparison, experiment=methods_fashion_mnist_gpu (6 methods x 3 seeds, from scratch),
 #   then aebnas-report on the sweep; the report's tables and figure come back.
 #
@@ -187,12 +188,17 @@ search() {
   wait_job search "$run/summary.json" "$run/generations.csv" "$run/pareto.csv"
 }
 
+# Fresh exit heads against training from scratch, then joint heads (supernet.exits=joint) against the same
+# from-scratch half: which ranks better is #3's question about exits.
 ranking() {
-  start_job ranking python3 experiments/bench_ranking.py --out "$JOBS/ranking/ranking.json" \
+  local r=$JOBS/ranking
+  start_job ranking bash -c 'python3 experiments/bench_ranking.py --out "$0/ranking.json" "$@" &&
+    python3 experiments/bench_ranking.py --out "$0/ranking_joint.json" --scratch-json "$0/ranking.json" "$@" \
+      supernet.exits=joint' "$r" \
     --genomes "${RANKING_GENOMES:-20}" --scratch-epochs "${SCRATCH_EPOCHS:-15}" --workers "$WORKERS" \
     --cache-dir "$JOBS/supernet_cache" $GPU_EXPERIMENT $(job_overrides) supernet.epochs="$SUPERNET_EPOCHS" \
     supernet.cache_dir="$JOBS/supernet_cache"
-  wait_job ranking "$JOBS/ranking/ranking.json"
+  wait_job ranking "$r/ranking.json" "$r/ranking_joint.json"
 }
 
 # The sweep and its report in one job; the report's files come back once it has run.
