@@ -31,6 +31,7 @@ from bench_common import DEFAULT_OVERRIDES, evaluate_genomes, load_setup, machin
 
 from aebnas.cli.common import user_errors
 from aebnas.train.supernet import prepare_supernet
+from aebnas.validation import ConfigError
 
 SCORES = ("static_val_accuracy", "val_accuracy")
 
@@ -67,18 +68,27 @@ def scratch_in_workers(args, overrides: list[str], n_genomes: int, out: Path) ->
     return list(rows.values())
 
 
-def reuse_scratch(path: Path, genomes, scratch_epochs: int) -> list[dict]:
-    """The from-scratch half of an earlier run, refused unless it scored these very genomes as long."""
+def reuse_scratch(path: Path, genomes, scratch_epochs: int, scratch_seed: int) -> list[dict]:
+    """The from-scratch half of an earlier run, refused unless it trained these very genomes as long, as seeded."""
     earlier = json.loads(path.read_text())
     if earlier.get("scratch_epochs") != scratch_epochs:
-        raise ValueError(f"--scratch-json: {path} trained {earlier.get('scratch_epochs')} epochs from scratch, this "
+        raise ConfigError(f"--scratch-json: {path} trained {earlier.get('scratch_epochs')} epochs from scratch, this "
                          f"run asks for {scratch_epochs} (--scratch-epochs)")
+    if earlier.get("scratch_seed") != scratch_seed:
+        raise ConfigError(f"--scratch-json: {path} trained from scratch with seed {earlier.get('scratch_seed')}, this "
+                         f"run asks for {scratch_seed} (--scratch-seed, else the config's seed)")
     rows = {r["genome"]: r for r in earlier.get("scratch", [])}
     missing = [g.network_key for g in genomes if g.network_key not in rows]
     if missing:
-        raise ValueError(f"--scratch-json: {path} lacks {len(missing)} of these {len(genomes)} genomes (other "
+        raise ConfigError(f"--scratch-json: {path} lacks {len(missing)} of these {len(genomes)} genomes (other "
                          "--genomes, data or seed?)")
     return [rows[g.network_key] for g in genomes]
+
+
+def fast_exits(earlier: dict) -> str:
+    """Which exit heads an earlier fast half used: bench_ranking's record, bench_search_speed's supernet
+    record, else fresh (the only kind before supernet.exits existed)."""
+    return earlier.get("supernet_exits") or earlier.get("supernet", {}).get("exits", "fresh")
 
 
 def compare(fast: list[dict], scratch: list[dict]) -> dict:
@@ -123,11 +133,14 @@ def main() -> None:
     result: dict = {"machine": machine(), "overrides": setup.overrides, "genomes": args.genomes,
                     "finetune_epochs": setup.trainer.epochs, "scratch_epochs": args.scratch_epochs,
                     "workers": args.workers, "train_images": len(setup.data.train),
-                    "scratch_seed": setup.seed if args.scratch_seed is None else args.scratch_seed}
-    start = time.perf_counter()
+                    "scratch_seed": setup.seed if args.scratch_seed is None else args.scratch_seed,
+                    "supernet_exits": setup.supernet.exits}
     fast = None
     if args.speed_json:
         earlier = json.loads(Path(args.speed_json).read_text())  # bench_search_speed's, or an earlier ranking's
+        if fast_exits(earlier) != setup.supernet.exits:
+            raise ConfigError(f"--speed-json: {args.speed_json} scored {fast_exits(earlier)} exit heads, this run "
+                             f"asks for supernet.exits={setup.supernet.exits}")
         rows = {r["genome"]: r for r in earlier.get("candidates", earlier.get("fast", []))}
         if all(g.network_key in rows for g in genomes):
             fast = [rows[g.network_key] for g in genomes]
@@ -139,14 +152,14 @@ def main() -> None:
         fast = score(setup, genomes, supernet)
     result["fast"] = fast
     write_json(out, result)
+    start = time.perf_counter()
     if args.scratch_json:
-        scratch = reuse_scratch(Path(args.scratch_json), genomes, args.scratch_epochs)
+        scratch = reuse_scratch(Path(args.scratch_json), genomes, args.scratch_epochs, result["scratch_seed"])
         result["scratch_from"] = args.scratch_json
     else:
         scratch = (scratch_in_workers(args, overrides, args.genomes, out) if args.workers > 1
                    else score(setup, genomes, epochs=args.scratch_epochs, seed=args.scratch_seed))
-    result["scratch"] = scratch
-    result["scratch_seconds"] = time.perf_counter() - start
+        result["scratch_seconds"] = time.perf_counter() - start  # the from-scratch half alone
     result["comparison"] = compare(fast, scratch)
     write_json(out, result)
     print(json.dumps(result["comparison"], indent=2))

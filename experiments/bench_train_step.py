@@ -47,7 +47,7 @@ from aebnas.nn import build_model
 from aebnas.nn.depthwise import DepthwiseConv2d, native_depthwise, native_vs_cudnn
 from aebnas.nn.supernet import Supernet
 from aebnas.train.losses import joint_exit_loss
-from aebnas.train.supernet import sandwich_backbones, sandwich_step
+from aebnas.train.supernet import sandwich_backbones, sandwich_heads, sandwich_step
 
 
 def timed(fn, device: torch.device) -> float:
@@ -115,24 +115,28 @@ def time_variant(setup, variant: tuple, genome, x: torch.Tensor, y: torch.Tensor
 
 
 def time_supernet_steps(setup, x: torch.Tensor, y: torch.Tensor, steps: int, rng: np.random.Generator) -> list[dict]:
-    """Supernet sandwich steps per layout (autotuning off: their shapes change every step)."""
+    """Supernet sandwich steps per layout (autotuning off: their shapes change every step); with exit heads
+    when the config says ``supernet.exits=joint``."""
     dev, data = setup.device, setup.data
     torch.backends.cudnn.benchmark = False
     rows = []
     for amp, cl in itertools.product((True, False), (True, False)):
         xb = x.contiguous(memory_format=torch.channels_last) if cl else x
-        sn = Supernet(setup.space.config, data.num_classes, data.in_channels).to(dev)
+        joint = setup.supernet.exits == "joint"
+        sn = Supernet(setup.space.config, data.num_classes, data.in_channels, exits=joint).to(dev)
         if cl:
             sn.to(memory_format=torch.channels_last)
         sopt = torch.optim.SGD(sn.parameters(), lr=0.01, momentum=0.9)
 
         def sstep():
             sopt.zero_grad(set_to_none=True)
-            sandwich_step(sn, xb, y, sandwich_backbones(setup.space, rng, setup.supernet.random_subnets),
-                          setup.supernet, amp)
+            n = setup.supernet.random_subnets
+            heads = sandwich_heads(setup.space, rng, n) if joint else None
+            sandwich_step(sn, xb, y, sandwich_backbones(setup.space, rng, n), setup.supernet, amp, heads,
+                          setup.trainer.exit_weights)
             sopt.step()
         per_step = [timed(sstep, dev) for _ in range(steps)]
-        rows.append({"what": "supernet sandwich step", "amp": amp, "channels_last": cl, "cudnn_benchmark": False,
+        rows.append({"what": "supernet sandwich step", "exit_heads": setup.supernet.exits, "amp": amp, "channels_last": cl, "cudnn_benchmark": False,
                      "step_ms_first": per_step[0], "step_ms_median": float(np.median(per_step))})
         print(rows[-1], flush=True)
     return rows

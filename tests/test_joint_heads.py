@@ -22,7 +22,7 @@ from aebnas.space import BranchLayer
 from aebnas.train import TrainerConfig, predict_logits
 from aebnas.train.losses import exit_loss_weights
 from aebnas.train.supernet import (SupernetConfig, prepare_supernet, sample_heads, sandwich_backbones, sandwich_heads,
-                                   sandwich_step)
+                                   sandwich_step, supernet_identity)
 from aebnas.train.trainer import recalibrate_batchnorm
 from tests.test_supernet import _one_thread, make_space, randomise_batchnorm  # noqa: F401  (fixture re-used)
 
@@ -36,6 +36,9 @@ HEAD_SPACES = {
     # an ir layer whose input width equals its output width takes the residual path
     "ir_residual": {"branch": {"depths": [1, 2], "layer_types": ["ir"], "widths": [8, 16], "kernels": [3, 5],
                                "pools": ["none", "avg"], "ir_expansion": 2}},
+    # an ir layer without expand conv, next to dwsep, with 1x1 and 7x7 kernels and three depths
+    "ir_e1_deep": {"branch": {"depths": [1, 3], "layer_types": ["ir", "dwsep"], "widths": [4, 24],
+                              "kernels": [1, 3, 7], "pools": ["none", "max"], "ir_expansion": 1}},
 }
 
 
@@ -72,6 +75,27 @@ def test_inherited_heads_compute_what_the_supernet_heads_compute(which):
         assert residual_seen
 
 
+def test_inherited_heads_agree_in_training_mode_and_update_the_same_statistics():
+    """Batch statistics in the forward, and the supernet's sliced running statistics updated in place exactly
+    like the extracted candidate's (re-inheriting after the step gives the candidate's statistics)."""
+    space = _space("searched")
+    torch.manual_seed(0)
+    supernet = Supernet(space.config, 5, 1, exits=True)
+    randomise_batchnorm(supernet)
+    g = space.parse("k3e2-k5e3/k5e2/k3e3-k3e2/k5e2/k3e4-k5e2|t0.8:avg-ir8k5+dwsep16k3|off|t0.6:conv8k3|off")
+    model = inherit_weights(build_model(g, 5, 1), supernet).train()
+    supernet.train()
+    x = torch.randn(6, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+    expected = supernet.forward_exits(x, g.stages, genome_heads(g))
+    got = model(x)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    again = inherit_weights(build_model(g, 5, 1), supernet)
+    for (name, a), b in zip(model.heads.state_dict().items(), again.heads.state_dict().values()):
+        if "running" in name:
+            assert not torch.equal(a, torch.zeros_like(a)) and torch.allclose(a, b, rtol=1e-5, atol=1e-6), name
+
+
 def test_head_slices_are_first_channels_and_kernel_centre():
     space = make_space("tiny")  # branch widths 8/16, kernels 3/5
     torch.manual_seed(0)
@@ -86,7 +110,8 @@ def test_head_slices_are_first_channels_and_kernel_centre():
     assert torch.equal(dw, src.slots[1].dwsep[0][0].weight[:8])
     assert torch.equal(pw, src.slots[1].dwsep[1][0].weight[:16, :8])
     fc = head[4].fc
-    assert torch.equal(fc.weight, src.classifiers["2"].weight[:, :16]) and torch.equal(fc.bias, src.classifiers["2"].bias)
+    assert torch.equal(fc.weight, src.classifiers["2"].weight[:, :16])
+    assert torch.equal(fc.bias, src.classifiers["2"].bias)
 
 
 def test_heads_outside_the_trained_choices_are_refused():
@@ -165,18 +190,36 @@ def test_joint_sandwich_step_is_the_weighted_exit_loss_by_hand():
         assert got[head + "classifiers.1.weight"].abs().sum() > 0  # the smallest subnet's one-layer heads
 
 
-def test_fresh_mode_step_is_unchanged_by_the_heads_argument():
+def test_fresh_supernet_identity_is_what_it_was_before_joint_heads(small_synthetic):
+    """Caches trained before supernet.exits existed must keep their keys: a fresh identity holds exactly the
+    fields it held then, and none of the joint ones."""
     space = make_space("tiny")
+    identity = supernet_identity(small_synthetic, space, SupernetConfig(), TrainerConfig(exit_weights="linear"), 0)
+    assert set(identity) == {"format", "data", "space", "supernet", "trainer", "seed"}
+    assert set(identity["supernet"]) == {"epochs", "batch_size", "lr", "weight_decay", "label_smoothing",
+                                         "random_subnets", "distill"}
+    assert set(identity["trainer"]) == {"optimizer", "momentum", "nesterov", "crop_padding", "amp"}
+    joint = supernet_identity(small_synthetic, space, SupernetConfig(exits="joint"),
+                              TrainerConfig(exit_weights=[0.5, 1]), 0)
+    assert joint["supernet"]["exits"] == "joint" and joint["trainer"]["exit_weights"] == [0.5, 1.0]
+    assert joint["exit_space"]["stage_widths"] == [8, 16, 16, 24, 32]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: bf16 autocast and channels_last on a GPU")
+def test_joint_sandwich_step_on_cuda_with_bf16_and_channels_last():
+    space = make_space("tiny")
+    dev = torch.device("cuda")
     torch.manual_seed(0)
-    supernet = Supernet(space.config, 3, 1).train()
+    supernet = Supernet(space.config, 3, 1, exits=True).to(dev).to(memory_format=torch.channels_last).train()
     gen = torch.Generator().manual_seed(5)
-    x, y = torch.randn(8, 1, 16, 16, generator=gen), torch.randint(0, 3, (8,), generator=gen)
-    backbones = sandwich_backbones(space, np.random.default_rng(1), 1)
-    cfg = SupernetConfig(random_subnets=1)
-    _, a = _grads(supernet, x, y, backbones, None, cfg)
-    _, b = _grads(supernet, x, y, backbones, None, cfg, [0.3, 0.5])  # exit weights only matter with heads
-    assert all(torch.equal(a[n], b[n]) for n in a)
-    assert not any(n.startswith("exit_heads") for n in a)
+    x = torch.randn(16, 1, 16, 16, generator=gen).to(dev).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 3, (16,), generator=gen).to(dev)
+    rng = np.random.default_rng(0)
+    loss = sandwich_step(supernet, x, y, sandwich_backbones(space, rng, 2), SupernetConfig(), True,
+                         sandwich_heads(space, rng, 2))
+    assert torch.isfinite(loss)
+    grads = [p.grad for n, p in supernet.named_parameters() if n.startswith("exit_heads.") and p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
 
 
 def test_joint_supernet_has_its_own_cache_key_and_fresh_keys_stay(small_synthetic, tmp_path):

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aebnas.nn.blocks import ConvBNAct, MBConv
-from aebnas.nn.slicing import copy_batch_norm, copy_conv_bn, sliced_conv_bn_act
+from aebnas.nn.slicing import copy_conv_bn, sliced_conv_bn_act
 from aebnas.space import BranchLayer, SpaceConfig
 from aebnas.space.genome import parse_layers
 

@@ -310,7 +310,8 @@ def _start_pool(evaluator: CandidateEvaluator, trainer: TrainerConfig, device: t
 def _supernet_summary(info: SupernetInfo) -> dict[str, Any]:
     """summary.json's record of the supernet: where it is cached and what training it cost (0 s when loaded)."""
     return {"path": info.path, "key": info.key, "loaded_from_cache": info.cached,
-            "train_seconds": 0.0 if info.cached else info.train_seconds, "trained_in_seconds": info.train_seconds, "exit_heads": info.exits}
+            "train_seconds": 0.0 if info.cached else info.train_seconds, "trained_in_seconds": info.train_seconds,
+            "exit_heads": info.exits}
 
 
 def _cost_text(column: str, value: float) -> str:

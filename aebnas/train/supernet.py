@@ -120,12 +120,13 @@ def supernet_identity(data: DataSplits, space: SearchSpace, cfg: SupernetConfig,
     # "exits" enters the key only when joint, so supernets cached before the option existed stay valid
     settings = {k: v for k, v in asdict(cfg).items() if k != "cache_dir" and not (k == "exits" and v == "fresh")}
     used = {k: getattr(trainer, k) for k in ("optimizer", "momentum", "nesterov", "crop_padding", "amp")}
+    if cfg.exits == "joint":  # the heads train with the candidates' exit weights
+        weights = trainer.exit_weights
+        used["exit_weights"] = weights if isinstance(weights, str) else [float(w) for w in weights]
     identity = {"format": CACHE_FORMAT, "data": data_fingerprint(data), "space": backbone_identity(space.config),
                 "supernet": settings, "trainer": used, "seed": seed}
     if cfg.exits == "joint":
         identity["exit_space"] = exit_identity(space.config)
-        used["exit_weights"] = list(trainer.exit_weights) if not isinstance(trainer.exit_weights, str) \
-            else trainer.exit_weights
     return identity
 
 
@@ -158,7 +159,10 @@ def sample_heads(space: SearchSpace, rng: np.random.Generator, size: str) -> Hea
         for slot in choices.slots[:depth]:
             kind = slot.types[int(rng.integers(len(slot.types)))]
             # pooling has no weights; the largest head sees the full feature map, the others a drawn pooling
-            pool = "none" if size == "largest" and "none" in slot.pools else slot.pools[int(rng.integers(len(slot.pools)))]
+            if size == "largest" and "none" in slot.pools:
+                pool = "none"
+            else:
+                pool = slot.pools[int(rng.integers(len(slot.pools)))]
             layers.append(BranchLayer(kind, pick(slot.widths, extreme), pick(slot.kernels, extreme), pool))
         heads[stage] = tuple(layers)
     return heads
