@@ -74,7 +74,10 @@ def reuse_scratch(path: Path, genomes, scratch_epochs: int, scratch_seed: int) -
     if earlier.get("scratch_epochs") != scratch_epochs:
         raise ConfigError(f"--scratch-json: {path} trained {earlier.get('scratch_epochs')} epochs from scratch, this "
                          f"run asks for {scratch_epochs} (--scratch-epochs)")
-    if earlier.get("scratch_seed") != scratch_seed:
+    if "scratch_seed" not in earlier:
+        raise ConfigError(f"--scratch-json: {path} does not record the seed it trained from scratch with (written "
+                         f"before bench_ranking.py recorded it); add \"scratch_seed\": N to it if you know N")
+    if earlier["scratch_seed"] != scratch_seed:
         raise ConfigError(f"--scratch-json: {path} trained from scratch with seed {earlier.get('scratch_seed')}, this "
                          f"run asks for {scratch_seed} (--scratch-seed, else the config's seed)")
     rows = {r["genome"]: r for r in earlier.get("scratch", [])}
@@ -135,6 +138,10 @@ def main() -> None:
                     "workers": args.workers, "train_images": len(setup.data.train),
                     "scratch_seed": setup.seed if args.scratch_seed is None else args.scratch_seed,
                     "supernet_exits": setup.supernet.exits}
+    scratch = None
+    if args.scratch_json:  # refused now, not after the supernet has trained
+        scratch = reuse_scratch(Path(args.scratch_json), genomes, args.scratch_epochs, result["scratch_seed"])
+        result["scratch_from"] = args.scratch_json
     fast = None
     if args.speed_json:
         earlier = json.loads(Path(args.speed_json).read_text())  # bench_search_speed's, or an earlier ranking's
@@ -153,10 +160,7 @@ def main() -> None:
     result["fast"] = fast
     write_json(out, result)
     start = time.perf_counter()
-    if args.scratch_json:
-        scratch = reuse_scratch(Path(args.scratch_json), genomes, args.scratch_epochs, result["scratch_seed"])
-        result["scratch_from"] = args.scratch_json
-    else:
+    if scratch is None:
         scratch = (scratch_in_workers(args, overrides, args.genomes, out) if args.workers > 1
                    else score(setup, genomes, epochs=args.scratch_epochs, seed=args.scratch_seed))
         result["scratch_seconds"] = time.perf_counter() - start  # the from-scratch half alone

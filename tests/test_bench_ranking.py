@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -40,6 +41,31 @@ def test_scratch_rows_come_back_in_this_runs_genome_order(earlier):
 def test_another_experiments_scratch_half_is_refused(earlier, genomes, epochs, seed, says):
     with pytest.raises(ConfigError, match=says):
         bench_ranking.reuse_scratch(earlier, [_Genome(k) for k in genomes], epochs, seed)
+
+
+def test_a_scratch_half_that_does_not_record_its_seed_is_refused_with_the_fix(tmp_path):
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"scratch_epochs": 15, "scratch": [{"genome": "a", "val_accuracy": 0.7}]}))
+    with pytest.raises(ConfigError, match='does not record the seed.*add "scratch_seed": N'):
+        bench_ranking.reuse_scratch(path, [_Genome("a")], 15, 0)
+
+
+def test_a_foreign_scratch_half_is_refused_before_the_supernet_trains(earlier, tmp_path, monkeypatch):
+    setup = SimpleNamespace(seed=1, overrides=[], space=None, data=SimpleNamespace(train=[0] * 8),
+                            trainer=SimpleNamespace(epochs=0), supernet=SimpleNamespace(exits="fresh"), device="cpu")
+
+    def train(*args, **kwargs):
+        raise AssertionError("the supernet trained before the from-scratch half was checked")
+
+    monkeypatch.setattr(bench_ranking, "load_setup", lambda overrides: setup)
+    monkeypatch.setattr(bench_ranking, "sample_genomes", lambda space, n, seed: [_Genome("a"), _Genome("b")])
+    monkeypatch.setattr(bench_ranking, "machine", lambda: {})
+    monkeypatch.setattr(bench_ranking, "prepare_supernet", train)
+    monkeypatch.setattr(sys, "argv", ["bench_ranking.py", "--out", str(tmp_path / "out.json"), "--genomes", "2",
+                                      "--scratch-json", str(earlier)])
+    with pytest.raises(ConfigError, match="with seed 0, this run asks for 1"):
+        bench_ranking.main()
+    assert not (tmp_path / "out.json").exists()
 
 
 def test_the_fast_halfs_exit_heads_are_read_from_either_benchmark():
