@@ -132,8 +132,7 @@ def time_supernet_steps(setup, x: torch.Tensor, y: torch.Tensor, steps: int, rng
             sopt.zero_grad(set_to_none=True)
             n = setup.supernet.random_subnets
             heads = sandwich_heads(setup.space, rng, n) if joint else None
-            sandwich_step(sn, xb, y, sandwich_backbones(setup.space, rng, n), setup.supernet, amp, heads,
-                          setup.trainer.exit_weights)
+            sandwich_step(sn, xb, y, sandwich_backbones(setup.space, rng, n), setup.supernet, amp, heads)
             sopt.step()
         per_step = [timed(sstep, dev) for _ in range(steps)]
         rows.append({"what": "supernet sandwich step", "exit_heads": setup.supernet.exits, "amp": amp, "channels_last": cl, "cudnn_benchmark": False,

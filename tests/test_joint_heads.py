@@ -148,9 +148,9 @@ def test_sampled_heads_cover_every_exit_and_their_extremes():
                    for ls in sample_heads(fixed, rng, size).values())
 
 
-def _grads(supernet, x, y, backbones, heads, cfg, weights="uniform"):
+def _grads(supernet, x, y, backbones, heads, cfg):
     supernet.zero_grad(set_to_none=True)
-    loss = sandwich_step(supernet, x, y, backbones, cfg, use_amp=False, heads=heads, exit_weights=weights)
+    loss = sandwich_step(supernet, x, y, backbones, cfg, use_amp=False, heads=heads)
     return loss, {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
                   for n, p in supernet.named_parameters()}
 
@@ -164,8 +164,8 @@ def test_joint_sandwich_step_is_the_weighted_exit_loss_by_hand():
     rng = np.random.default_rng(1)
     backbones = sandwich_backbones(space, rng, 1)
     heads = sandwich_heads(space, rng, 1)
-    cfg = SupernetConfig(random_subnets=1, distill=True, label_smoothing=0.1)
-    loss, got = _grads(supernet, x, y, backbones, heads, cfg, "linear")
+    cfg = SupernetConfig(random_subnets=1, distill=True, label_smoothing=0.1, exit_weights="linear")
+    loss, got = _grads(supernet, x, y, backbones, heads, cfg)
     # by hand: the largest subnet's weighted CE over its 4 exits and final classifier, then each other subnet's
     # weighted KL of every output to the largest subnet's final soft predictions
     supernet.zero_grad(set_to_none=True)
@@ -199,9 +199,10 @@ def test_fresh_supernet_identity_is_what_it_was_before_joint_heads(small_synthet
     assert set(identity["supernet"]) == {"epochs", "batch_size", "lr", "weight_decay", "label_smoothing",
                                          "random_subnets", "distill"}
     assert set(identity["trainer"]) == {"optimizer", "momentum", "nesterov", "crop_padding", "amp"}
-    joint = supernet_identity(small_synthetic, space, SupernetConfig(exits="joint"),
-                              TrainerConfig(exit_weights=[0.5, 1]), 0)
-    assert joint["supernet"]["exits"] == "joint" and joint["trainer"]["exit_weights"] == [0.5, 1.0]
+    joint = supernet_identity(small_synthetic, space, SupernetConfig(exits="joint", exit_weights=(0.5, 1)),
+                              TrainerConfig(exit_weights="linear"), 0)
+    assert joint["supernet"]["exits"] == "joint" and joint["supernet"]["exit_weights"] == [0.5, 1.0]
+    assert "exit_weights" not in joint["trainer"]  # candidates' fine-tuning weights do not shape the supernet
     assert joint["exit_space"]["stage_widths"] == [8, 16, 16, 24, 32]
 
 
@@ -239,18 +240,23 @@ def test_joint_supernet_has_its_own_cache_key_and_fresh_keys_stay(small_syntheti
     assert any(k.startswith("exit_heads.") for k in stored["state_dict"])
     again = key(replace(cfg, exits="joint"))
     assert again.cached and again.key == joint.key and again.exits == "joint"
-    # exit choices and the candidates' exit weights shape joint heads, so they change its key, not fresh's
+    # exit choices and supernet.exit_weights shape joint heads, so they change its key, not fresh's;
+    # the candidates' own exit weights (trainer.exit_weights) change neither
     narrow = make_space("tiny", branch={"widths": [8]})
     assert key(space=narrow).key == fresh.key
     assert key(replace(cfg, exits="joint"), space=narrow).key not in (joint.key, fresh.key)
-    linear = replace(trainer, exit_weights="linear")
-    assert key(trainer=linear).key == fresh.key
-    assert key(replace(cfg, exits="joint"), trainer=linear).key != joint.key
+    assert key(replace(cfg, exit_weights="linear")).key == fresh.key
+    assert key(replace(cfg, exits="joint", exit_weights="linear")).key not in (joint.key, fresh.key)
+    assert key(replace(cfg, exits="joint"), trainer=replace(trainer, exit_weights="linear")).key == joint.key
 
 
 def test_bad_exits_mode_names_the_field():
     with pytest.raises(ValueError, match=r"supernet\.exits: expected fresh or joint"):
         SupernetConfig.from_dict({"exits": "shared"})
+    with pytest.raises(ValueError, match=r"supernet\.exit_weights: unknown scheme 'deep'"):
+        SupernetConfig.from_dict({"exit_weights": "deep"})
+    with pytest.raises(ValueError, match=r"supernet\.exit_weights: a list must hold non-negative"):
+        SupernetConfig.from_dict({"exit_weights": [-0.2, 1.0]})
 
 
 def test_untuned_candidate_exits_score_the_inherited_supernet_heads(small_synthetic):

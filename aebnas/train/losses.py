@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from aebnas.validation import ConfigError
 
 
-def exit_loss_weights(n_exits: int, scheme: str | Sequence[float] = "uniform") -> list[float]:
+def exit_loss_weights(n_exits: int, scheme: str | Sequence[float] = "uniform",
+                      field: str = "trainer.exit_weights") -> list[float]:
     """Per-exit loss weights; ``linear`` favours deep exits (k / n), lists are taken as given.
 
     A list names weights for the early exits and the final one; it is matched to
@@ -22,13 +23,13 @@ def exit_loss_weights(n_exits: int, scheme: str | Sequence[float] = "uniform") -
             return [1.0] * n_exits
         if scheme == "linear":
             return [(k + 1) / n_exits for k in range(n_exits)]
-        raise ConfigError(f"trainer.exit_weights: unknown scheme '{scheme}'; use uniform, linear or a list of numbers")
+        raise ConfigError(f"{field}: unknown scheme '{scheme}'; use uniform, linear or a list of numbers")
     try:
         weights = [float(w) for w in scheme]
     except (TypeError, ValueError):
-        raise ConfigError(f"trainer.exit_weights: expected uniform, linear or a list of numbers, got {scheme!r}") from None
+        raise ConfigError(f"{field}: expected uniform, linear or a list of numbers, got {scheme!r}") from None
     if not weights or any(w < 0 for w in weights):
-        raise ConfigError("trainer.exit_weights: a list must hold non-negative numbers")
+        raise ConfigError(f"{field}: a list must hold non-negative numbers")
     if len(weights) >= n_exits:
         return weights[len(weights) - n_exits:]
     return [weights[0]] * (n_exits - len(weights)) + weights

@@ -62,6 +62,7 @@ class SupernetConfig:
     random_subnets: int = 2
     distill: bool = True
     exits: str = "fresh"             # fresh: candidates' exit heads start untrained; joint: trained here too
+    exit_weights: Any = (0.2, 1.0)   # joint only: loss weights of the early exits and the final classifier
     cache_dir: str | None = None   # None: $AEBNAS_CACHE_DIR/supernets, else ~/.cache/aebnas/supernets
 
     @classmethod
@@ -77,6 +78,7 @@ class SupernetConfig:
         check_bool(sc.distill, "supernet.distill")
         if sc.exits not in EXIT_MODES:
             raise ConfigError(f"supernet.exits: expected fresh or joint, got {sc.exits!r}")
+        exit_loss_weights(2, sc.exit_weights, "supernet.exit_weights")  # validates the scheme early
         if sc.cache_dir is not None and (not isinstance(sc.cache_dir, str) or not sc.cache_dir):
             raise ConfigError(f"supernet.cache_dir: expected a directory path or null, got {sc.cache_dir!r}")
         return sc
@@ -117,15 +119,16 @@ def data_fingerprint(data: DataSplits) -> dict[str, Any]:
 def supernet_identity(data: DataSplits, space: SearchSpace, cfg: SupernetConfig, trainer: TrainerConfig,
                       seed: int) -> dict[str, Any]:
     """Everything the trained weights depend on; the cache key is its hash."""
-    # "exits" enters the key only when joint, so supernets cached before the option existed stay valid
-    settings = {k: v for k, v in asdict(cfg).items() if k != "cache_dir" and not (k == "exits" and v == "fresh")}
+    # the exit settings enter the key only when joint, so supernets cached before they existed stay valid
+    joint = cfg.exits == "joint"
+    settings = {k: v for k, v in asdict(cfg).items() if k != "cache_dir" and (joint or k not in ("exits", "exit_weights"))}
+    if joint:
+        weights = cfg.exit_weights
+        settings["exit_weights"] = weights if isinstance(weights, str) else [float(w) for w in weights]
     used = {k: getattr(trainer, k) for k in ("optimizer", "momentum", "nesterov", "crop_padding", "amp")}
-    if cfg.exits == "joint":  # the heads train with the candidates' exit weights
-        weights = trainer.exit_weights
-        used["exit_weights"] = weights if isinstance(weights, str) else [float(w) for w in weights]
     identity = {"format": CACHE_FORMAT, "data": data_fingerprint(data), "space": backbone_identity(space.config),
                 "supernet": settings, "trainer": used, "seed": seed}
-    if cfg.exits == "joint":
+    if joint:
         identity["exit_space"] = exit_identity(space.config)
     return identity
 
@@ -175,13 +178,12 @@ def sandwich_heads(space: SearchSpace, rng: np.random.Generator, n_random: int) 
 
 
 def sandwich_step(supernet: Supernet, xb: torch.Tensor, yb: torch.Tensor, backbones: list[Backbone],
-                  cfg: SupernetConfig, use_amp: bool, heads: list[Heads] | None = None,
-                  exit_weights: str | list[float] = "uniform") -> torch.Tensor:
+                  cfg: SupernetConfig, use_amp: bool, heads: list[Heads] | None = None) -> torch.Tensor:
     """Accumulate the gradients of one sandwich step (no optimizer step); returns the largest subnet's loss.
 
-    With ``heads`` (one mapping per backbone) the exit heads train too, weighted as
-    a candidate's exits are (``trainer.exit_weights``); the returned loss is still
-    the final classifier's, so it reads the same with and without joint heads.
+    With ``heads`` (one mapping per backbone) the exit heads train too, weighted by
+    ``cfg.exit_weights``; the returned loss is still the
+    final classifier's, so it reads the same with and without joint heads.
     """
     device_type = xb.device.type
 
@@ -192,7 +194,7 @@ def sandwich_step(supernet: Supernet, xb: torch.Tensor, yb: torch.Tensor, backbo
             return [o.float() for o in supernet.forward_exits(xb, backbones[i], heads[i])]
 
     teacher = run(0)
-    weights = exit_loss_weights(len(teacher), exit_weights) if heads is not None else [1.0]
+    weights = exit_loss_weights(len(teacher), cfg.exit_weights, "supernet.exit_weights") if heads is not None else [1.0]
     loss = F.cross_entropy(teacher[-1], yb, label_smoothing=cfg.label_smoothing)
     total = loss if heads is None else joint_exit_loss(teacher, yb, weights, cfg.label_smoothing)
     total.backward()
@@ -231,7 +233,7 @@ def train_supernet(supernet: Supernet, space: SearchSpace, data: DataSplits, cfg
                 opt.zero_grad(set_to_none=True)
                 backbones = sandwich_backbones(space, rng, cfg.random_subnets)
                 heads = sandwich_heads(space, rng, cfg.random_subnets) if supernet.has_exits else None
-                loss = sandwich_step(supernet, xb, yb, backbones, cfg, use_amp, heads, trainer.exit_weights)
+                loss = sandwich_step(supernet, xb, yb, backbones, cfg, use_amp, heads)
                 opt.step()
                 sched.step()
                 loss_sum += loss
