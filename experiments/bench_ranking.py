@@ -78,7 +78,7 @@ def reuse_scratch(path: Path, genomes, scratch_epochs: int, scratch_seed: int) -
         raise ConfigError(f"--scratch-json: {path} does not record the seed it trained from scratch with (written "
                          f"before bench_ranking.py recorded it); add \"scratch_seed\": N to it if you know N")
     if earlier["scratch_seed"] != scratch_seed:
-        raise ConfigError(f"--scratch-json: {path} trained from scratch with seed {earlier.get('scratch_seed')}, this "
+        raise ConfigError(f"--scratch-json: {path} trained from scratch with seed {earlier['scratch_seed']}, this "
                          f"run asks for {scratch_seed} (--scratch-seed, else the config's seed)")
     rows = {r["genome"]: r for r in earlier.get("scratch", [])}
     missing = [g.network_key for g in genomes if g.network_key not in rows]

@@ -121,8 +121,8 @@ def supernet_identity(data: DataSplits, space: SearchSpace, cfg: SupernetConfig,
     """Everything the trained weights depend on; the cache key is its hash."""
     # the exit settings enter the key only when joint, so supernets cached before they existed stay valid
     joint = cfg.exits == "joint"
-    settings = {k: v for k, v in asdict(cfg).items() if k != "cache_dir" and (joint or k not in ("exits", "exit_weights"))}
-    if joint:
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("cache_dir", "exit_weights") and (joint or k != "exits")}
+    if joint:  # stored as its JSON form, so a tuple default and a YAML list of the same weights share a key
         weights = cfg.exit_weights
         settings["exit_weights"] = weights if isinstance(weights, str) else [float(w) for w in weights]
     used = {k: getattr(trainer, k) for k in ("optimizer", "momentum", "nesterov", "crop_padding", "amp")}
