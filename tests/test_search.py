@@ -212,3 +212,73 @@ def test_out_of_memory_fails_the_candidate_and_empties_the_cache(tiny_space, syn
     result = ev.evaluate(tiny_space.smallest())
     assert result.status == "failed" and result.error.startswith("OutOfMemoryError: CUDA out of memory")
     assert emptied == [True]
+
+
+def test_final_epochs_train_the_pareto_networks_further(finished_run, tiny_space, synthetic, tmp_path):
+    """search.final_epochs: the same search (same seed), then each Pareto network trained further from its
+    candidate weights; the saved network is the trained one, and the search's figures are kept beside it."""
+    from aebnas.search.thresholds import confidence, simulate_exits
+    from aebnas.train import predict_logits
+
+    before, seed_genome = finished_run
+    settings = SearchSettings(pop_size=4, generations=2, exit_metric="max_softmax", initial_genomes=(seed_genome,),
+                              final_epochs=2)
+    trainer = TrainerConfig(epochs=1, batch_size=64, device="cpu", crop_padding=1)
+    result = run_search(tiny_space, synthetic, trainer, settings, torch.device("cpu"), tmp_path / "run", seed=0,
+                        progress=False)
+    searched, final = load_run(before.run_dir).pareto, load_run(result.run_dir).pareto
+    # the search itself is unchanged: the same answer, whose figures are kept as search_*
+    assert list(final["search_key"]) == list(searched["genome"])
+    assert list(final["search_val_accuracy"]) == pytest.approx(list(searched["val_accuracy"]))
+    assert list(final["search_test_accuracy"]) == pytest.approx(list(searched["test_accuracy"]))
+    assert list(final["search_expected_macs"]) == pytest.approx(list(searched["expected_macs"]))
+    assert (final["final_epochs"] == 2).all() and final["final_error"].isna().all()  # "" reads back as NaN
+    for i in range(len(final)):
+        d_before, d_final = load_run(before.run_dir).model_dir(i), load_run(result.run_dir).model_dir(i)
+        w_before, w_final = torch.load(d_before / "model.pt"), torch.load(d_final / "model.pt")
+        assert any(not torch.equal(w_before[k], w_final[k]) for k in w_final if w_final[k].is_floating_point())
+        # the row's val and test figures are the saved (further trained) network's own
+        genome = Genome.from_json((d_final / "genome.json").read_text())
+        model = build_model(genome, synthetic.num_classes, synthetic.in_channels)
+        model.load_state_dict(w_final)
+        for split, column in ((synthetic.val, "val_accuracy"), (synthetic.test, "test_accuracy")):
+            logits = predict_logits(model, split, synthetic.mean, synthetic.std, torch.device("cpu"))
+            correct = logits.argmax(-1) == split.y.numpy()[None]
+            out = simulate_exits(confidence(logits, "max_softmax"), correct, list(genome.thresholds),
+                                 final.iloc[i]["path_macs"])
+            assert out.accuracy == pytest.approx(final.iloc[i][column])
+    assert not (result.run_dir / "candidates").exists()
+
+
+def test_final_epochs_must_be_a_count():
+    from aebnas.search.settings import SearchConfigError
+
+    with pytest.raises(SearchConfigError, match="search.final_epochs"):
+        SearchSettings.from_dict({"final_epochs": -1})
+    with pytest.raises(SearchConfigError, match="search.final_epochs"):
+        SearchSettings.from_dict({"final_epochs": 1.5})
+
+
+def test_a_failed_final_training_keeps_the_searched_network(finished_run, tiny_space, synthetic, tmp_path,
+                                                             monkeypatch):
+    from aebnas.search.training import CandidateTraining
+    from aebnas.train.trainer import TrainingDiverged
+
+    def diverge(self, genome, weights_file, epochs):
+        raise TrainingDiverged("loss became nan by step 3")
+
+    monkeypatch.setattr(CandidateTraining, "train_further", diverge)
+    before, seed_genome = finished_run
+    settings = SearchSettings(pop_size=4, generations=2, exit_metric="max_softmax", initial_genomes=(seed_genome,),
+                              final_epochs=1)
+    trainer = TrainerConfig(epochs=1, batch_size=64, device="cpu", crop_padding=1)
+    result = run_search(tiny_space, synthetic, trainer, settings, torch.device("cpu"), tmp_path / "run", seed=0,
+                        progress=False)
+    searched, kept = load_run(before.run_dir).pareto, load_run(result.run_dir).pareto
+    assert (kept["final_epochs"] == 0).all()
+    assert kept["final_error"].str.startswith("TrainingDiverged: loss became nan").all()
+    assert list(kept["test_accuracy"]) == pytest.approx(list(searched["test_accuracy"]))
+    assert list(kept["search_test_accuracy"]) == pytest.approx(list(searched["test_accuracy"]))
+    w_before = torch.load(load_run(before.run_dir).model_dir(0) / "model.pt")
+    w_kept = torch.load(load_run(result.run_dir).model_dir(0) / "model.pt")
+    assert all(torch.equal(w_before[k], w_kept[k]) for k in w_before)

@@ -185,6 +185,11 @@ class CandidateEvaluator:
             except Exception as exc:  # diverged, out of memory, or a bug this genome triggers
                 return self._record(self._failed(genome, generation, exc), key)
             self._networks[genome.network_key] = net
+        return self._record(self.score(genome, net, generation), key)
+
+    def score(self, genome: Genome, net: TrainedNetwork, generation: int = 0) -> Evaluation:
+        """A trained network's metrics under ``genome``'s thresholds (tuned from its val confidences when tuning
+        is on), with objectives and constraints; the network is not run again."""
         thresholds = list(genome.thresholds)
         tune_start = time.perf_counter()
         if self.settings.threshold_tuning and thresholds:
@@ -207,12 +212,22 @@ class CandidateEvaluator:
             expected_latency_ms=expected_cost(outcome.exit_rates, net.path_latency_ms) if net.path_latency_ms else None,
             static_latency_ms=self._static_latency(genome), tune_seconds=tune_seconds,
         )
-        return self._record(ev, key)
+        return self._judged(ev)
+
+    def final_training(self, ev: Evaluation, genome: Genome, epochs: int) -> Evaluation:
+        """``ev``'s network (``genome``, parsed from ``ev.key``) trained ``epochs`` more from its candidate weights
+        (``search.final_epochs``) and scored on val as a candidate is; nothing is recorded as an evaluation."""
+        net = self.training.train_further(genome, ev.model_file, epochs)
+        net.path_latency_ms = self._path_latency(genome)
+        return self.score(genome, net, ev.generation)
+
+    def _judged(self, ev: Evaluation) -> Evaluation:
+        """``ev`` with the objectives and constraints pymoo minimises."""
+        ev.objectives = objective_values(self.settings, ev.val_accuracy, ev.expected_macs, ev.expected_latency_ms)
+        ev.constraints = constraint_values(self.settings, ev.expected_macs, ev.expected_latency_ms)
+        return ev
 
     def _record(self, ev: Evaluation, key: str, fresh: bool = True) -> Evaluation:
-        if fresh:
-            ev.objectives = objective_values(self.settings, ev.val_accuracy, ev.expected_macs, ev.expected_latency_ms)
-            ev.constraints = constraint_values(self.settings, ev.expected_macs, ev.expected_latency_ms)
         self.evaluations.append(ev)
         self._by_key[key] = ev
         for cb in self.on_evaluated:
@@ -225,7 +240,7 @@ class CandidateEvaluator:
         n = len(cost.path_macs)
         log.warning("candidate failed (%s): %s", type(exc).__name__, genome.key)
         latency = self._path_latency(genome)
-        return Evaluation(
+        return self._judged(Evaluation(
             key=genome.key, network_key=genome.network_key, generation=generation, val_accuracy=0.0,
             expected_macs=float(cost.total_macs), static_macs=cost.static_macs, total_macs=cost.total_macs, params=0,
             n_exits=n - 1, exit_stages=[e.stage for e in genome.active_exits], thresholds=list(genome.thresholds),
@@ -234,7 +249,7 @@ class CandidateEvaluator:
             status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0][:500],
             path_latency_ms=list(latency), expected_latency_ms=latency[-1] if latency else None,
             static_latency_ms=self._static_latency(genome),
-        )
+        ))
 
     def _path_latency(self, genome: Genome) -> tuple[float, ...]:
         """Predicted milliseconds per exit path on the search's device; empty without a table."""

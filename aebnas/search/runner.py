@@ -247,7 +247,7 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
     bar.close()  # the last generation's callback has written evaluations.csv
 
     front = pareto_evaluations(evaluator.evaluations, settings.cost_column)
-    pareto_rows = _finalise_pareto(front, data, trainer, settings, device, run_dir, space)
+    pareto_rows = _finalise_pareto(front, evaluator, settings, run_dir, space, progress)
     write_csv_atomic(run_dir / "pareto.csv", pareto_rows, columns=None if pareto_rows else PARETO_COLUMNS)
     if not pareto_rows:
         log.warning("no feasible candidate: every one broke a search budget (max_expected_macs/latency_ms) or failed; "
@@ -337,20 +337,29 @@ def _static_macs(genome: Genome, data: DataSplits) -> int:
     return network_cost(genome, data.num_classes, data.in_channels, data.resolution).static_macs
 
 
-def _finalise_pareto(front: list[Evaluation], data: DataSplits, trainer: TrainerConfig, settings: SearchSettings,
-                     device: torch.device, run_dir: Path, space: SearchSpace) -> list[dict[str, Any]]:
-    """Score each Pareto network once on test and save it (weights, genome JSON, metrics)."""
+def _finalise_pareto(front: list[Evaluation], evaluator: CandidateEvaluator, settings: SearchSettings,
+                     run_dir: Path, space: SearchSpace, progress: bool = True) -> list[dict[str, Any]]:
+    """Train each Pareto network further when ``search.final_epochs`` asks, score it once on test, save it."""
     rows = []
     models_dir = run_dir / "models"
-    labels = data.test.y.numpy()
-    for rank, ev in enumerate(front):
-        genome = space.parse(ev.key)  # thresholds as evaluated (tuned ones when tuning is on)
-        model = build_model(genome, data.num_classes, data.in_channels)
-        model.load_state_dict(torch.load(ev.model_file, map_location="cpu"))
-        logits = predict_logits(model, data.test, data.mean, data.std, device, trainer.eval_batch_size, trainer.amp)
-        correct = logits.argmax(-1) == labels[None, :]
-        outcome = simulate_exits(confidence(logits, settings.exit_metric), correct, list(genome.thresholds),
-                                 ev.path_macs)
+    data = evaluator.data
+    if settings.final_epochs and front:
+        log.info("final training: %d Pareto network(s), %d epoch(s) each", len(front), settings.final_epochs)
+    for rank, searched in enumerate(tqdm(front, desc="final training", unit="net",
+                                         disable=not (progress and settings.final_epochs))):
+        genome = space.parse(searched.key)  # thresholds as evaluated (tuned ones when tuning is on)
+        ev, final_error = searched, ""
+        if settings.final_epochs:
+            try:
+                ev = evaluator.final_training(searched, genome, settings.final_epochs)
+                genome = space.parse(ev.key)
+            except OSError:
+                raise  # the machine, not the network: disk full, dataset gone
+            except Exception as exc:  # diverged, out of memory: the search's network is still an answer
+                final_error = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+                log.warning("final training of Pareto network %d failed (%s); it is kept as the search evaluated it",
+                            rank, final_error)
+        model, correct, outcome = _on_test(genome, ev, evaluator)
         row = ev.to_row()
         row.update({
             "genome": genome.to_text(),
@@ -361,6 +370,11 @@ def _finalise_pareto(front: list[Evaluation], data: DataSplits, trainer: Trainer
             "test_exit_rates": json.dumps(list(outcome.exit_rates)),
             "test_static_accuracy": float(correct[-1].mean()),
         })
+        if settings.final_epochs:
+            row.update({"final_epochs": 0 if final_error else settings.final_epochs, "final_error": final_error,
+                        "search_key": searched.key, "search_val_accuracy": searched.val_accuracy,
+                        "search_expected_macs": searched.expected_macs,
+                        "search_test_accuracy": _on_test(space.parse(searched.key), searched, evaluator)[2].accuracy})
         if settings.save_models:
             out = models_dir / f"{rank:02d}_{short_hash(genome.key, 8)}"
             out.mkdir(parents=True, exist_ok=True)
@@ -376,3 +390,17 @@ def _finalise_pareto(front: list[Evaluation], data: DataSplits, trainer: Trainer
             row["model_dir"] = str(out.relative_to(run_dir))
         rows.append(row)
     return rows
+
+
+def _on_test(genome: Genome, ev: Evaluation, evaluator: CandidateEvaluator) -> tuple[torch.nn.Module, np.ndarray, Any]:
+    """``ev``'s saved network under ``genome``'s thresholds on the test split: the model, which exits are right
+    for which image, and the exit simulation (accuracy, rates, expected cost)."""
+    data, training = evaluator.data, evaluator.training
+    model = build_model(genome, data.num_classes, data.in_channels)
+    model.load_state_dict(torch.load(ev.model_file, map_location="cpu"))
+    logits = predict_logits(model, data.test, data.mean, data.std, training.device, training.trainer.eval_batch_size,
+                            training.trainer.amp)
+    correct = logits.argmax(-1) == data.test.y.numpy()[None, :]
+    outcome = simulate_exits(confidence(logits, training.exit_metric), correct, list(genome.thresholds),
+                             ev.path_macs)
+    return model, correct, outcome

@@ -39,6 +39,7 @@ class SearchSettings:
     save_models: bool = True
     initial_genomes: tuple[str, ...] = ()
     algorithm: str = "nsga2"
+    final_epochs: int = 0
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> "SearchSettings":
@@ -80,6 +81,7 @@ class SearchSettings:
         if s.algorithm not in ALGORITHMS:
             raise SearchConfigError(f"search.algorithm: '{s.algorithm}' is not one of {list(ALGORITHMS)}")
         check_bool(s.save_models, "search.save_models", error=SearchConfigError)
+        check_int(s.final_epochs, "search.final_epochs", lo=0, error=SearchConfigError)
         if len(s.initial_genomes) > s.pop_size:
             raise SearchConfigError(f"search.initial_genomes: {len(s.initial_genomes)} genomes do not fit a population of {s.pop_size}")
         return s

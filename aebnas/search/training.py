@@ -11,7 +11,7 @@ import hashlib
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -106,10 +106,35 @@ class CandidateTraining:
                 recalibrate_batchnorm(model, data, self.device, trainer.bn_calibration_images, trainer.amp)
             fit(model, data, trainer.candidate_schedule(), self.device, seed=seed,
                 on_epoch=EpochLog(genome.network_key, trainer.epochs, self.epoch_log_seconds))
-            train_seconds = time.perf_counter() - start
+            return self._scored(model, genome, time.perf_counter() - start)
+
+    def train_further(self, genome: Genome, weights_file: str, epochs: int) -> TrainedNetwork:
+        """A network the search chose, trained ``epochs`` more from its candidate weights (``search.final_epochs``).
+
+        A cheap search (supernet weights, few or no fine-tune epochs per candidate) ranks networks; the ones it
+        keeps deserve the training a user would give them before shipping. The schedule is the candidates' own
+        (``finetune_lr`` after a supernet), restarted; the batch order has its own seed. Weights are saved beside
+        the candidate's, never over them.
+        """
+        data = self.data
+        seed = candidate_seed(self.seed, f"final:{genome.network_key}")
+        torch.manual_seed(seed)
+        model = build_model(genome, data.num_classes, data.in_channels)
+        model.load_state_dict(torch.load(weights_file, map_location="cpu"))
+        schedule = replace(self.trainer.candidate_schedule(), epochs=epochs)
+        with candidate_cudnn(self.trainer, self.device, autotune=False):
             start = time.perf_counter()
-            logits = predict_logits(model, data.val, data.mean, data.std, self.device, trainer.eval_batch_size,
-                                    trainer.amp)
+            fit(model, data, schedule, self.device, seed=seed,
+                on_epoch=EpochLog(genome.network_key, epochs, self.epoch_log_seconds))
+            return self._scored(model, genome, time.perf_counter() - start, name_suffix=".final")
+
+    def _scored(self, model: torch.nn.Module, genome: Genome, train_seconds: float,
+                name_suffix: str = "") -> TrainedNetwork:
+        """Every exit scored on val in one pass, and the weights saved under ``model_dir``."""
+        data, trainer = self.data, self.trainer
+        start = time.perf_counter()
+        logits = predict_logits(model, data.val, data.mean, data.std, self.device, trainer.eval_batch_size,
+                                trainer.amp)
         labels = data.val.y.numpy()
         conf = confidence(logits, self.exit_metric)
         correct = logits.argmax(-1) == labels[None, :]
@@ -117,7 +142,7 @@ class CandidateTraining:
         model_file = None
         if self.model_dir is not None:
             self.model_dir.mkdir(parents=True, exist_ok=True)
-            path = self.model_dir / f"{short_hash(genome.network_key)}.pt"
+            path = self.model_dir / f"{short_hash(genome.network_key)}{name_suffix}.pt"
             tmp = path.with_suffix(f".{os.getpid()}.tmp")  # worker processes never share a temp file
             torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
             tmp.replace(path)
