@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures still open (docs/benchmarks.md, "Not measured yet"), in stages that fit a lent GPU's
-# limits: 10 minutes a command, 30 minutes of device time a session, at most 8 files back from $OUT.
+# limits: 10 minutes a command, at most 8 files back from $OUT, and (since 2026-12) 15 minutes of device time a
+# task, machine starts included: one probe, or one long-stage call of about 10 minutes, per lent task.
 #
 #   STAGE=probe  OUT=$OUT bash experiments/gpu_session.sh                         # one call, <= 9.5 min
 #   STAGE=search CUDNN_DEPTHWISE=false OUT=$OUT bash experiments/gpu_session.sh   # again until "finished"
@@ -10,7 +11,7 @@
 # probe: PyTorch's depthwise kernel against cuDNN's (numbers), then what a training step costs with and
 #   without it and autotuning, each in a fresh process (bench_train_step.py --fresh); three supernet-path candidates with trainer.cudnn_depthwise=false (the first epoch
 #   of a new candidate cost 27-36 s with cuDNN on an H100); the #6 stream benchmark on the network trained
-#   on the CPU; H100 latency tables (#5). Each step has its own time limit, capped so the whole probe
+#   on the CPU; latency tables of the GPU it runs on (#5: h100 or h200, batch 1 and 256, by nvidia-smi's name). Each step has its own time limit, capped so the whole probe
 #   ends by PROBE_BUDGET seconds, and the results are re-packed after every step: a call cut short still
 #   returns what finished. Returns probe.log and probe.tar.gz.
 # search / ranking / methods: jobs longer than one command. The first call starts the job in its own
@@ -119,6 +120,7 @@ probe() {
   else
     stamp "no trained stream network in ${STREAM_RUN:-.gpu/fmnist_stream_run}: stream step skipped"
   fi
+  [[ -n "$PROFILE_HARDWARE" ]] || stamp "no latency-table config for this GPU in conf/hardware: profiling skipped"
   for hw in $PROFILE_HARDWARE; do
     step "${LIMIT_PROFILE:-60}" python3 -m aebnas.cli.profile hardware="$hw" space=mbv3_32 profile.resolution=32 \
       profile.channels=3 profile.num_classes=10 profile.validate=true profile.networks=20 progress=false \
@@ -213,7 +215,15 @@ methods() {
 
 GPU_EXPERIMENT=experiment=fashion_mnist_gpu
 METHODS_EXPERIMENT=experiment=methods_fashion_mnist_gpu
-PROFILE_HARDWARE="h100 h100_b256"
+# The latency tables are named after the GPU they are measured on (conf/hardware/h100*.yaml, h200*.yaml).
+gpu_tables() {
+  case "$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)" in
+    *H200*) echo "h200 h200_b256" ;;
+    *H100*) echo "h100 h100_b256" ;;
+    *) echo "" ;;
+  esac
+}
+PROFILE_HARDWARE=${PROFILE_HARDWARE-$(gpu_tables)}
 case "$STAGE" in
   probe) probe ;;
   search|ranking|methods)

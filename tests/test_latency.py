@@ -269,3 +269,12 @@ def test_profile_cli_fills_a_table_then_validates_it(tmp_path):
     assert table.meta["validation"]["paths"] == report["summary"]["paths"]
     assert table.overhead_ms == pytest.approx(report["summary"]["fitted_overhead_ms"])
     assert "operators measured" in proc.stdout and "Spearman rho" in proc.stdout
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "conf" / "hardware").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_hardware_config_is_valid_and_named_after_its_file(path):
+    import yaml
+
+    cfg = yaml.safe_load(path.read_text())
+    hw = HardwareConfig.from_dict(cfg)
+    assert hw.name == path.stem  # the table directory and the config name are the same word
