@@ -75,3 +75,17 @@ def test_paper_sweep_reduced_end_to_end(data_root, tmp_path):
     assert (table["evaluations_mean"] == 2).all() and (table["seeds"] == 1).all()
     runs = pd.read_csv(tmp_path / "report" / "runs.csv")
     assert (runs["hypervolume"] >= 0).all() and (runs["hypervolume"] <= 1).all()
+
+
+def test_cpu_supernet_preset_is_the_reduced_method_setting_at_340_candidates():
+    """docs/results.md's 340-candidate CPU runs were made with these overrides on methods_fashion_mnist; the
+    preset must stay exactly that, so its command reproduces the table."""
+    overrides = ["trainer.init=supernet", "supernet.exits=joint", "trainer.epochs=0", "supernet.epochs=10",
+                 "supernet.batch_size=64", "search.pop_size=20", "search.generations=17", "search.final_epochs=3",
+                 "workers=2", "run_name=fashion_mnist_supernet_cpu"]
+    preset = OmegaConf.to_container(compose_config(["experiment=fashion_mnist_supernet_cpu"]), resolve=True)
+    by_hand = OmegaConf.to_container(compose_config(["experiment=methods_fashion_mnist", *overrides]), resolve=True)
+    assert preset == by_hand
+    assert preset["search"]["pop_size"] * preset["search"]["generations"] >= 340
+    sweep = compose_config(["experiment=fashion_mnist_supernet_cpu"], hydra=True).hydra.sweeper.params
+    assert dict(sweep) == {"method": "aebnas,random", "seed": "0,1"}

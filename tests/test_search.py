@@ -45,6 +45,9 @@ def test_run_dir_holds_every_output(finished_run):
     assert checkpoint["generation"] == 2 and len(checkpoint["population"]) == 4
     assert set(checkpoint["population"]) <= set(run.evaluations["key"])
     assert not list(result.run_dir.rglob("*.tmp*"))
+    # without search.final_epochs the answer is the networks as searched: no final columns, no final time
+    assert not [c for c in run.pareto.columns if c.startswith(("search_", "final_"))]
+    assert run.summary["final_epochs"] == 0 and run.summary["final_training_seconds"] == 0
     # every row's expected MACs follows from its own rates and path costs
     for _, r in run.evaluations.iterrows():
         assert abs(r["expected_macs"] - float(np.dot(r["exit_rates"], r["path_macs"]))) < 1e-6 * r["expected_macs"]
@@ -248,6 +251,8 @@ def test_final_epochs_train_the_pareto_networks_further(finished_run, tiny_space
                                  final.iloc[i]["path_macs"])
             assert out.accuracy == pytest.approx(final.iloc[i][column])
     assert not (result.run_dir / "candidates").exists()
+    summary = load_run(result.run_dir).summary
+    assert summary["final_epochs"] == 2 and summary["final_training_seconds"] > 0
 
 
 def test_final_epochs_must_be_a_count():
@@ -261,16 +266,20 @@ def test_final_epochs_must_be_a_count():
 
 def test_a_failed_final_training_keeps_the_searched_network(finished_run, tiny_space, synthetic, tmp_path,
                                                              monkeypatch):
-    from aebnas.search.training import CandidateTraining
+    import aebnas.search.training as training
     from aebnas.train.trainer import TrainingDiverged
 
-    def diverge(self, genome, weights_file, epochs):
-        raise TrainingDiverged("loss became nan by step 3")
+    real_fit = training.fit
 
-    monkeypatch.setattr(CandidateTraining, "train_further", diverge)
+    def diverging_final_fit(model, data, cfg, *args, **kwargs):
+        if cfg.epochs == 2:  # the final training's schedule; candidates train 1 epoch
+            raise TrainingDiverged("loss became nan by step 3")
+        return real_fit(model, data, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(training, "fit", diverging_final_fit)
     before, seed_genome = finished_run
     settings = SearchSettings(pop_size=4, generations=2, exit_metric="max_softmax", initial_genomes=(seed_genome,),
-                              final_epochs=1)
+                              final_epochs=2)
     trainer = TrainerConfig(epochs=1, batch_size=64, device="cpu", crop_padding=1)
     result = run_search(tiny_space, synthetic, trainer, settings, torch.device("cpu"), tmp_path / "run", seed=0,
                         progress=False)
@@ -282,3 +291,42 @@ def test_a_failed_final_training_keeps_the_searched_network(finished_run, tiny_s
     w_before = torch.load(load_run(before.run_dir).model_dir(0) / "model.pt")
     w_kept = torch.load(load_run(result.run_dir).model_dir(0) / "model.pt")
     assert all(torch.equal(w_before[k], w_kept[k]) for k in w_before)
+
+
+def test_final_training_trains_a_network_once_and_retunes_its_thresholds(tiny_space, synthetic, tmp_path,
+                                                                         monkeypatch):
+    """Two threshold vectors of one network on the front: one final training; with tuning on, the thresholds
+    are tuned again from the trained network's own val confidences."""
+    from aebnas.search.evaluator import CandidateEvaluator
+    from aebnas.search.thresholds import confidence, tune_thresholds
+    from aebnas.search.training import CandidateTraining
+    from aebnas.train import predict_logits
+
+    settings = SearchSettings(exit_metric="max_softmax", threshold_tuning=True)
+    ev = CandidateEvaluator(synthetic, TrainerConfig(epochs=1, batch_size=64, device="cpu"), settings,
+                            torch.device("cpu"), seed=0, model_dir=tmp_path)
+    g = tiny_space.parse("k3e2/k3e2/k3e2/k3e2/k3e2|t0.9:conv8k3|off|off|t0.5:conv8k3")
+    searched = ev.evaluate(g)
+    starts = []
+    real_train = CandidateTraining.train
+
+    def recording_train(self, genome, weights_file=None, epochs=None):
+        starts.append((weights_file, epochs))
+        return real_train(self, genome, weights_file, epochs)
+
+    monkeypatch.setattr(CandidateTraining, "train", recording_train)
+    first = ev.final_training(searched, tiny_space.parse(searched.key), 2)
+    second = ev.final_training(searched, g.with_thresholds([0.5, 0.5]), 2)
+    assert starts == [(searched.model_file, 2)]
+    assert first.model_file.endswith(".final.pt") and first.model_file != searched.model_file
+    assert second.key == first.key and second.val_accuracy == first.val_accuracy
+    # the figures are those of the saved, further-trained weights, thresholds tuned on them
+    model = build_model(g, synthetic.num_classes, synthetic.in_channels)
+    model.load_state_dict(torch.load(first.model_file))
+    logits = predict_logits(model, synthetic.val, synthetic.mean, synthetic.std, torch.device("cpu"))
+    correct = logits.argmax(-1) == synthetic.val.y.numpy()[None]
+    tuned = tune_thresholds(confidence(logits, "max_softmax"), correct, first.path_macs,
+                            tiny_space.config.thresholds, settings.max_accuracy_drop)
+    assert list(first.thresholds) == list(tuned)
+    assert first.head_accuracies == pytest.approx([float(c.mean()) for c in correct])
+    assert len(ev.evaluations) == 1  # final trainings are not evaluations of the search

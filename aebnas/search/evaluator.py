@@ -122,6 +122,7 @@ class CandidateEvaluator:
         self._by_key: dict[str, Evaluation] = {}
         self._networks: dict[str, TrainedNetwork] = {}
         self._archived: dict[str, Evaluation] = {}
+        self._final_networks: dict[str, TrainedNetwork] = {}  # network_key -> its final training (final_training)
         # callbacks(evaluation, fresh): fresh is True only for a newly computed evaluation (to be archived)
         self.on_evaluated: list[Callable[[Evaluation, bool], None]] = []
 
@@ -217,7 +218,9 @@ class CandidateEvaluator:
     def final_training(self, ev: Evaluation, genome: Genome, epochs: int) -> Evaluation:
         """``ev``'s network (``genome``, parsed from ``ev.key``) trained ``epochs`` more from its candidate weights
         (``search.final_epochs``) and scored on val as a candidate is; nothing is recorded as an evaluation."""
-        net = self.training.train_further(genome, ev.model_file, epochs)
+        net = self._final_networks.get(genome.network_key)
+        if net is None:  # one training per network, however many threshold vectors of it the front holds
+            net = self._final_networks[genome.network_key] = self.training.train(genome, ev.model_file, epochs)
         net.path_latency_ms = self._path_latency(genome)
         return self.score(genome, net, ev.generation)
 

@@ -247,7 +247,9 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
     bar.close()  # the last generation's callback has written evaluations.csv
 
     front = pareto_evaluations(evaluator.evaluations, settings.cost_column)
+    final_start = time.perf_counter()
     pareto_rows = _finalise_pareto(front, evaluator, settings, run_dir, space, progress)
+    final_seconds = time.perf_counter() - final_start if settings.final_epochs else 0.0
     write_csv_atomic(run_dir / "pareto.csv", pareto_rows, columns=None if pareto_rows else PARETO_COLUMNS)
     if not pareto_rows:
         log.warning("no feasible candidate: every one broke a search budget (max_expected_macs/latency_ms) or failed; "
@@ -255,7 +257,7 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
     archive.close()
     if weights_dir.exists():
         shutil.rmtree(weights_dir)
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start - final_seconds  # the search's own time; the answer's training apart
     summary = {
         "method": method,
         "algorithm": settings.algorithm,
@@ -269,6 +271,8 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
         "objectives": objective_names(settings),
         "candidate_init": trainer.init,
         "workers": workers,
+        "final_epochs": settings.final_epochs,
+        "final_training_seconds": round(final_seconds, 2),
     }
     if supernet_info is not None:
         summary["supernet"] = _supernet_summary(supernet_info)
@@ -342,6 +346,7 @@ def _finalise_pareto(front: list[Evaluation], evaluator: CandidateEvaluator, set
     """Train each Pareto network further when ``search.final_epochs`` asks, score it once on test, save it."""
     rows = []
     models_dir = run_dir / "models"
+    shutil.rmtree(models_dir, ignore_errors=True)  # a resumed run writes them anew; none may be left from before
     data = evaluator.data
     if settings.final_epochs and front:
         log.info("final training: %d Pareto network(s), %d epoch(s) each", len(front), settings.final_epochs)
@@ -360,6 +365,9 @@ def _finalise_pareto(front: list[Evaluation], evaluator: CandidateEvaluator, set
                 log.warning("final training of Pareto network %d failed (%s); it is kept as the search evaluated it",
                             rank, final_error)
         model, correct, outcome = _on_test(genome, ev, evaluator)
+        if ev is not searched and not ev.feasible:
+            log.warning("Pareto network %d breaks a search budget after its final training (constraints %s); "
+                        "pareto.csv keeps it, marked feasible=False", rank, ev.constraints)
         row = ev.to_row()
         row.update({
             "genome": genome.to_text(),
@@ -371,10 +379,12 @@ def _finalise_pareto(front: list[Evaluation], evaluator: CandidateEvaluator, set
             "test_static_accuracy": float(correct[-1].mean()),
         })
         if settings.final_epochs:
+            searched_test = outcome if ev is searched else _on_test(space.parse(searched.key), searched, evaluator)[2]
             row.update({"final_epochs": 0 if final_error else settings.final_epochs, "final_error": final_error,
                         "search_key": searched.key, "search_val_accuracy": searched.val_accuracy,
                         "search_expected_macs": searched.expected_macs,
-                        "search_test_accuracy": _on_test(space.parse(searched.key), searched, evaluator)[2].accuracy})
+                        "search_expected_latency_ms": searched.expected_latency_ms,
+                        "search_test_accuracy": searched_test.accuracy})
         if settings.save_models:
             out = models_dir / f"{rank:02d}_{short_hash(genome.key, 8)}"
             out.mkdir(parents=True, exist_ok=True)

@@ -80,53 +80,44 @@ class CandidateTraining:
     supernet: Supernet | None = None
     epoch_log_seconds: float = 30.0  # a candidate training longer than this logs each epoch (EpochLog)
 
-    def train(self, genome: Genome) -> TrainedNetwork:
+    def train(self, genome: Genome, weights_file: str | None = None, epochs: int | None = None) -> TrainedNetwork:
         """Train ``genome``'s network, score every exit on val in one pass, save its weights under ``model_dir``.
+
+        A candidate starts from scratch or from its supernet slice and trains ``trainer.epochs``. Given
+        ``weights_file`` (``search.final_epochs``), a network the search chose trains ``epochs`` more from its
+        candidate weights instead: a cheap search ranks networks, and the ones it keeps deserve the training a
+        user would give them before shipping. That run restarts the candidates' schedule with its own seed, and
+        its weights are saved beside the candidate's, never over them.
 
         Raises whatever training raises (TrainingDiverged, out of memory, OSError): the caller decides
         which of those fail the candidate and which stop the search. After running out of GPU memory the
         cache of this process (the search's or a worker's) is emptied, so the next candidate starts clean.
         """
         try:
-            return self._train(genome)
+            return self._train(genome, weights_file, epochs)
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             raise
 
-    def _train(self, genome: Genome) -> TrainedNetwork:
+    def _train(self, genome: Genome, weights_file: str | None, epochs: int | None) -> TrainedNetwork:
         data, trainer = self.data, self.trainer
-        seed = candidate_seed(self.seed, genome.network_key)
+        further = weights_file is not None
+        seed = candidate_seed(self.seed, f"final:{genome.network_key}" if further else genome.network_key)
         torch.manual_seed(seed)
         model = build_model(genome, data.num_classes, data.in_channels)
+        schedule = trainer.candidate_schedule()
+        if further:
+            model.load_state_dict(torch.load(weights_file, map_location="cpu"))
+            schedule = replace(schedule, epochs=epochs if epochs is not None else trainer.epochs)
         # trainer.cudnn_depthwise covers calibration and the val pass too; fit turns autotuning on for training only
         with candidate_cudnn(trainer, self.device, autotune=False):
             start = time.perf_counter()
-            if self.supernet is not None:  # inherit the backbone, then fit BatchNorm statistics to this subnet
+            if self.supernet is not None and not further:  # inherit the backbone, then fit BatchNorm statistics
                 inherit_weights(model, self.supernet)
                 recalibrate_batchnorm(model, data, self.device, trainer.bn_calibration_images, trainer.amp)
-            fit(model, data, trainer.candidate_schedule(), self.device, seed=seed,
-                on_epoch=EpochLog(genome.network_key, trainer.epochs, self.epoch_log_seconds))
-            return self._scored(model, genome, time.perf_counter() - start)
-
-    def train_further(self, genome: Genome, weights_file: str, epochs: int) -> TrainedNetwork:
-        """A network the search chose, trained ``epochs`` more from its candidate weights (``search.final_epochs``).
-
-        A cheap search (supernet weights, few or no fine-tune epochs per candidate) ranks networks; the ones it
-        keeps deserve the training a user would give them before shipping. The schedule is the candidates' own
-        (``finetune_lr`` after a supernet), restarted; the batch order has its own seed. Weights are saved beside
-        the candidate's, never over them.
-        """
-        data = self.data
-        seed = candidate_seed(self.seed, f"final:{genome.network_key}")
-        torch.manual_seed(seed)
-        model = build_model(genome, data.num_classes, data.in_channels)
-        model.load_state_dict(torch.load(weights_file, map_location="cpu"))
-        schedule = replace(self.trainer.candidate_schedule(), epochs=epochs)
-        with candidate_cudnn(self.trainer, self.device, autotune=False):
-            start = time.perf_counter()
             fit(model, data, schedule, self.device, seed=seed,
-                on_epoch=EpochLog(genome.network_key, epochs, self.epoch_log_seconds))
-            return self._scored(model, genome, time.perf_counter() - start, name_suffix=".final")
+                on_epoch=EpochLog(genome.network_key, schedule.epochs, self.epoch_log_seconds))
+            return self._scored(model, genome, time.perf_counter() - start, ".final" if further else "")
 
     def _scored(self, model: torch.nn.Module, genome: Genome, train_seconds: float,
                 name_suffix: str = "") -> TrainedNetwork:
