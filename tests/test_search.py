@@ -217,18 +217,22 @@ def test_out_of_memory_fails_the_candidate_and_empties_the_cache(tiny_space, syn
     assert emptied == [True]
 
 
+def _search_again_with_final_epochs(finished_run, tiny_space, synthetic, tmp_path):
+    """finished_run's search (same seed, settings and data) with search.final_epochs=2."""
+    settings = SearchSettings(pop_size=4, generations=2, exit_metric="max_softmax", initial_genomes=(finished_run[1],),
+                              final_epochs=2)
+    trainer = TrainerConfig(epochs=1, batch_size=64, device="cpu", crop_padding=1)
+    return run_search(tiny_space, synthetic, trainer, settings, torch.device("cpu"), tmp_path / "run", seed=0,
+                      progress=False)
+
+
 def test_final_epochs_train_the_pareto_networks_further(finished_run, tiny_space, synthetic, tmp_path):
     """search.final_epochs: the same search (same seed), then each Pareto network trained further from its
     candidate weights; the saved network is the trained one, and the search's figures are kept beside it."""
     from aebnas.search.thresholds import confidence, simulate_exits
     from aebnas.train import predict_logits
 
-    before, seed_genome = finished_run
-    settings = SearchSettings(pop_size=4, generations=2, exit_metric="max_softmax", initial_genomes=(seed_genome,),
-                              final_epochs=2)
-    trainer = TrainerConfig(epochs=1, batch_size=64, device="cpu", crop_padding=1)
-    result = run_search(tiny_space, synthetic, trainer, settings, torch.device("cpu"), tmp_path / "run", seed=0,
-                        progress=False)
+    before, result = finished_run[0], _search_again_with_final_epochs(finished_run, tiny_space, synthetic, tmp_path)
     searched, final = load_run(before.run_dir).pareto, load_run(result.run_dir).pareto
     # the search itself is unchanged: the same answer, whose figures are kept as search_*
     assert list(final["search_key"]) == list(searched["genome"])
@@ -277,12 +281,7 @@ def test_a_failed_final_training_keeps_the_searched_network(finished_run, tiny_s
         return real_fit(model, data, cfg, *args, **kwargs)
 
     monkeypatch.setattr(training, "fit", diverging_final_fit)
-    before, seed_genome = finished_run
-    settings = SearchSettings(pop_size=4, generations=2, exit_metric="max_softmax", initial_genomes=(seed_genome,),
-                              final_epochs=2)
-    trainer = TrainerConfig(epochs=1, batch_size=64, device="cpu", crop_padding=1)
-    result = run_search(tiny_space, synthetic, trainer, settings, torch.device("cpu"), tmp_path / "run", seed=0,
-                        progress=False)
+    before, result = finished_run[0], _search_again_with_final_epochs(finished_run, tiny_space, synthetic, tmp_path)
     searched, kept = load_run(before.run_dir).pareto, load_run(result.run_dir).pareto
     assert (kept["final_epochs"] == 0).all()
     assert kept["final_error"].str.startswith("TrainingDiverged: loss became nan").all()
