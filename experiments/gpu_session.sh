@@ -4,7 +4,8 @@
 # task, machine starts included: one probe, or one long-stage call of about 10 minutes, per lent task.
 #
 #   STAGE=probe  OUT=$OUT bash experiments/gpu_session.sh                         # one call, <= 9.5 min
-#   STAGE=search CUDNN_DEPTHWISE=false OUT=$OUT bash experiments/gpu_session.sh   # again until "finished"
+#   STAGE=search CUDNN_DEPTHWISE=false OUT=$OUT bash experiments/gpu_session.sh   # again until "finished" (a 15-min
+#                                                            task holds one such call)
 #   STAGE=ranking CUDNN_DEPTHWISE=false OUT=$OUT bash experiments/gpu_session.sh  # likewise
 #   STAGE=methods CUDNN_DEPTHWISE=false OUT=$OUT bash experiments/gpu_session.sh  # likewise
 #
