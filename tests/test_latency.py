@@ -229,6 +229,13 @@ def test_quickstart_searches_against_latency(tmp_path):
         g = space.parse(r["key"])
         assert r["path_latency_ms"] == pytest.approx(list(table.path_ms(g)))
         assert r["expected_latency_ms"] == pytest.approx(expected_cost(r["exit_rates"], r["path_latency_ms"]))
+    # the quickstart trains its Pareto networks further: they are priced again from their own exit rates
+    assert (run.pareto["final_epochs"] == 4).all()
+    for _, r in run.pareto.iterrows():
+        assert r["path_latency_ms"] == pytest.approx(list(table.path_ms(space.parse(r["genome"]))))
+        assert r["expected_latency_ms"] == pytest.approx(expected_cost(r["exit_rates"], r["path_latency_ms"]))
+        assert r["test_expected_latency_ms"] == pytest.approx(expected_cost(r["test_exit_rates"], r["path_latency_ms"]))
+        assert r["search_expected_latency_ms"] == pytest.approx(ev.set_index("key").loc[r["search_key"], "expected_latency_ms"])
     assert "E[lat]" in proc.stdout and json.loads((tmp_path / "run" / "summary.json").read_text())["hardware"] == \
         "cpu_x86_2t"
 
