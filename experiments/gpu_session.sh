@@ -12,7 +12,10 @@
 # probe: PyTorch's depthwise kernel against cuDNN's (numbers), then what a training step costs with and
 #   without it and autotuning, each in a fresh process (bench_train_step.py --fresh); three supernet-path candidates with trainer.cudnn_depthwise=false (the first epoch
 #   of a new candidate cost 27-36 s with cuDNN on an H100); the #6 stream benchmark on the network trained
-#   on the CPU; latency tables of the GPU it runs on (#5: h100 or h200, batch 1 and 256, by nvidia-smi's name). Each step has its own time limit, capped so the whole probe
+#   on the CPU (.gpu/fmnist_stream_run, or, where this checkout lacks it, the same genome trained on the GPU
+#   first: STREAM_EPOCHS, default 15, within LIMIT_STREAM_TRAIN, default 240 s); latency tables of the GPU
+#   it runs on (#5: h100 or h200, batch 1 and 256, by nvidia-smi's name). Each step has its own time
+#   limit, capped so the whole probe
 #   ends by PROBE_BUDGET seconds, and the results are re-packed after every step: a call cut short still
 #   returns what finished. Returns probe.log and probe.tar.gz.
 # search / ranking / methods: jobs longer than one command. The first call starts the job in its own
@@ -119,7 +122,12 @@ probe() {
     rm -f "$w/stream/stream_run.tar.gz"  # the weights came from this repo's .gpu/ in the first place
     pack_probe "$w"
   else
-    stamp "no trained stream network in ${STREAM_RUN:-.gpu/fmnist_stream_run}: stream step skipped"
+    # .gpu/ is ignored by git, so a new machine's checkout has no CPU-trained network: train the same genome
+    # on the GPU (its weights come back inside probe.tar.gz as stream/stream_run.tar.gz).
+    stamp "no trained stream network in ${STREAM_RUN:-.gpu/fmnist_stream_run}: training it on the GPU first"
+    OUT=$w/stream DATA_DIR=$DATA_DIR EPOCHS=${STREAM_EPOCHS:-15} \
+      step "${LIMIT_STREAM_TRAIN:-240}" bash experiments/gpu_stream_job.sh
+    pack_probe "$w"
   fi
   [[ -n "$PROFILE_HARDWARE" ]] || stamp "no latency-table config for this GPU in conf/hardware: profiling skipped"
   for hw in $PROFILE_HARDWARE; do
