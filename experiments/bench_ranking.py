@@ -164,6 +164,7 @@ def main() -> None:
         scratch = (scratch_in_workers(args, overrides, args.genomes, out) if args.workers > 1
                    else score(setup, genomes, epochs=args.scratch_epochs, seed=args.scratch_seed))
         result["scratch_seconds"] = time.perf_counter() - start  # the from-scratch half alone
+    result["scratch"] = scratch  # what a later --scratch-json run compares its fast half against
     result["comparison"] = compare(fast, scratch)
     write_json(out, result)
     print(json.dumps(result["comparison"], indent=2))

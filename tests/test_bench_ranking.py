@@ -72,3 +72,37 @@ def test_the_fast_halfs_exit_heads_are_read_from_either_benchmark():
     assert bench_ranking.fast_exits({"supernet_exits": "joint"}) == "joint"
     assert bench_ranking.fast_exits({"supernet": {"exits": "joint"}}) == "joint"  # bench_search_speed.py's record
     assert bench_ranking.fast_exits({"candidates": []}) == "fresh"  # written before supernet.exits existed
+
+
+def test_a_runs_from_scratch_half_is_written_for_the_next_run_to_reuse(tmp_path, monkeypatch):
+    """gpu_session.sh's ranking stage scores fresh exit heads, then joint ones with --scratch-json on the first
+    run's JSON: that JSON must hold the from-scratch rows, and the second run must reuse them, not retrain."""
+    genomes = [_Genome("a"), _Genome("b"), _Genome("c")]
+    setup = SimpleNamespace(seed=0, overrides=[], space=None, data=SimpleNamespace(train=[0] * 8), device="cpu",
+                            trainer=SimpleNamespace(epochs=0), supernet=SimpleNamespace(exits="fresh"))
+    scored = []
+
+    def score(setup, genomes, supernet=None, epochs=None, seed=None):
+        scored.append("fast" if epochs is None else "scratch")
+        base = 0.5 if epochs is None else 0.6
+        return [{"genome": g.network_key, "status": "ok", "val_accuracy": base + 0.1 * i,
+                 "static_val_accuracy": base + 0.1 * i} for i, g in enumerate(genomes)]
+
+    monkeypatch.setattr(bench_ranking, "load_setup", lambda overrides: setup)
+    monkeypatch.setattr(bench_ranking, "sample_genomes", lambda space, n, seed: genomes)
+    monkeypatch.setattr(bench_ranking, "machine", lambda: {})
+    monkeypatch.setattr(bench_ranking, "prepare_supernet", lambda *a, **k: (None, SimpleNamespace(train_seconds=1.0)))
+    monkeypatch.setattr(bench_ranking, "score", score)
+    first, second = tmp_path / "ranking.json", tmp_path / "ranking_joint.json"
+    monkeypatch.setattr(sys, "argv", ["bench_ranking.py", "--out", str(first), "--genomes", "3"])
+    bench_ranking.main()
+    written = json.loads(first.read_text())
+    assert [r["genome"] for r in written["scratch"]] == ["a", "b", "c"] and scored == ["fast", "scratch"]
+    setup.supernet.exits = "joint"
+    monkeypatch.setattr(sys, "argv", ["bench_ranking.py", "--out", str(second), "--genomes", "3",
+                                      "--scratch-json", str(first)])
+    bench_ranking.main()
+    assert scored == ["fast", "scratch", "fast"]  # the second run trained nothing from scratch
+    again = json.loads(second.read_text())
+    assert again["scratch"] == written["scratch"] and again["scratch_from"] == str(first)
+    assert again["comparison"]["pairs"] == 3
