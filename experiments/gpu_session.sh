@@ -245,7 +245,7 @@ case "$STAGE" in
     SIZE_OVERRIDES="dataset.max_train_samples=600 dataset.val_size=300 dataset.resolution=16
       dataset.pad_to_resolution=false space=tiny trainer=quick trainer.epochs=1 trainer.device=cpu
       trainer.num_threads=1 supernet.batch_size=64"
-    SUPERNET_EPOCHS=1 WAIT=600 RANKING_GENOMES=3 SCRATCH_EPOCHS=1 WORKERS=2 PROBE_CANDIDATES=2
+    SUPERNET_EPOCHS=1 WAIT=600 RANKING_GENOMES=3 SCRATCH_EPOCHS=1 WORKERS=2 PROBE_CANDIDATES=2 STREAM_EPOCHS=2
     PROFILE_HARDWARE=cpu_x86_2t SKIP_TRAIN_STEP=1  # bench_train_step.py needs CUDA
     PROFILE_OVERRIDES="space=tiny profile.resolution=8 profile.channels=1 profile.networks=5
       hardware.table_dir=$JOBS/tables"
