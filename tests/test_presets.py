@@ -88,4 +88,4 @@ def test_cpu_supernet_preset_is_the_reduced_method_setting_at_340_candidates():
     assert preset == by_hand
     assert preset["search"]["pop_size"] * preset["search"]["generations"] >= 340
     sweep = compose_config(["experiment=fashion_mnist_supernet_cpu"], hydra=True).hydra.sweeper.params
-    assert dict(sweep) == {"method": "aebnas,random", "seed": "0,1"}
+    assert dict(sweep) == {"method": "aebnas,edanas,nachos,static,random,manual", "seed": "0,1,2"}
