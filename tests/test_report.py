@@ -7,12 +7,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from aebnas.analysis.report import ReportError, aggregate, collect, find_runs, to_latex, to_markdown
+from aebnas.analysis.report import (ReportError, aggregate, collect, find_runs, to_latex, to_markdown,
+                                    val_choice_test_accuracy)
 from aebnas.cli.report import main
 
 
 def _run(root, name, method, seed, points, target=100.0, largest=200.0, pareto=()):
-    """A run directory as aebnas-search writes it; points = (val_accuracy, expected_macs[, status])."""
+    """A run directory as aebnas-search writes it; points = (val_accuracy, expected_macs[, status]);
+    pareto = (test_accuracy, test_expected_macs, val_accuracy, expected_macs)."""
     d = root / name
     d.mkdir(parents=True)
     config = {"dataset": {"name": "d"}, "seed": seed, "search": {"target_macs": target}, "method": {"name": method}}
@@ -20,7 +22,8 @@ def _run(root, name, method, seed, points, target=100.0, largest=200.0, pareto=(
     rows = [{"key": f"g{i}", "val_accuracy": p[0], "expected_macs": p[1], "static_macs": p[1],
              "status": p[2] if len(p) > 2 else "ok"} for i, p in enumerate(points)]
     pd.DataFrame(rows).to_csv(d / "evaluations.csv", index=False)
-    pd.DataFrame(list(pareto), columns=["test_accuracy", "test_expected_macs"]).to_csv(d / "pareto.csv", index=False)
+    pd.DataFrame(list(pareto), columns=["test_accuracy", "test_expected_macs", "val_accuracy", "expected_macs"]
+                 ).to_csv(d / "pareto.csv", index=False)
     (d / "summary.json").write_text(json.dumps({"evaluations": len(points), "search_seconds": 10.0 * (seed + 1),
                                                 "largest_static_macs": largest}))
     return d
@@ -30,9 +33,11 @@ def _run(root, name, method, seed, points, target=100.0, largest=200.0, pareto=(
 def runs(tmp_path):
     root = tmp_path / "multirun"
     # front (error, MACs/200): (0.2, 0.25), (0.1, 0.5), (0.05, 0.75); (0.5, 120) is dominated, the failure ignored
+    # Pareto set: best test at or below 100 test MACs is 0.85; chosen on val (0.92 twice at or below 100 val
+    # MACs, the cheaper wins) it is the 0.83 network
     _run(root, "0", "aebnas", 0, [(0.9, 100), (0.8, 50), (0.95, 150), (0.5, 120), (0.0, 10, "failed")],
-         pareto=[(0.85, 90), (0.97, 140)])
-    _run(root, "1", "aebnas", 1, [(0.7, 80)], pareto=[(0.75, 80)])
+         pareto=[(0.85, 90, 0.92, 95), (0.97, 140, 0.95, 150), (0.83, 60, 0.92, 70)])
+    _run(root, "1", "aebnas", 1, [(0.7, 80)], pareto=[(0.75, 80, 0.7, 80)])
     _run(root, "2", "edanas", 0, [(0.6, 300)])  # beyond the reference point: no area, nothing under the target
     return root
 
@@ -44,9 +49,12 @@ def test_figures_are_the_hand_computed_ones(runs):
     assert a0["hypervolume"] == pytest.approx(0.6625)
     assert a1["hypervolume"] == pytest.approx(0.7 * 0.6)
     assert e0["hypervolume"] == 0.0
-    assert (a0["val_accuracy_at_target"], a0["test_accuracy_at_target"]) == (0.9, 0.85)
-    assert (a1["val_accuracy_at_target"], a1["test_accuracy_at_target"]) == (0.7, 0.75)
-    assert math.isnan(e0["val_accuracy_at_target"]) and math.isnan(e0["test_accuracy_at_target"])
+    assert (a0["val_accuracy_at_target"], a0["test_accuracy_at_target"], a0["test_accuracy_of_val_choice"]) == \
+        (0.9, 0.85, 0.83)
+    assert (a1["val_accuracy_at_target"], a1["test_accuracy_at_target"], a1["test_accuracy_of_val_choice"]) == \
+        (0.7, 0.75, 0.75)
+    assert all(math.isnan(e0[c]) for c in ["val_accuracy_at_target", "test_accuracy_at_target",
+                                          "test_accuracy_of_val_choice"])
     assert a0["failed"] == 1 and a0["evaluations"] == 5
 
     table = aggregate(per_run)
@@ -59,10 +67,11 @@ def test_figures_are_the_hand_computed_ones(runs):
 
     md = to_markdown(table).splitlines()
     assert md[0].startswith("| dataset | method | seeds | target MACs | val acc @ target |")
-    assert md[2] == "| d | aebnas | 2 | 100 | 0.8000 ± 0.1414 | 0.8000 ± 0.0707 | 0.5413 ± 0.1715 | 3 ± 3 | 15 ± 7 |"
-    assert md[3] == "| d | edanas | 1 | 100 | - | - | 0.0000 | 1 | 10 |"
+    assert md[2] == ("| d | aebnas | 2 | 100 | 0.8000 ± 0.1414 | 0.8000 ± 0.0707 | 0.7900 ± 0.0566 | 0.5413 ± 0.1715 "
+                     "| 3 ± 3 | 15 ± 7 |")
+    assert md[3] == "| d | edanas | 1 | 100 | - | - | - | 0.0000 | 1 | 10 |"
     tex = to_latex(table)
-    assert r"0.8000 $\pm$ 0.1414" in tex and r"\begin{tabular}{llrrrrrrr}" in tex and "val acc @ target" in tex
+    assert r"0.8000 $\pm$ 0.1414" in tex and r"\begin{tabular}{llrrrrrrrr}" in tex and "val acc @ target" in tex
 
 
 def test_cli_writes_every_format_and_a_figure(runs, tmp_path, capsys):
@@ -74,7 +83,7 @@ def test_cli_writes_every_format_and_a_figure(runs, tmp_path, capsys):
     assert summary.loc[0, "val_accuracy_at_target_mean"] == pytest.approx(0.8)  # 0.8 at 50 MACs; seed 1 has none
     assert (out / "fronts.png").stat().st_size > 10_000
     assert json.loads((out / "report.json").read_text())["reference_point"] == {"error": 1.0, "macs": {"d": 200.0}}
-    assert "| d | aebnas | 2 | 50 | 0.8000 (1/2 seeds) | - | 0.5413" in capsys.readouterr().out
+    assert "| d | aebnas | 2 | 50 | 0.8000 (1/2 seeds) | - | - | 0.5413" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("setup, fragment", [
@@ -98,3 +107,12 @@ def test_runs_with_different_targets_are_refused(tmp_path):
     _run(tmp_path, "b", "edanas", 0, [(0.5, 10)], target=50.0)
     with pytest.raises(ReportError, match="the d runs differ"):
         collect(find_runs([tmp_path]))
+
+
+def test_val_choice_needs_validation_figures_in_the_pareto_set():
+    """pareto.csv files written before they carried val figures give no choice rather than a test-picked one."""
+    old = pd.DataFrame({"test_accuracy": [0.9], "test_expected_macs": [10.0]})
+    assert math.isnan(val_choice_test_accuracy(old, 100.0))
+    new = old.assign(val_accuracy=[0.8], expected_macs=[120.0])
+    assert math.isnan(val_choice_test_accuracy(new, 100.0))  # over the target on val, though under it on test
+    assert val_choice_test_accuracy(new, 120.0) == 0.9
