@@ -131,7 +131,7 @@ def time_supernet_steps(setup, x: torch.Tensor, y: torch.Tensor, steps: int, rng
         def sstep():
             sopt.zero_grad(set_to_none=True)
             n = setup.supernet.random_subnets
-            heads = sandwich_heads(setup.space, rng, n) if joint else None
+            heads = sandwich_heads(setup.space, rng, n, setup.supernet.head_samples) if joint else None
             sandwich_step(sn, xb, y, sandwich_backbones(setup.space, rng, n), setup.supernet, amp, heads)
             sopt.step()
         per_step = [timed(sstep, dev) for _ in range(steps)]

@@ -21,8 +21,8 @@ from aebnas.search.thresholds import confidence
 from aebnas.space import BranchLayer
 from aebnas.train import TrainerConfig, predict_logits
 from aebnas.train.losses import exit_loss_weights
-from aebnas.train.supernet import (SupernetConfig, prepare_supernet, sample_heads, sandwich_backbones, sandwich_heads,
-                                   sandwich_step, supernet_identity)
+from aebnas.train.supernet import (SupernetConfig, prepare_supernet, sample_head_set, sample_heads, sandwich_backbones,
+                                   sandwich_heads, sandwich_step, supernet_identity)
 from aebnas.train.trainer import recalibrate_batchnorm
 from tests.test_supernet import _one_thread, make_space, randomise_batchnorm  # noqa: F401  (fixture re-used)
 
@@ -140,7 +140,7 @@ def test_sampled_heads_cover_every_exit_and_their_extremes():
         assert len(layers) == 2 and all(l.width == 16 and l.kernel == 5 and l.pool == "none" for l in layers)
     for layers in small.values():
         assert len(layers) == 1 and layers[0].width == 8 and layers[0].kernel == 3
-    types = {l.type for _ in range(20) for heads in sandwich_heads(space, rng, 1) for ls in heads.values() for l in ls}
+    types = {l.type for _ in range(20) for (heads,) in sandwich_heads(space, rng, 1) for ls in heads.values() for l in ls}
     assert types == {"conv", "dwsep", "ir"}  # types have no order: the extremes draw them too
     fixed = make_space("tiny", exit_heads="conv16k1+avg-conv16k1")
     for size in ("largest", "smallest", "random"):
@@ -171,10 +171,10 @@ def test_joint_sandwich_step_is_the_weighted_exit_loss_by_hand():
     supernet.zero_grad(set_to_none=True)
     w = exit_loss_weights(5, "linear")
     assert w == [0.2, 0.4, 0.6, 0.8, 1.0]
-    teacher = supernet.forward_exits(x, backbones[0], heads[0])
+    teacher = supernet.forward_exits(x, backbones[0], heads[0][0])
     total = sum(wk * F.cross_entropy(o, y, label_smoothing=0.1) for wk, o in zip(w, teacher))
     soft = teacher[-1].detach().softmax(-1)
-    for b, h in zip(backbones[1:], heads[1:]):
+    for b, (h,) in zip(backbones[1:], heads[1:]):
         outs = supernet.forward_exits(x, b, h)
         total = total + sum(wk * (soft * (soft.log() - o.log_softmax(-1))).sum(-1).mean() for wk, o in zip(w, outs))
     total.backward()
@@ -296,3 +296,67 @@ def test_search_with_joint_heads_records_them(small_synthetic, tmp_path):
     assert summary["supernet"]["exit_heads"] == "joint" and summary["failed"] == 0
     assert Path(summary["supernet"]["path"]).is_file()
     assert all(e.status == "ok" for e in result.evaluations)
+
+
+def test_head_samples_cover_every_type_in_every_slot():
+    space = make_space("tiny")
+    rng = np.random.default_rng(3)
+    for size in ("largest", "smallest", "random"):
+        sets = sample_head_set(space, rng, size, 3)
+        assert len(sets) == 3
+        for stage in space.config.exit_stages:
+            firsts = {heads[stage][0].type for heads in sets}
+            assert firsts == {"conv", "dwsep", "ir"}, (size, stage)  # three samples, three types, no repeat
+            if size == "largest":
+                assert all(len(h[stage]) == 2 and all(l.width == 16 and l.kernel == 5 for l in h[stage])
+                           for h in sets)
+    # one sample draws as before the option existed, so seeded supernets are unchanged
+    a, b = np.random.default_rng(7), np.random.default_rng(7)
+    assert sample_head_set(space, a, "random", 1) == [sample_heads(space, b, "random")]
+
+
+def test_head_samples_share_their_exit_weight_and_the_backbone_pass():
+    """Two identical head sets per subnet: each carries half its exit's weight, so the step's gradients are those
+    of one set; two different sets: the early-exit loss is the mean of each set's, the final counted once."""
+    space = make_space("tiny")
+    torch.manual_seed(0)
+    supernet = Supernet(space.config, 3, 1, exits=True).train()
+    gen = torch.Generator().manual_seed(5)
+    x, y = torch.randn(8, 1, 16, 16, generator=gen), torch.randint(0, 3, (8,), generator=gen)
+    rng = np.random.default_rng(2)
+    backbones = sandwich_backbones(space, rng, 1)
+    one = sandwich_heads(space, rng, 1)
+    cfg = SupernetConfig(random_subnets=1, distill=False, label_smoothing=0.0, exit_weights=[0.5, 1.0], head_samples=2)
+    loss1, g1 = _grads(supernet, x, y, backbones, one, cfg)
+    loss2, g2 = _grads(supernet, x, y, backbones, [[h, h] for (h,) in one], cfg)
+    assert loss1.item() == pytest.approx(loss2.item())
+    for n in g1:
+        torch.testing.assert_close(g2[n], g1[n], rtol=1e-4, atol=1e-6, msg=lambda m: f"{n}: {m}")
+    two = sandwich_heads(space, rng, 1, samples=2)
+    _, got = _grads(supernet, x, y, backbones, two, cfg)
+    supernet.zero_grad(set_to_none=True)
+    total = 0
+    for b, sets in zip(backbones, two):
+        early, final = supernet.forward_head_sets(x, b, sets)
+        outs = [supernet.forward_exits(x, b, h) for h in sets]
+        torch.testing.assert_close(early[1], outs[1][:-1])  # one backbone pass gives what two would
+        total = total + F.cross_entropy(final, y) + sum(
+            0.5 * 0.5 * F.cross_entropy(o, y) for outs_k in outs for o in outs_k[:-1])
+    total.backward()
+    for n, p in supernet.named_parameters():
+        torch.testing.assert_close(got[n], p.grad if p.grad is not None else torch.zeros_like(p), rtol=1e-4,
+                                   atol=1e-6, msg=lambda m: f"{n}: {m}")
+
+
+def test_head_samples_enter_the_joint_key_only_when_not_one(small_synthetic):
+    space = make_space("tiny")
+    joint = SupernetConfig(exits="joint")
+    base = supernet_identity(small_synthetic, space, joint, TrainerConfig(), 0)
+    assert "head_samples" not in base["supernet"]  # joint supernets cached before the option keep their keys
+    three = supernet_identity(small_synthetic, space, replace(joint, head_samples=3), TrainerConfig(), 0)
+    assert three["supernet"]["head_samples"] == 3
+    with pytest.raises(ValueError, match=r"supernet\.head_samples: 3 head samples need trained heads; set "
+                                         r"supernet\.exits=joint"):
+        SupernetConfig.from_dict({"head_samples": 3})
+    with pytest.raises(ValueError, match=r"supernet\.head_samples"):
+        SupernetConfig.from_dict({"exits": "joint", "head_samples": 0})

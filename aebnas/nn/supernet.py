@@ -107,17 +107,27 @@ class Supernet(nn.Module):
 
     def forward_exits(self, x: torch.Tensor, backbone: Backbone, heads: Heads) -> list[torch.Tensor]:
         """Logits of the exit heads ``heads`` (stage -> layers), early ones first, then the final classifier's."""
+        early, final = self.forward_head_sets(x, backbone, [heads])
+        return early[0] + [final]
+
+    def forward_head_sets(self, x: torch.Tensor, backbone: Backbone,
+                          head_sets: Sequence[Heads]) -> tuple[list[list[torch.Tensor]], torch.Tensor]:
+        """Early-exit logits of several head sets on one pass of the backbone, and the final classifier's.
+
+        Heads are small beside the backbone, so a sandwich step can train several
+        head designs per exit position for little more than one (``supernet.head_samples``).
+        """
         if self.exit_heads is None:
             raise ValueError("Supernet.forward_exits: this supernet has no exit heads (built with exits=False)")
-        outputs = []
+        early: list[list[torch.Tensor]] = [[] for _ in head_sets]
         x = self.stem(x)
         for s, (stage, blocks) in enumerate(zip(self.stages, backbone), start=1):
             for module, block in zip(stage, blocks):
                 x = module(x, block.kernel, block.expansion)
-            if s in heads:
-                outputs.append(self.exit_heads[str(s)](x, heads[s]))
-        outputs.append(self.final_head(x))
-        return outputs
+            for outputs, heads in zip(early, head_sets):
+                if s in heads:
+                    outputs.append(self.exit_heads[str(s)](x, heads[s]))
+        return early, self.final_head(x)
 
 
 def genome_heads(genome: Genome) -> dict[int, tuple]:

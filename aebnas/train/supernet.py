@@ -11,7 +11,9 @@ With ``exits: joint`` every subnet of a step also runs an exit head at every exi
 position (largest heads with the largest subnet, smallest with the smallest,
 random ones with the random subnets), trained with the candidates' weighted
 exit loss, and distilled, like the final classifier, from the largest subnet's
-final prediction.
+final prediction. With ``head_samples: K`` each subnet trains K heads per exit
+position on one pass of its backbone, sharing that position's loss weight, so
+each head design is trained about K times as often.
 
 A trained supernet is stored under a key derived from everything its weights
 depend on (data, backbone space, these settings, the trainer options it uses,
@@ -63,6 +65,7 @@ class SupernetConfig:
     distill: bool = True
     exits: str = "fresh"             # fresh: candidates' exit heads start untrained; joint: trained here too
     exit_weights: Any = (0.2, 1.0)   # joint only: loss weights of the early exits and the final classifier
+    head_samples: int = 1            # joint only: head designs trained per exit position and subnet in a step
     cache_dir: str | None = None   # None: $AEBNAS_CACHE_DIR/supernets, else ~/.cache/aebnas/supernets
 
     @classmethod
@@ -79,6 +82,10 @@ class SupernetConfig:
         if sc.exits not in EXIT_MODES:
             raise ConfigError(f"supernet.exits: expected fresh or joint, got {sc.exits!r}")
         exit_loss_weights(2, sc.exit_weights, "supernet.exit_weights")  # validates the scheme early
+        check_int(sc.head_samples, "supernet.head_samples", lo=1)
+        if sc.head_samples > 1 and sc.exits != "joint":
+            raise ConfigError(f"supernet.head_samples: {sc.head_samples} head samples need trained heads; set "
+                              "supernet.exits=joint or supernet.head_samples=1")
         if sc.cache_dir is not None and (not isinstance(sc.cache_dir, str) or not sc.cache_dir):
             raise ConfigError(f"supernet.cache_dir: expected a directory path or null, got {sc.cache_dir!r}")
         return sc
@@ -121,10 +128,13 @@ def supernet_identity(data: DataSplits, space: SearchSpace, cfg: SupernetConfig,
     """Everything the trained weights depend on; the cache key is its hash."""
     # the exit settings enter the key only when joint, so supernets cached before they existed stay valid
     joint = cfg.exits == "joint"
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("cache_dir", "exit_weights") and (joint or k != "exits")}
+    settings = {k: v for k, v in asdict(cfg).items()
+                if k not in ("cache_dir", "exit_weights", "head_samples") and (joint or k != "exits")}
     if joint:  # stored as its JSON form, so a tuple default and a YAML list of the same weights share a key
         weights = cfg.exit_weights
         settings["exit_weights"] = weights if isinstance(weights, str) else [float(w) for w in weights]
+        if cfg.head_samples != 1:  # absent at 1, so joint supernets cached before the option keep their keys
+            settings["head_samples"] = cfg.head_samples
     used = {k: getattr(trainer, k) for k in ("optimizer", "momentum", "nesterov", "crop_padding", "amp")}
     identity = {"format": CACHE_FORMAT, "data": data_fingerprint(data), "space": backbone_identity(space.config),
                 "supernet": settings, "trainer": used, "seed": seed}
@@ -144,11 +154,13 @@ def sandwich_backbones(space: SearchSpace, rng: np.random.Generator, n_random: i
     return [space.largest().stages, space.smallest().stages] + [space.sample(rng).stages for _ in range(n_random)]
 
 
-def sample_heads(space: SearchSpace, rng: np.random.Generator, size: str) -> Heads:
+def sample_heads(space: SearchSpace, rng: np.random.Generator, size: str,
+                 types: Mapping[tuple[int, int], str] | None = None) -> Heads:
     """An exit head at every exit position for one subnet of a step: ``largest``, ``smallest`` or ``random``.
 
     Widths, kernels and depths have an order, layer types do not: the largest and
-    smallest heads take a drawn type, so every type's weights are trained.
+    smallest heads take a drawn type, so every type's weights are trained. ``types``
+    (exit stage, slot index) -> type prescribes them instead of drawing.
     """
     def pick(values, extreme):
         return extreme(values) if size != "random" else values[int(rng.integers(len(values)))]
@@ -159,8 +171,8 @@ def sample_heads(space: SearchSpace, rng: np.random.Generator, size: str) -> Hea
         extreme = max if size == "largest" else min
         depth = pick(choices.depths, extreme)
         layers = []
-        for slot in choices.slots[:depth]:
-            kind = slot.types[int(rng.integers(len(slot.types)))]
+        for j, slot in enumerate(choices.slots[:depth]):
+            kind = types[stage, j] if types is not None else slot.types[int(rng.integers(len(slot.types)))]
             # pooling has no weights; the largest head sees the full feature map, the others a drawn pooling
             if size == "largest" and "none" in slot.pools:
                 pool = "none"
@@ -171,43 +183,60 @@ def sample_heads(space: SearchSpace, rng: np.random.Generator, size: str) -> Hea
     return heads
 
 
-def sandwich_heads(space: SearchSpace, rng: np.random.Generator, n_random: int) -> list[Heads]:
-    """The exit heads of one step's subnets, in ``sandwich_backbones``' order."""
-    return [sample_heads(space, rng, "largest"), sample_heads(space, rng, "smallest")] + \
-        [sample_heads(space, rng, "random") for _ in range(n_random)]
+def sample_head_set(space: SearchSpace, rng: np.random.Generator, size: str, samples: int) -> list[Heads]:
+    """``samples`` heads per exit position for one subnet; each layer slot cycles through a shuffled order of its
+    types, so ``samples`` >= the number of types trains every type's weights in every step."""
+    if samples == 1:  # one draw, as before head_samples existed (same random stream, same supernets)
+        return [sample_heads(space, rng, size)]
+    orders = {(stage, j): rng.permutation(slot.types)
+              for stage in space.config.exit_stages for j, slot in enumerate(head_choices(space.config, stage).slots)}
+    return [sample_heads(space, rng, size, {key: str(order[k % len(order)]) for key, order in orders.items()})
+            for k in range(samples)]
+
+
+def sandwich_heads(space: SearchSpace, rng: np.random.Generator, n_random: int,
+                   samples: int = 1) -> list[list[Heads]]:
+    """The exit head sets of one step's subnets, in ``sandwich_backbones``' order."""
+    return [sample_head_set(space, rng, size, samples) for size in ["largest", "smallest"] + ["random"] * n_random]
 
 
 def sandwich_step(supernet: Supernet, xb: torch.Tensor, yb: torch.Tensor, backbones: list[Backbone],
-                  cfg: SupernetConfig, use_amp: bool, heads: list[Heads] | None = None) -> torch.Tensor:
+                  cfg: SupernetConfig, use_amp: bool, heads: list[list[Heads]] | None = None) -> torch.Tensor:
     """Accumulate the gradients of one sandwich step (no optimizer step); returns the largest subnet's loss.
 
-    With ``heads`` (one mapping per backbone) the exit heads train too, weighted by
-    ``cfg.exit_weights``; the returned loss is still the
-    final classifier's, so it reads the same with and without joint heads.
+    With ``heads`` (one list of head sets per backbone) the exit heads train too,
+    weighted by ``cfg.exit_weights``; an exit position's weight is shared equally
+    among a subnet's head sets, so sampling more heads does not step the backbone
+    harder. The returned loss is still the final classifier's, so it reads the
+    same with and without joint heads.
     """
     device_type = xb.device.type
 
-    def run(i: int) -> list[torch.Tensor]:
+    def run(i: int) -> list[tuple[float, torch.Tensor]]:
+        """The subnet's outputs with their loss weights."""
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_amp):
             if heads is None:
-                return [supernet(xb, backbones[i]).float()]
-            return [o.float() for o in supernet.forward_exits(xb, backbones[i], heads[i])]
+                return [(1.0, supernet(xb, backbones[i]).float())]
+            early, final = supernet.forward_head_sets(xb, backbones[i], heads[i])
+        w = exit_loss_weights(len(early[0]) + 1, cfg.exit_weights, "supernet.exit_weights")
+        return [(w[e] / len(early), out.float()) for outs in early for e, out in enumerate(outs)] + \
+            [(w[-1], final.float())]
 
     teacher = run(0)
-    weights = exit_loss_weights(len(teacher), cfg.exit_weights, "supernet.exit_weights") if heads is not None else [1.0]
-    loss = F.cross_entropy(teacher[-1], yb, label_smoothing=cfg.label_smoothing)
-    total = loss if heads is None else joint_exit_loss(teacher, yb, weights, cfg.label_smoothing)
+    loss = F.cross_entropy(teacher[-1][1], yb, label_smoothing=cfg.label_smoothing)
+    total = loss if heads is None else joint_exit_loss([o for _, o in teacher], yb, [w for w, _ in teacher],
+                                                       cfg.label_smoothing)
     total.backward()
-    soft = teacher[-1].detach().softmax(-1)
+    soft = teacher[-1][1].detach().softmax(-1)
     for i in range(1, len(backbones)):
         outs = run(i)
         if cfg.distill:
-            sub_loss = outs[0].new_zeros(())
-            for w, out in zip(weights, outs):
+            sub_loss = outs[0][1].new_zeros(())
+            for w, out in outs:
                 if w:
                     sub_loss = sub_loss + w * F.kl_div(out.log_softmax(-1), soft, reduction="batchmean")
         else:
-            sub_loss = joint_exit_loss(outs, yb, weights, cfg.label_smoothing)
+            sub_loss = joint_exit_loss([o for _, o in outs], yb, [w for w, _ in outs], cfg.label_smoothing)
         sub_loss.backward()
     return loss.detach()
 
@@ -232,7 +261,8 @@ def train_supernet(supernet: Supernet, space: SearchSpace, data: DataSplits, cfg
             for xb, yb in stream.epoch():
                 opt.zero_grad(set_to_none=True)
                 backbones = sandwich_backbones(space, rng, cfg.random_subnets)
-                heads = sandwich_heads(space, rng, cfg.random_subnets) if supernet.has_exits else None
+                heads = (sandwich_heads(space, rng, cfg.random_subnets, cfg.head_samples)
+                         if supernet.has_exits else None)
                 loss = sandwich_step(supernet, xb, yb, backbones, cfg, use_amp, heads)
                 opt.step()
                 sched.step()
