@@ -90,7 +90,8 @@ def main() -> None:
                                        threshold) for b in backbones],
                "fixed": [with_heads(fixed_space, b, [args.fixed_head] * n_exits, threshold) for b in backbones]}
     result: dict = {"machine": machine(), "overrides": setup.overrides, "backbones": args.backbones,
-                    "finetune_epochs": args.epochs, "fixed_head": args.fixed_head, "train_images": len(setup.data.train),
+                    "finetune_epochs": args.epochs, "fixed_head": args.fixed_head,
+                    "train_images": len(setup.data.train),
                     "val_images": len(setup.data.val), "exit_stages": list(setup.space.config.exit_stages),
                     "supernets": {}, "rows": {}, "mean_head_accuracy": {}}
     out = Path(args.out)

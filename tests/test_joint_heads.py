@@ -24,7 +24,8 @@ from aebnas.train.losses import exit_loss_weights
 from aebnas.train.supernet import (SupernetConfig, prepare_supernet, sample_head_set, sample_heads, sandwich_backbones,
                                    sandwich_heads, sandwich_step, supernet_identity)
 from aebnas.train.trainer import recalibrate_batchnorm
-from tests.test_supernet import _one_thread, make_space, randomise_batchnorm  # noqa: F401  (fixture re-used)
+from tests.test_supernet import (_one_thread, make_space, make_tiny_batch,  # noqa: F401  (fixture re-used)
+                                 randomise_batchnorm)
 
 CPU = torch.device("cpu")
 
@@ -140,7 +141,8 @@ def test_sampled_heads_cover_every_exit_and_their_extremes():
         assert len(layers) == 2 and all(l.width == 16 and l.kernel == 5 and l.pool == "none" for l in layers)
     for layers in small.values():
         assert len(layers) == 1 and layers[0].width == 8 and layers[0].kernel == 3
-    types = {l.type for _ in range(20) for (heads,) in sandwich_heads(space, rng, 1) for ls in heads.values() for l in ls}
+    types = {l.type for _ in range(20) for (heads,) in sandwich_heads(space, rng, 1)
+             for ls in heads.values() for l in ls}
     assert types == {"conv", "dwsep", "ir"}  # types have no order: the extremes draw them too
     fixed = make_space("tiny", exit_heads="conv16k1+avg-conv16k1")
     for size in ("largest", "smallest", "random"):
@@ -156,11 +158,7 @@ def _grads(supernet, x, y, backbones, heads, cfg):
 
 
 def test_joint_sandwich_step_is_the_weighted_exit_loss_by_hand():
-    space = make_space("tiny")
-    torch.manual_seed(0)
-    supernet = Supernet(space.config, 3, 1, exits=True).train()
-    gen = torch.Generator().manual_seed(5)
-    x, y = torch.randn(8, 1, 16, 16, generator=gen), torch.randint(0, 3, (8,), generator=gen)
+    space, supernet, x, y = make_tiny_batch(exits=True)
     rng = np.random.default_rng(1)
     backbones = sandwich_backbones(space, rng, 1)
     heads = sandwich_heads(space, rng, 1)
@@ -318,11 +316,7 @@ def test_head_samples_cover_every_type_in_every_slot():
 def test_head_samples_share_their_exit_weight_and_the_backbone_pass():
     """Two identical head sets per subnet: each carries half its exit's weight, so the step's gradients are those
     of one set; two different sets: the early-exit loss is the mean of each set's, the final counted once."""
-    space = make_space("tiny")
-    torch.manual_seed(0)
-    supernet = Supernet(space.config, 3, 1, exits=True).train()
-    gen = torch.Generator().manual_seed(5)
-    x, y = torch.randn(8, 1, 16, 16, generator=gen), torch.randint(0, 3, (8,), generator=gen)
+    space, supernet, x, y = make_tiny_batch(exits=True)
     rng = np.random.default_rng(2)
     backbones = sandwich_backbones(space, rng, 1)
     one = sandwich_heads(space, rng, 1)

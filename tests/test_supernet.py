@@ -244,9 +244,14 @@ def _grads(supernet, x, y, backbones, cfg) -> dict[str, torch.Tensor]:
 
 @pytest.fixture()
 def tiny_supernet_batch():
+    return make_tiny_batch()
+
+
+def make_tiny_batch(exits: bool = False):
+    """The tiny space, its supernet (seeded, in training mode) and one seeded batch of 8 images, 3 classes."""
     space = make_space("tiny")
     torch.manual_seed(0)
-    supernet = Supernet(space.config, 3, 1).train()
+    supernet = Supernet(space.config, 3, 1, exits=exits).train()
     gen = torch.Generator().manual_seed(5)
     # 16x16: the last stages still see 4x4 maps, where a 5x5 kernel's outer ring touches real pixels
     x = torch.randn(8, 1, 16, 16, generator=gen)

@@ -211,32 +211,33 @@ def sandwich_step(supernet: Supernet, xb: torch.Tensor, yb: torch.Tensor, backbo
     same with and without joint heads.
     """
     device_type = xb.device.type
+    # every subnet has a head set at every exit position, so one weight list serves the whole step
+    weights = [1.0] if heads is None else exit_loss_weights(len(heads[0][0]) + 1, cfg.exit_weights,
+                                                            "supernet.exit_weights")
 
-    def run(i: int) -> list[tuple[float, torch.Tensor]]:
-        """The subnet's outputs with their loss weights."""
+    def run(i: int) -> tuple[list[float], list[torch.Tensor]]:
+        """The subnet's outputs (early exits of every head set, then the final classifier) and their loss weights."""
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_amp):
             if heads is None:
-                return [(1.0, supernet(xb, backbones[i]).float())]
+                return weights, [supernet(xb, backbones[i]).float()]
             early, final = supernet.forward_head_sets(xb, backbones[i], heads[i])
-        w = exit_loss_weights(len(early[0]) + 1, cfg.exit_weights, "supernet.exit_weights")
-        return [(w[e] / len(early), out.float()) for outs in early for e, out in enumerate(outs)] + \
-            [(w[-1], final.float())]
+        return ([weights[e] / len(early) for outs in early for e in range(len(outs))] + weights[-1:],
+                [out.float() for outs in early for out in outs] + [final.float()])
 
-    teacher = run(0)
-    loss = F.cross_entropy(teacher[-1][1], yb, label_smoothing=cfg.label_smoothing)
-    total = loss if heads is None else joint_exit_loss([o for _, o in teacher], yb, [w for w, _ in teacher],
-                                                       cfg.label_smoothing)
+    teacher_weights, teacher = run(0)
+    loss = F.cross_entropy(teacher[-1], yb, label_smoothing=cfg.label_smoothing)
+    total = loss if heads is None else joint_exit_loss(teacher, yb, teacher_weights, cfg.label_smoothing)
     total.backward()
-    soft = teacher[-1][1].detach().softmax(-1)
+    soft = teacher[-1].detach().softmax(-1)
     for i in range(1, len(backbones)):
-        outs = run(i)
+        sub_weights, outs = run(i)
         if cfg.distill:
-            sub_loss = outs[0][1].new_zeros(())
-            for w, out in outs:
+            sub_loss = outs[0].new_zeros(())
+            for w, out in zip(sub_weights, outs):
                 if w:
                     sub_loss = sub_loss + w * F.kl_div(out.log_softmax(-1), soft, reduction="batchmean")
         else:
-            sub_loss = joint_exit_loss([o for _, o in outs], yb, [w for w, _ in outs], cfg.label_smoothing)
+            sub_loss = joint_exit_loss(outs, yb, sub_weights, cfg.label_smoothing)
         sub_loss.backward()
     return loss.detach()
 
