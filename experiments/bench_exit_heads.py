@@ -30,26 +30,29 @@ import numpy as np
 from bench_common import evaluate_genomes, load_setup, machine, sample_genomes, write_json
 
 from aebnas.cli.common import user_errors
-from aebnas.space import BranchLayer, Genome, SearchSpace, SpaceConfig
-from aebnas.train.supernet import prepare_supernet
+from aebnas.space import Genome, SearchSpace, SpaceConfig
+from aebnas.train.supernet import prepare_supernet, sample_heads
 from aebnas.validation import ConfigError
 
 DEFAULT_OVERRIDES = ("experiment=fashion_mnist_supernet_cpu",)
-
-
-def random_head(space: SpaceConfig, rng: np.random.Generator) -> str:
-    """One searched exit head as genome text, every branch gene drawn uniformly."""
-    b = space.branch
-    depth = int(rng.choice(b.depths))
-    layers = [BranchLayer(str(rng.choice(b.layer_types)), int(rng.choice(b.widths)), int(rng.choice(b.kernels)),
-                          str(rng.choice(b.pools))) for _ in range(depth)]
-    return "+".join(layer.to_text() for layer in layers)
 
 
 def with_heads(space: SearchSpace, backbone: Genome, heads: list[str], threshold: float) -> Genome:
     """``backbone``'s stages with an exit after every exit stage, the given heads in exit-stage order."""
     stages = backbone.to_text().split("|")[0]
     return space.parse("|".join([stages] + [f"t{threshold!r}:{h}" for h in heads]))
+
+
+def with_random_heads(space: SearchSpace, backbones: list[Genome], rng: np.random.Generator,
+                      threshold: float) -> list[Genome]:
+    """Each backbone with a random searched head at every exit stage, drawn as the supernet's random subnets
+    draw theirs (``sample_heads``), so the benchmark scores the heads the supernet trained."""
+    genomes = []
+    for backbone in backbones:
+        heads = sample_heads(space, rng, "random")
+        texts = ["+".join(layer.to_text() for layer in heads[stage]) for stage in space.config.exit_stages]
+        genomes.append(with_heads(space, backbone, texts, threshold))
+    return genomes
 
 
 def mean_by_position(rows: list[dict], n_exits: int) -> list[float | None]:
@@ -86,8 +89,7 @@ def main() -> None:
     n_exits = len(setup.space.config.exit_stages)
     rng = np.random.default_rng(setup.seed)
     backbones = sample_genomes(setup.space, args.backbones, setup.seed)
-    genomes = {"searched": [with_heads(setup.space, b, [random_head(setup.space.config, rng) for _ in range(n_exits)],
-                                       threshold) for b in backbones],
+    genomes = {"searched": with_random_heads(setup.space, backbones, rng, threshold),
                "fixed": [with_heads(fixed_space, b, [args.fixed_head] * n_exits, threshold) for b in backbones]}
     result: dict = {"machine": machine(), "overrides": setup.overrides, "backbones": args.backbones,
                     "finetune_epochs": args.epochs, "fixed_head": args.fixed_head,
