@@ -45,8 +45,8 @@ def with_heads(space: SearchSpace, backbone: Genome, heads: list[str], threshold
 
 def with_random_heads(space: SearchSpace, backbones: list[Genome], rng: np.random.Generator,
                       threshold: float) -> list[Genome]:
-    """Each backbone with a random searched head at every exit stage, drawn as the supernet's random subnets
-    draw theirs (``sample_heads``), so the benchmark scores the heads the supernet trained."""
+    """Each backbone with a random searched head at every exit stage, drawn from the distribution the
+    supernet's random subnets draw theirs from (``sample_heads``), so the heads scored are those it trains."""
     genomes = []
     for backbone in backbones:
         heads = sample_heads(space, rng, "random")

@@ -114,8 +114,10 @@ class Supernet(nn.Module):
                           head_sets: Sequence[Heads]) -> tuple[list[list[torch.Tensor]], torch.Tensor]:
         """Early-exit logits of several head sets on one pass of the backbone, and the final classifier's.
 
-        Heads are small beside the backbone, so a sandwich step can train several
-        head designs per exit position for little more than one (``supernet.head_samples``).
+        One backbone pass serves every head set, so a sandwich step trains several head
+        designs per exit position without repeating the backbone (``supernet.head_samples``;
+        on the tiny space three designs still cost 1.2-1.9x the supernet time of one,
+        docs/results.md).
         """
         if self.exit_heads is None:
             raise ValueError("Supernet.forward_exits: this supernet has no exit heads (built with exits=False)")
