@@ -30,29 +30,27 @@ import numpy as np
 from bench_common import evaluate_genomes, load_setup, machine, sample_genomes, write_json
 
 from aebnas.cli.common import user_errors
-from aebnas.space import Genome, SearchSpace, SpaceConfig
+from aebnas.nn.elastic_heads import Heads
+from aebnas.space import Exit, Genome, SearchSpace, SpaceConfig
+from aebnas.space.genome import parse_layers
 from aebnas.train.supernet import prepare_supernet, sample_heads
 from aebnas.validation import ConfigError
 
 DEFAULT_OVERRIDES = ("experiment=fashion_mnist_supernet_cpu",)
 
 
-def with_heads(space: SearchSpace, backbone: Genome, heads: list[str], threshold: float) -> Genome:
-    """``backbone``'s stages with an exit after every exit stage, the given heads in exit-stage order."""
-    stages = backbone.to_text().split("|")[0]
-    return space.parse("|".join([stages] + [f"t{threshold!r}:{h}" for h in heads]))
+def with_heads(space: SearchSpace, backbone: Genome, heads: Heads, threshold: float) -> Genome:
+    """``backbone``'s stages with an exit after every exit stage, ``heads`` (stage -> layers) at them; parsed
+    back from its text, so a head the space does not allow fails here."""
+    exits = tuple(Exit(stage, threshold, heads[stage]) for stage in space.config.exit_stages)
+    return space.parse(replace(backbone, exits=exits).to_text())
 
 
 def with_random_heads(space: SearchSpace, backbones: list[Genome], rng: np.random.Generator,
                       threshold: float) -> list[Genome]:
     """Each backbone with a random searched head at every exit stage, drawn from the distribution the
     supernet's random subnets draw theirs from (``sample_heads``), so the heads scored are those it trains."""
-    genomes = []
-    for backbone in backbones:
-        heads = sample_heads(space, rng, "random")
-        texts = ["+".join(layer.to_text() for layer in heads[stage]) for stage in space.config.exit_stages]
-        genomes.append(with_heads(space, backbone, texts, threshold))
-    return genomes
+    return [with_heads(space, backbone, sample_heads(space, rng, "random"), threshold) for backbone in backbones]
 
 
 def mean_by_position(rows: list[dict], n_exits: int) -> list[float | None]:
@@ -88,9 +86,10 @@ def main() -> None:
     threshold = max(setup.space.config.thresholds)
     n_exits = len(setup.space.config.exit_stages)
     rng = np.random.default_rng(setup.seed)
+    fixed_heads = {stage: parse_layers(args.fixed_head, stage) for stage in setup.space.config.exit_stages}
     backbones = sample_genomes(setup.space, args.backbones, setup.seed)
     genomes = {"searched": with_random_heads(setup.space, backbones, rng, threshold),
-               "fixed": [with_heads(fixed_space, b, [args.fixed_head] * n_exits, threshold) for b in backbones]}
+               "fixed": [with_heads(fixed_space, b, fixed_heads, threshold) for b in backbones]}
     result: dict = {"machine": machine(), "overrides": setup.overrides, "backbones": args.backbones,
                     "finetune_epochs": args.epochs, "fixed_head": args.fixed_head,
                     "train_images": len(setup.data.train),

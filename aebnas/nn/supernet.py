@@ -120,7 +120,7 @@ class Supernet(nn.Module):
         docs/results.md).
         """
         if self.exit_heads is None:
-            raise ValueError("Supernet.forward_exits: this supernet has no exit heads (built with exits=False)")
+            raise ValueError("Supernet.forward_head_sets: this supernet has no exit heads (built with exits=False)")
         early: list[list[torch.Tensor]] = [[] for _ in head_sets]
         x = self.stem(x)
         for s, (stage, blocks) in enumerate(zip(self.stages, backbone), start=1):
