@@ -9,6 +9,7 @@ import yaml
 
 from aebnas.analysis.report import (ReportError, aggregate, collect, find_runs, to_latex, to_markdown,
                                     val_choice_test_accuracy)
+from aebnas.analysis.versus import versus, versus_markdown
 from aebnas.cli.report import main
 
 
@@ -116,3 +117,54 @@ def test_val_choice_needs_validation_figures_in_the_pareto_set():
     new = old.assign(val_accuracy=[0.8], expected_macs=[120.0])
     assert math.isnan(val_choice_test_accuracy(new, 100.0))  # over the target on val, though under it on test
     assert val_choice_test_accuracy(new, 120.0) == 0.9
+
+
+def _per_run(method, seeds, val, hv):
+    return pd.DataFrame({"dataset": "d", "method": method, "seed": seeds, "val_accuracy_at_target": val,
+                         "test_accuracy_of_val_choice": float("nan"), "test_accuracy_at_target": val,
+                         "hypervolume": hv})
+
+
+def test_versus_gives_the_hand_computed_difference_error_and_wins():
+    # aebnas val 0.80 / 0.84 / 0.82 (mean 0.82, s^2 4e-4), edanas 0.78 / 0.80 / 0.82 (mean 0.80, s^2 4e-4):
+    # difference +0.02, Welch SE sqrt(4e-4/3 + 4e-4/3) = 0.016330; seed 2 ties, so 2 of 3 seeds won
+    per_run = pd.concat([_per_run("edanas", [0, 1, 2], [0.78, 0.80, 0.82], [0.6, 0.6, 0.6]),
+                         _per_run("aebnas", [2, 0, 1], [0.82, 0.80, 0.84], [0.5, 0.7, 0.5]),
+                         _per_run("random", [0], [0.70], [0.3])], ignore_index=True)
+    table = versus(per_run, "edanas").set_index("method")
+    assert list(table.index) == ["aebnas", "random"]  # paper order, the baseline left out
+    a = table.loc["aebnas"]
+    assert a["val_accuracy_at_target_diff"] == pytest.approx(0.02)
+    assert a["val_accuracy_at_target_se"] == pytest.approx(math.sqrt(8e-4 / 3))
+    assert (a["val_accuracy_at_target_won"], a["val_accuracy_at_target_paired"]) == (2, 3)
+    # hypervolume 0.7 / 0.5 / 0.5 by seed 0 / 1 / 2 against 0.6 each: -0.0333, one seed won
+    assert a["hypervolume_diff"] == pytest.approx(-0.1 / 3)
+    assert a["hypervolume_se"] == pytest.approx(math.sqrt(((0.7 - 17 / 30) ** 2 + 2 * (0.5 - 17 / 30) ** 2) / 2 / 3))
+    assert a["hypervolume_won"] == 1
+    assert math.isnan(a["test_accuracy_of_val_choice_diff"]) and a["test_accuracy_of_val_choice_paired"] == 0
+    r = table.loc["random"]  # one seed: a difference but no standard error
+    assert r["val_accuracy_at_target_diff"] == pytest.approx(-0.1) and math.isnan(r["val_accuracy_at_target_se"])
+    md = versus_markdown(versus(per_run, "edanas"))
+    assert "| d | aebnas | edanas | 3/3 | +0.0200 ± 0.0163 (2/3) | - | +0.0200 ± 0.0163 (2/3) | -0.0333 ± " in md
+    assert "| d | random | edanas | 1/3 | -0.1000 (0/1) |" in md
+
+
+def test_versus_counts_no_wins_where_a_seed_ran_twice():
+    per_run = pd.concat([_per_run("edanas", [0, 1], [0.78, 0.80], [0.6, 0.6]),
+                         _per_run("aebnas", [0, 0], [0.82, 0.84], [0.5, 0.7])], ignore_index=True)
+    a = versus(per_run, "edanas").iloc[0]
+    assert a["val_accuracy_at_target_diff"] == pytest.approx(0.04) and a["val_accuracy_at_target_paired"] == 0
+
+
+def test_cli_versus_writes_the_differences_and_refuses_an_absent_baseline(runs, tmp_path, capsys):
+    main([str(runs), "--out", str(tmp_path / "rep"), "--target-macs", "50", "--versus", "edanas"])
+    out = tmp_path / "rep"
+    assert {"versus_edanas.md", "versus_edanas.csv"} <= {p.name for p in out.iterdir()}
+    # hypervolume: aebnas 0.6625 (seed 0) and 0.42 (seed 1), edanas 0 (its one point is past the reference)
+    assert "| d | aebnas | edanas | 2/1 | - | - | - | +0.5413 (1/1) |" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as info:
+        main([str(runs), "--out", str(tmp_path / "rep2"), "--versus", "nachos"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "--versus: no run of method 'nachos' on d; its methods are aebnas, edanas" in err
+    assert not (tmp_path / "rep2").exists()  # nothing half-written

@@ -171,7 +171,8 @@ def collect(run_dirs: Sequence[str | Path], target_macs: float | None = None,
     return pd.DataFrame(rows), {str(r.path): r for r in runs}
 
 
-def _method_key(method: str) -> tuple[int, str]:
+def method_key(method: str) -> tuple[int, str]:
+    """Sort key putting the paper's methods in METHOD_ORDER, then any other name alphabetically."""
     return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
 
 
@@ -187,7 +188,7 @@ def aggregate(per_run: pd.DataFrame) -> pd.DataFrame:
     table.insert(0, "seeds", groups.size())
     table.insert(1, "target_macs", groups["target_macs"].first())
     table = table.reset_index()
-    order = sorted(range(len(table)), key=lambda i: (table.loc[i, "dataset"], _method_key(table.loc[i, "method"])))
+    order = sorted(range(len(table)), key=lambda i: (table.loc[i, "dataset"], method_key(table.loc[i, "method"])))
     return table.iloc[order].reset_index(drop=True)
 
 
@@ -234,7 +235,7 @@ def fronts_by_dataset(per_run: pd.DataFrame, runs: dict[str, Run]) -> dict[str, 
     """Each method's front over its runs' candidates pooled across seeds, per dataset, methods in table order."""
     out: dict[str, dict[str, pd.DataFrame]] = {}
     for (dataset, method), group in sorted(per_run.groupby(["dataset", "method"]),
-                                           key=lambda kv: (kv[0][0], _method_key(kv[0][1]))):
+                                           key=lambda kv: (kv[0][0], method_key(kv[0][1]))):
         pooled = pd.concat([runs[d].evaluations for d in group["run_dir"]], ignore_index=True)
         out.setdefault(dataset, {})[method] = front_points(pooled)
     return out
