@@ -125,9 +125,10 @@ def _per_run(method, seeds, val, hv):
                          "hypervolume": hv})
 
 
-def test_versus_gives_the_hand_computed_difference_error_and_wins():
+def test_versus_gives_the_hand_computed_difference_errors_and_wins():
     # aebnas val 0.80 / 0.84 / 0.82 (mean 0.82, s^2 4e-4), edanas 0.78 / 0.80 / 0.82 (mean 0.80, s^2 4e-4):
-    # difference +0.02, Welch SE sqrt(4e-4/3 + 4e-4/3) = 0.016330; seed 2 ties, so 2 of 3 seeds won
+    # difference +0.02, Welch SE sqrt(4e-4/3 + 4e-4/3) = 0.016330; per seed +0.02 / +0.04 / 0 (sd 0.02), paired
+    # SE 0.02/sqrt(3) = 0.011547; seed 2 ties, so 2 of 3 seeds won
     per_run = pd.concat([_per_run("edanas", [0, 1, 2], [0.78, 0.80, 0.82], [0.6, 0.6, 0.6]),
                          _per_run("aebnas", [2, 0, 1], [0.82, 0.80, 0.84], [0.5, 0.7, 0.5]),
                          _per_run("random", [0], [0.70], [0.3])], ignore_index=True)
@@ -136,24 +137,41 @@ def test_versus_gives_the_hand_computed_difference_error_and_wins():
     a = table.loc["aebnas"]
     assert a["val_accuracy_at_target_diff"] == pytest.approx(0.02)
     assert a["val_accuracy_at_target_se"] == pytest.approx(math.sqrt(8e-4 / 3))
+    assert a["val_accuracy_at_target_paired_se"] == pytest.approx(0.02 / math.sqrt(3))
     assert (a["val_accuracy_at_target_won"], a["val_accuracy_at_target_paired"]) == (2, 3)
-    # hypervolume 0.7 / 0.5 / 0.5 by seed 0 / 1 / 2 against 0.6 each: -0.0333, one seed won
+    # hypervolume 0.7 / 0.5 / 0.5 by seed 0 / 1 / 2 against 0.6 each: -0.0333, one seed won;
+    # per seed +0.1 / -0.1 / -0.1: sd sqrt((0.1333^2 + 2 * 0.0667^2) / 2) = 0.11547, paired SE 0.066667
     assert a["hypervolume_diff"] == pytest.approx(-0.1 / 3)
     assert a["hypervolume_se"] == pytest.approx(math.sqrt(((0.7 - 17 / 30) ** 2 + 2 * (0.5 - 17 / 30) ** 2) / 2 / 3))
+    assert a["hypervolume_paired_se"] == pytest.approx(0.2 / 3)
     assert a["hypervolume_won"] == 1
     assert math.isnan(a["test_accuracy_of_val_choice_diff"]) and a["test_accuracy_of_val_choice_paired"] == 0
     r = table.loc["random"]  # one seed: a difference but no standard error
     assert r["val_accuracy_at_target_diff"] == pytest.approx(-0.1) and math.isnan(r["val_accuracy_at_target_se"])
     md = versus_markdown(versus(per_run, "edanas"))
-    assert "| d | aebnas | edanas | 3/3 | +0.0200 ± 0.0163 (2/3) | - | +0.0200 ± 0.0163 (2/3) | -0.0333 ± " in md
+    assert ("| d | aebnas | edanas | 3/3 | +0.0200 ± 0.0163 (paired ± 0.0115, 2/3) | +0.0200 ± 0.0163 (paired "
+            "± 0.0115, 2/3) | - | -0.0333 ± 0.0667 (paired ± 0.0667, 1/3) |") in md
     assert "| d | random | edanas | 1/3 | -0.1000 (0/1) |" in md
 
 
-def test_versus_counts_no_wins_where_a_seed_ran_twice():
-    per_run = pd.concat([_per_run("edanas", [0, 1], [0.78, 0.80], [0.6, 0.6]),
-                         _per_run("aebnas", [0, 0], [0.82, 0.84], [0.5, 0.7])], ignore_index=True)
-    a = versus(per_run, "edanas").iloc[0]
-    assert a["val_accuracy_at_target_diff"] == pytest.approx(0.04) and a["val_accuracy_at_target_paired"] == 0
+def test_versus_pairs_only_what_pairs():
+    edanas = _per_run("edanas", [0, 1, 2], [0.80, 0.80, 0.81], [0.6, 0.6, 0.6])
+    # a missing figure: the difference is over the runs that have it, no paired error, the count says so
+    gap = pd.concat([edanas, _per_run("aebnas", [0, 1, 2], [0.9, float("nan"), 0.7], [0.6, 0.6, 0.6])])
+    row = versus(gap, "edanas").iloc[0]
+    assert row["val_accuracy_at_target_diff"] == pytest.approx(0.8 - 2.41 / 3)
+    assert math.isnan(row["val_accuracy_at_target_paired_se"]) and row["val_accuracy_at_target_paired"] == 2
+    assert "(1/2, over 2/3 runs)" in versus_markdown(versus(gap, "edanas"))
+    # a seed run twice: no pairs, and the table says why
+    twice = pd.concat([edanas, _per_run("aebnas", [0, 0], [0.82, 0.84], [0.5, 0.7])])
+    row = versus(twice, "edanas").iloc[0]
+    assert row["val_accuracy_at_target_diff"] == pytest.approx(0.83 - 2.41 / 3)
+    assert row["val_accuracy_at_target_paired"] == 0
+    assert "(a seed repeated: no pairs)" in versus_markdown(versus(twice, "edanas"))
+    # runs without a seed never pair with each other
+    unseeded = pd.concat([_per_run("edanas", [None], [0.80], [0.6]), _per_run("aebnas", [None], [0.82], [0.5])])
+    row = versus(unseeded, "edanas").iloc[0]
+    assert row["val_accuracy_at_target_diff"] == pytest.approx(0.02) and row["val_accuracy_at_target_paired"] == 0
 
 
 def test_cli_versus_writes_the_differences_and_refuses_an_absent_baseline(runs, tmp_path, capsys):

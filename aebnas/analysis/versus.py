@@ -1,18 +1,23 @@
-"""Each method against a baseline method: differences of the report's means, their standard error, seeds won.
+"""Each method against a baseline method: differences of the report's means, their standard errors, seeds won.
 
 A table of means +- std leaves the reader to judge whether a lead of 0.8
 points over three seeds is real. On the CPU one supernet per seed moves a
 method's outcome as much as the method does (docs/results.md), so the
 comparison a paper needs is the difference with its uncertainty:
 
-* difference: the method's mean minus the baseline's, over the seeds each has;
-* standard error of that difference, Welch's sqrt(s_m^2/n_m + s_b^2/n_b)
-  (runs of two methods share a seed, not a supernet: each method's exit heads
-  are trained into its own supernet, so the runs are treated as independent);
-  NaN where either side has fewer than two seeds;
+* difference: the method's mean minus the baseline's, each over the runs that
+  have the figure;
+* standard error of that difference, Welch's sqrt(s_m^2/n_m + s_b^2/n_b), which
+  treats the runs as independent; NaN where either side has fewer than two;
+* paired standard error, sd(d)/sqrt(n) of the per-seed differences d, where
+  every run of both methods pairs by seed (each seed once, the same seeds, no
+  figure missing). Runs of one seed start from the same initial supernet
+  weights (the backbone is built first, from the seed), so their outcomes
+  correlate and pairing usually gives the tighter, fairer error;
 * seeds won: paired by seed, how often the method's figure is above the
-  baseline's, out of the seeds where both have one (a tie is not a win); not
-  counted where either method ran a seed more than once, as pairs would be guessed.
+  baseline's, out of the seeds where both have one (a tie counts for neither);
+  not counted where either method ran a seed more than once, as pairs would
+  be guessed, and runs without a seed never pair.
 
 Reads the per-run table of :func:`aebnas.analysis.report.collect`; no torch.
 """
@@ -25,20 +30,30 @@ import pandas as pd
 
 from aebnas.analysis.report import DIGITS, HEADERS, ReportError, method_key
 
-COMPARED = ("val_accuracy_at_target", "test_accuracy_of_val_choice", "test_accuracy_at_target", "hypervolume")
+COMPARED = ("val_accuracy_at_target", "test_accuracy_at_target", "test_accuracy_of_val_choice", "hypervolume")
 
 
-def _difference(method: pd.Series, baseline: pd.Series) -> tuple[float, float]:
-    m, b = method.dropna().to_numpy(float), baseline.dropna().to_numpy(float)
-    if not len(m) or not len(b):
-        return float("nan"), float("nan")
-    diff = float(m.mean() - b.mean())
-    se = math.sqrt(m.var(ddof=1) / len(m) + b.var(ddof=1) / len(b)) if len(m) > 1 and len(b) > 1 else float("nan")
-    return diff, se
+def _figures(mine: pd.DataFrame, base: pd.DataFrame, metric: str, pairable: bool) -> dict[str, float | int]:
+    m, b = mine[metric].dropna(), base[metric].dropna()
+    diff, se = float("nan"), float("nan")
+    if len(m) and len(b):
+        diff = float(m.mean() - b.mean())
+        if len(m) > 1 and len(b) > 1:
+            se = math.sqrt(m.var(ddof=1) / len(m) + b.var(ddof=1) / len(b))
+    if pairable:  # runs without a seed never pair
+        both = mine.dropna(subset=["seed"]).merge(base.dropna(subset=["seed"]), on="seed", suffixes=("", "_base"))
+        d = (both[metric] - both[f"{metric}_base"]).dropna()
+    else:
+        d = pd.Series(dtype=float)
+    complete = len(d) == len(m) == len(b) >= 2  # every run with the figure is in a pair
+    return {"diff": diff, "se": se, "paired_se": float(d.std(ddof=1) / math.sqrt(len(d))) if complete else float("nan"),
+            "won": int((d > 0).sum()), "paired": len(d), "n": len(m), "n_base": len(b)}
 
 
 def versus(per_run: pd.DataFrame, baseline: str) -> pd.DataFrame:
-    """One row per (dataset, method other than ``baseline``): difference, standard error and seeds won per figure.
+    """One row per (dataset, method other than ``baseline``) with, per compared figure, ``<figure>_diff``,
+    ``_se`` (Welch), ``_paired_se``, ``_won`` and ``_paired`` (seeds compared), ``_n`` and ``_n_base`` (runs
+    with the figure).
 
     Raises ReportError naming the methods present when a dataset has no run of ``baseline``.
     """
@@ -53,42 +68,44 @@ def versus(per_run: pd.DataFrame, baseline: str) -> pd.DataFrame:
             if method == baseline:
                 continue
             mine = runs[runs["method"] == method]
-            row = {"dataset": dataset, "method": method, "baseline": baseline, "seeds": len(mine),
-                   "baseline_seeds": len(base)}
-            # seeds pair runs only where each side ran a seed once; repeated seeds leave the wins uncounted
-            unique = not mine["seed"].duplicated().any() and not base["seed"].duplicated().any()
-            paired = mine.merge(base, on="seed", suffixes=("", "_base")) if unique else mine.iloc[:0]
+            repeated = bool(mine["seed"].dropna().duplicated().any() or base["seed"].dropna().duplicated().any())
+            row = {"dataset": dataset, "method": method, "baseline": baseline, "runs": len(mine),
+                   "baseline_runs": len(base), "seed_repeated": repeated}
             for metric in COMPARED:
-                diff, se = _difference(mine[metric], base[metric])
-                both = paired[[metric, f"{metric}_base"]].dropna() if unique else pd.DataFrame()
-                row[f"{metric}_diff"] = diff
-                row[f"{metric}_se"] = se
-                row[f"{metric}_won"] = int((both[metric] > both[f"{metric}_base"]).sum()) if len(both) else 0
-                row[f"{metric}_paired"] = len(both)
+                row.update({f"{metric}_{k}": v for k, v in _figures(mine, base, metric, not repeated).items()})
             rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _cell(diff: float, se: float, won: int, paired: int, digits: int) -> str:
+def _cell(r: pd.Series, metric: str) -> str:
+    diff, se, paired_se = r[f"{metric}_diff"], r[f"{metric}_se"], r[f"{metric}_paired_se"]
     if math.isnan(diff):
         return "-"
+    digits = DIGITS[metric]
     text = f"{diff:+.{digits}f}"
     if not math.isnan(se):
         text += f" ± {se:.{digits}f}"
-    return f"{text} ({won}/{paired})" if paired else text
+    notes = [f"paired ± {paired_se:.{digits}f}"] if not math.isnan(paired_se) else []
+    if r["seed_repeated"]:
+        notes.append("a seed repeated: no pairs")
+    elif r[f"{metric}_paired"]:
+        notes.append(f"{int(r[f'{metric}_won'])}/{int(r[f'{metric}_paired'])}")
+    if r[f"{metric}_n"] < r["runs"] or r[f"{metric}_n_base"] < r["baseline_runs"]:
+        notes.append(f"over {int(r[f'{metric}_n'])}/{int(r[f'{metric}_n_base'])} runs")
+    return f"{text} ({', '.join(notes)})" if notes else text
 
 
 def versus_markdown(table: pd.DataFrame) -> str:
-    """The differences as Markdown; a cell reads 'difference ± standard error (seeds won/seeds paired)'."""
-    header = ["dataset", "method", "vs", "seeds (method/baseline)"] + [f"Δ {HEADERS[m]}" for m in COMPARED]
+    """The differences as Markdown; the note under the table says how to read a cell."""
+    header = ["dataset", "method", "vs", "runs (method/baseline)"] + [f"Δ {HEADERS[m]}" for m in COMPARED]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     for _, r in table.iterrows():
-        cells = [str(r["dataset"]), str(r["method"]), str(r["baseline"]), f"{r['seeds']}/{r['baseline_seeds']}"]
-        cells += [_cell(r[f"{m}_diff"], r[f"{m}_se"], int(r[f"{m}_won"]), int(r[f"{m}_paired"]), DIGITS[m])
-                  for m in COMPARED]
-        lines.append("| " + " | ".join(cells) + " |")
-    note = ("\nΔ: method's mean minus the baseline's; ± the standard error of that difference (Welch); "
-            "(w/n): seeds where the method is above the baseline, of the n seeds both have.\n")
+        cells = [str(r["dataset"]), str(r["method"]), str(r["baseline"]), f"{r['runs']}/{r['baseline_runs']}"]
+        lines.append("| " + " | ".join(cells + [_cell(r, m) for m in COMPARED]) + " |")
+    note = ("\nΔ: the method's mean minus the baseline's; ± the standard error of that difference (Welch, runs "
+            "independent); paired ±: the standard error of the mean per-seed difference, where every run pairs by "
+            "seed; w/n: seeds where the method is above the baseline, of the n seeds both have (ties count for "
+            "neither); over k/m runs: where some runs lack the figure.\n")
     return "\n".join(lines) + "\n" + note
 
 
