@@ -211,11 +211,15 @@ def _display(table: pd.DataFrame, pm: str) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
-def to_markdown(table: pd.DataFrame) -> str:
-    header, body = _display(table, "±")
+def markdown_table(header: Sequence[str], body: Iterable[Sequence[str]]) -> str:
+    """A GitHub Markdown table of ready-made cells, one line per row."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in body]
     return "\n".join(lines) + "\n"
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    return markdown_table(*_display(table, "±"))
 
 
 def to_latex(table: pd.DataFrame) -> str:

@@ -28,23 +28,20 @@ import math
 
 import pandas as pd
 
-from aebnas.analysis.report import DIGITS, HEADERS, ReportError, method_key
+from aebnas.analysis.report import DIGITS, HEADERS, ReportError, markdown_table, method_key
 
 COMPARED = ("val_accuracy_at_target", "test_accuracy_at_target", "test_accuracy_of_val_choice", "hypervolume")
 
 
-def _figures(mine: pd.DataFrame, base: pd.DataFrame, metric: str, pairable: bool) -> dict[str, float | int]:
+def _figures(mine: pd.DataFrame, base: pd.DataFrame, pairs: pd.DataFrame | None,
+             metric: str) -> dict[str, float | int]:
     m, b = mine[metric].dropna(), base[metric].dropna()
     diff, se = float("nan"), float("nan")
     if len(m) and len(b):
         diff = float(m.mean() - b.mean())
         if len(m) > 1 and len(b) > 1:
             se = math.sqrt(m.var(ddof=1) / len(m) + b.var(ddof=1) / len(b))
-    if pairable:  # runs without a seed never pair
-        both = mine.dropna(subset=["seed"]).merge(base.dropna(subset=["seed"]), on="seed", suffixes=("", "_base"))
-        d = (both[metric] - both[f"{metric}_base"]).dropna()
-    else:
-        d = pd.Series(dtype=float)
+    d = (pairs[metric] - pairs[f"{metric}_base"]).dropna() if pairs is not None else pd.Series(dtype=float)
     complete = len(d) == len(m) == len(b) >= 2  # every run with the figure is in a pair
     return {"diff": diff, "se": se, "paired_se": float(d.std(ddof=1) / math.sqrt(len(d))) if complete else float("nan"),
             "won": int((d > 0).sum()), "paired": len(d), "n": len(m), "n_base": len(b)}
@@ -69,10 +66,13 @@ def versus(per_run: pd.DataFrame, baseline: str) -> pd.DataFrame:
                 continue
             mine = runs[runs["method"] == method]
             repeated = bool(mine["seed"].dropna().duplicated().any() or base["seed"].dropna().duplicated().any())
+            # runs without a seed never pair
+            pairs = None if repeated else mine.dropna(subset=["seed"]).merge(
+                base.dropna(subset=["seed"]), on="seed", suffixes=("", "_base"))
             row = {"dataset": dataset, "method": method, "baseline": baseline, "runs": len(mine),
                    "baseline_runs": len(base), "seed_repeated": repeated}
             for metric in COMPARED:
-                row.update({f"{metric}_{k}": v for k, v in _figures(mine, base, metric, not repeated).items()})
+                row.update({f"{metric}_{k}": v for k, v in _figures(mine, base, pairs, metric).items()})
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -98,15 +98,13 @@ def _cell(r: pd.Series, metric: str) -> str:
 def versus_markdown(table: pd.DataFrame) -> str:
     """The differences as Markdown; the note under the table says how to read a cell."""
     header = ["dataset", "method", "vs", "runs (method/baseline)"] + [f"Δ {HEADERS[m]}" for m in COMPARED]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    for _, r in table.iterrows():
-        cells = [str(r["dataset"]), str(r["method"]), str(r["baseline"]), f"{r['runs']}/{r['baseline_runs']}"]
-        lines.append("| " + " | ".join(cells + [_cell(r, m) for m in COMPARED]) + " |")
+    body = [[str(r["dataset"]), str(r["method"]), str(r["baseline"]), f"{r['runs']}/{r['baseline_runs']}"]
+            + [_cell(r, m) for m in COMPARED] for _, r in table.iterrows()]
     note = ("\nΔ: the method's mean minus the baseline's; ± the standard error of that difference (Welch, runs "
             "independent); paired ±: the standard error of the mean per-seed difference, where every run pairs by "
             "seed; w/n: seeds where the method is above the baseline, of the n seeds both have (ties count for "
             "neither); over k/m runs: where some runs lack the figure.\n")
-    return "\n".join(lines) + "\n" + note
+    return markdown_table(header, body) + note
 
 
 __all__ = ["COMPARED", "versus", "versus_markdown"]
