@@ -139,18 +139,29 @@ def test_versus_gives_the_hand_computed_difference_errors_and_wins():
     assert a["val_accuracy_at_target_se"] == pytest.approx(math.sqrt(8e-4 / 3))
     assert a["val_accuracy_at_target_paired_se"] == pytest.approx(0.02 / math.sqrt(3))
     assert (a["val_accuracy_at_target_won"], a["val_accuracy_at_target_paired"]) == (2, 3)
+    # p, by the closed forms of Student's t: Welch t = 0.02 / 0.016330 = 1.2247 on (equal variances, 3 + 3
+    # runs) 4 degrees of freedom, where P(|T| < t) = x (1 + (1 - x^2) / 2), x = t / sqrt(t^2 + 4);
+    # paired t = 0.02 / 0.011547 = 1.7321 on 2, where P(|T| < t) = t / sqrt(t^2 + 2)
+    t = 0.02 / math.sqrt(8e-4 / 3)
+    x = t / math.sqrt(t * t + 4)
+    assert a["val_accuracy_at_target_p"] == pytest.approx(1 - x * (1 + (1 - x * x) / 2))  # 0.2879
+    assert a["val_accuracy_at_target_paired_p"] == pytest.approx(1 - math.sqrt(3) / math.sqrt(5))  # 0.2254
     # hypervolume 0.7 / 0.5 / 0.5 by seed 0 / 1 / 2 against 0.6 each: -0.0333, one seed won;
     # per seed +0.1 / -0.1 / -0.1: sd sqrt((0.1333^2 + 2 * 0.0667^2) / 2) = 0.11547, paired SE 0.066667
     assert a["hypervolume_diff"] == pytest.approx(-0.1 / 3)
     assert a["hypervolume_se"] == pytest.approx(math.sqrt(((0.7 - 17 / 30) ** 2 + 2 * (0.5 - 17 / 30) ** 2) / 2 / 3))
     assert a["hypervolume_paired_se"] == pytest.approx(0.2 / 3)
     assert a["hypervolume_won"] == 1
+    # edanas's hypervolumes do not vary, so Welch has 2 degrees of freedom, like the paired test: t = 0.5 in
+    # both, p = 1 - 0.5 / sqrt(0.25 + 2) = 2/3
+    assert a["hypervolume_p"] == pytest.approx(2 / 3) and a["hypervolume_paired_p"] == pytest.approx(2 / 3)
     assert math.isnan(a["test_accuracy_of_val_choice_diff"]) and a["test_accuracy_of_val_choice_paired"] == 0
     r = table.loc["random"]  # one seed: a difference but no standard error
     assert r["val_accuracy_at_target_diff"] == pytest.approx(-0.1) and math.isnan(r["val_accuracy_at_target_se"])
     md = versus_markdown(versus(per_run, "edanas"))
-    assert ("| d | aebnas | edanas | 3/3 | +0.0200 ± 0.0163 (paired ± 0.0115, 2/3) | +0.0200 ± 0.0163 (paired "
-            "± 0.0115, 2/3) | - | -0.0333 ± 0.0667 (paired ± 0.0667, 1/3) |") in md
+    assert ("| d | aebnas | edanas | 3/3 | +0.0200 ± 0.0163, p 0.29 (paired ± 0.0115, p 0.23; 2/3) | +0.0200 ± "
+            "0.0163, p 0.29 (paired ± 0.0115, p 0.23; 2/3) | - | -0.0333 ± 0.0667, p 0.67 (paired ± 0.0667, "
+            "p 0.67; 1/3) |") in md
     assert "| d | random | edanas | 1/3 | -0.1000 (0/1) |" in md
 
 
@@ -161,13 +172,19 @@ def test_versus_pairs_only_what_pairs():
     row = versus(gap, "edanas").iloc[0]
     assert row["val_accuracy_at_target_diff"] == pytest.approx(0.8 - 2.41 / 3)
     assert math.isnan(row["val_accuracy_at_target_paired_se"]) and row["val_accuracy_at_target_paired"] == 2
-    assert "(1/2, over 2/3 runs)" in versus_markdown(versus(gap, "edanas"))
+    assert "(1/2; over 2/3 runs)" in versus_markdown(versus(gap, "edanas"))
     # a seed run twice: no pairs, and the table says why
     twice = pd.concat([edanas, _per_run("aebnas", [0, 0], [0.82, 0.84], [0.5, 0.7])])
     row = versus(twice, "edanas").iloc[0]
     assert row["val_accuracy_at_target_diff"] == pytest.approx(0.83 - 2.41 / 3)
     assert row["val_accuracy_at_target_paired"] == 0
     assert "(a seed repeated: no pairs)" in versus_markdown(versus(twice, "edanas"))
+    # no spread on either side: a standard error of 0 and no test to run
+    flat = pd.concat([edanas, _per_run("aebnas", [0, 1, 2], [0.80, 0.80, 0.81], [0.6, 0.6, 0.6])])
+    row = versus(flat, "edanas").iloc[0]
+    assert row["val_accuracy_at_target_se"] > 0 and row["val_accuracy_at_target_paired_se"] == 0
+    assert math.isnan(row["val_accuracy_at_target_paired_p"])
+    assert "+0.0000 ± 0.0047, p 1.00 (paired ± 0.0000; 0/3) |" in versus_markdown(versus(flat, "edanas"))
     # runs without a seed never pair with each other
     unseeded = pd.concat([_per_run("edanas", [None], [0.80], [0.6]), _per_run("aebnas", [None], [0.82], [0.5])])
     row = versus(unseeded, "edanas").iloc[0]

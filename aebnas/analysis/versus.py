@@ -14,6 +14,11 @@ comparison a paper needs is the difference with its uncertainty:
   figure missing). Runs of one seed start from the same initial supernet
   weights (the backbone is built first, from the seed), so their outcomes
   correlate and pairing usually gives the tighter, fairer error;
+* p: the two-sided p-value of a t-test of a zero difference, Welch's (with
+  the Welch-Satterthwaite degrees of freedom) beside the Welch error and the
+  paired one (n - 1 degrees of freedom) beside the paired error, so that
+  "2.8 standard errors on 3 seeds" need not be looked up by hand; NaN where
+  the error is NaN or zero;
 * seeds won: paired by seed, how often the method's figure is above the
   baseline's, out of the seeds where both have one (a tie counts for neither);
   not counted where either method ran a seed more than once, as pairs would
@@ -27,30 +32,43 @@ from __future__ import annotations
 import math
 
 import pandas as pd
+from scipy import stats
 
 from aebnas.analysis.report import DIGITS, HEADERS, ReportError, markdown_table, method_key
 
 COMPARED = ("val_accuracy_at_target", "test_accuracy_at_target", "test_accuracy_of_val_choice", "hypervolume")
 
 
+def _two_sided_p(diff: float, se: float, dof: float) -> float:
+    """Two-sided p of a t statistic diff / se; NaN where the error is missing or zero (no spread, no test)."""
+    if math.isnan(se) or se == 0 or math.isnan(dof):
+        return float("nan")
+    return float(2 * stats.t.sf(abs(diff) / se, dof))
+
+
 def _figures(mine: pd.DataFrame, base: pd.DataFrame, pairs: pd.DataFrame | None,
              metric: str) -> dict[str, float | int]:
     m, b = mine[metric].dropna(), base[metric].dropna()
-    diff, se = float("nan"), float("nan")
+    diff, se, p = float("nan"), float("nan"), float("nan")
     if len(m) and len(b):
         diff = float(m.mean() - b.mean())
         if len(m) > 1 and len(b) > 1:
-            se = math.sqrt(m.var(ddof=1) / len(m) + b.var(ddof=1) / len(b))
+            vm, vb = m.var(ddof=1) / len(m), b.var(ddof=1) / len(b)
+            se = math.sqrt(vm + vb)
+            welch_dof = (vm + vb) ** 2 / (vm ** 2 / (len(m) - 1) + vb ** 2 / (len(b) - 1)) if se else float("nan")
+            p = _two_sided_p(diff, se, welch_dof)
     d = (pairs[metric] - pairs[f"{metric}_base"]).dropna() if pairs is not None else pd.Series(dtype=float)
     complete = len(d) == len(m) == len(b) >= 2  # every run with the figure is in a pair
-    return {"diff": diff, "se": se, "paired_se": float(d.std(ddof=1) / math.sqrt(len(d))) if complete else float("nan"),
+    paired_se = float(d.std(ddof=1) / math.sqrt(len(d))) if complete else float("nan")
+    return {"diff": diff, "se": se, "p": p, "paired_se": paired_se,
+            "paired_p": _two_sided_p(float(d.mean()), paired_se, len(d) - 1) if complete else float("nan"),
             "won": int((d > 0).sum()), "paired": len(d), "n": len(m), "n_base": len(b)}
 
 
 def versus(per_run: pd.DataFrame, baseline: str) -> pd.DataFrame:
     """One row per (dataset, method other than ``baseline``) with, per compared figure, ``<figure>_diff``,
-    ``_se`` (Welch), ``_paired_se``, ``_won`` and ``_paired`` (seeds compared), ``_n`` and ``_n_base`` (runs
-    with the figure).
+    ``_se`` and ``_p`` (Welch), ``_paired_se`` and ``_paired_p``, ``_won`` and ``_paired`` (seeds compared),
+    ``_n`` and ``_n_base`` (runs with the figure).
 
     Raises ReportError naming the methods present when a dataset has no run of ``baseline``.
     """
@@ -77,6 +95,11 @@ def versus(per_run: pd.DataFrame, baseline: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _p_text(p: float) -> str:
+    # two decimals down to 0.1 (0.30, not 0.3), two significant digits below it (0.014)
+    return "p < 0.001" if p < 0.001 else f"p {p:.2f}" if p >= 0.095 else f"p {p:.2g}"
+
+
 def _cell(r: pd.Series, metric: str) -> str:
     diff, se, paired_se = r[f"{metric}_diff"], r[f"{metric}_se"], r[f"{metric}_paired_se"]
     if math.isnan(diff):
@@ -85,14 +108,20 @@ def _cell(r: pd.Series, metric: str) -> str:
     text = f"{diff:+.{digits}f}"
     if not math.isnan(se):
         text += f" ± {se:.{digits}f}"
-    notes = [f"paired ± {paired_se:.{digits}f}"] if not math.isnan(paired_se) else []
+        if not math.isnan(r[f"{metric}_p"]):
+            text += f", {_p_text(r[f'{metric}_p'])}"
+    notes = []
+    if not math.isnan(paired_se):
+        paired = f"paired ± {paired_se:.{digits}f}"
+        paired_p = r[f"{metric}_paired_p"]
+        notes.append(paired if math.isnan(paired_p) else f"{paired}, {_p_text(paired_p)}")
     if r["seed_repeated"]:
         notes.append("a seed repeated: no pairs")
     elif r[f"{metric}_paired"]:
         notes.append(f"{int(r[f'{metric}_won'])}/{int(r[f'{metric}_paired'])}")
     if r[f"{metric}_n"] < r["runs"] or r[f"{metric}_n_base"] < r["baseline_runs"]:
         notes.append(f"over {int(r[f'{metric}_n'])}/{int(r[f'{metric}_n_base'])} runs")
-    return f"{text} ({', '.join(notes)})" if notes else text
+    return f"{text} ({'; '.join(notes)})" if notes else text
 
 
 def versus_markdown(table: pd.DataFrame) -> str:
@@ -102,7 +131,8 @@ def versus_markdown(table: pd.DataFrame) -> str:
             + [_cell(r, m) for m in COMPARED] for _, r in table.iterrows()]
     note = ("\nΔ: the method's mean minus the baseline's; ± the standard error of that difference (Welch, runs "
             "independent); paired ±: the standard error of the mean per-seed difference, where every run pairs by "
-            "seed; w/n: seeds where the method is above the baseline, of the n seeds both have (ties count for "
+            "seed; p: two-sided t-test of no difference, Welch's after the Welch error, the paired one after the "
+            "paired error; w/n: seeds where the method is above the baseline, of the n seeds both have (ties count for "
             "neither); over k/m runs: where some runs lack the figure.\n")
     return markdown_table(header, body) + note
 
