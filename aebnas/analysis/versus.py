@@ -40,8 +40,8 @@ COMPARED = ("val_accuracy_at_target", "test_accuracy_at_target", "test_accuracy_
 
 
 def _two_sided_p(diff: float, se: float, dof: float) -> float:
-    """Two-sided p of a t statistic diff / se; NaN where the error is missing or zero (no spread, no test)."""
-    if math.isnan(se) or se == 0 or math.isnan(dof):
+    """Two-sided p of a t statistic diff / se; NaN where the error is zero (no spread, no test)."""
+    if se == 0:
         return float("nan")
     return float(2 * stats.t.sf(abs(diff) / se, dof))
 
@@ -55,8 +55,8 @@ def _figures(mine: pd.DataFrame, base: pd.DataFrame, pairs: pd.DataFrame | None,
         if len(m) > 1 and len(b) > 1:
             vm, vb = m.var(ddof=1) / len(m), b.var(ddof=1) / len(b)
             se = math.sqrt(vm + vb)
-            welch_dof = (vm + vb) ** 2 / (vm ** 2 / (len(m) - 1) + vb ** 2 / (len(b) - 1)) if se else float("nan")
-            p = _two_sided_p(diff, se, welch_dof)
+            if se:  # Welch-Satterthwaite degrees of freedom are 0/0 without spread
+                p = _two_sided_p(diff, se, (vm + vb) ** 2 / (vm ** 2 / (len(m) - 1) + vb ** 2 / (len(b) - 1)))
     d = (pairs[metric] - pairs[f"{metric}_base"]).dropna() if pairs is not None else pd.Series(dtype=float)
     complete = len(d) == len(m) == len(b) >= 2  # every run with the figure is in a pair
     paired_se = float(d.std(ddof=1) / math.sqrt(len(d))) if complete else float("nan")
