@@ -12,7 +12,10 @@ run time, about 1.5 s per new configuration (NVIDIA/cudnn-frontend issue #1066).
 So some rows run the depthwise convolutions on PyTorch's own kernel
 (``cudnn_depthwise`` false: what ``trainer.cudnn_depthwise=false`` does) and two
 run with cuDNN off altogether (every other convolution then loops over the
-batch: slow, but free of cuDNN set-up). The most telling rows come first, so a
+batch: slow, but free of cuDNN set-up). Two rows record the step as a CUDA graph
+(``trainer.cuda_graphs=true``) and time its replays: whether the host's cost per
+operator, not the GPU, sets the warm step's pace. Every row runs the trainer's own
+step (``make_train_step``). The most telling rows come first, so a
 run cut short keeps them; the JSON is rewritten after every row. Supernet
 sandwich steps (autotuning off: their shapes change every step) come last, per
 layout.
@@ -23,7 +26,9 @@ to row. ``--fresh`` runs each variant in a process of its own on one shared
 network: the clean comparison, at the price of a process start per row. The
 first row compares PyTorch's depthwise kernel with cuDNN's numerically.
 
-    python experiments/bench_train_step.py --out train_step.json --fresh --variants 4 --no-supernet
+    python experiments/bench_train_step.py --out train_step.json --fresh --variants 5 --no-supernet
+
+``--count-ops N`` only counts the operators one training step issues, for N random networks, on any device.
 """
 
 from __future__ import annotations
@@ -35,10 +40,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench_common import DEFAULT_OVERRIDES, load_setup, machine, sample_genomes, write_json
 
@@ -46,8 +53,8 @@ from aebnas.cli.common import user_errors
 from aebnas.nn import build_model
 from aebnas.nn.depthwise import DepthwiseConv2d, native_depthwise, native_vs_cudnn
 from aebnas.nn.supernet import Supernet
-from aebnas.train.losses import joint_exit_loss
 from aebnas.train.supernet import sandwich_backbones, sandwich_heads, sandwich_step
+from aebnas.train.trainer import make_train_step
 
 
 def timed(fn, device: torch.device) -> float:
@@ -58,15 +65,18 @@ def timed(fn, device: torch.device) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-# (amp, channels_last, autotune, cudnn, cudnn for depthwise). Most telling first (a run cut short keeps those
-# rows): today's default, depthwise without cuDNN (trainer.cudnn_depthwise=false), the same without autotuning,
-# NCHW, cuDNN off altogether, then the remaining layouts.
-VARIANTS = [(True, True, True, True, True), (True, True, True, True, False), (True, True, False, True, True),
-            (True, True, False, True, False), (True, False, False, True, False), (True, False, False, False, True),
-            (True, True, False, False, True)]
-VARIANTS += [(amp, cl, bench, True, True) for amp, cl, bench in itertools.product((True, False), (True, False),
-                                                                                   (False, True))
-             if (amp, cl, bench, True, True) not in VARIANTS]
+# (amp, channels_last, autotune, cudnn, cudnn for depthwise, CUDA graph). Most telling first (a run cut short
+# keeps those rows): today's default, depthwise without cuDNN (trainer.cudnn_depthwise=false), the same without
+# autotuning, the default with the step recorded as a CUDA graph (trainer.cuda_graphs=true), NCHW, cuDNN off
+# altogether, then the remaining layouts.
+VARIANTS = [(True, True, True, True, True, False), (True, True, True, True, False, False),
+            (True, True, False, True, True, False), (True, True, False, True, False, False),
+            (True, True, True, True, True, True), (True, True, True, True, False, True),
+            (True, False, False, True, False, False), (True, False, False, False, True, False),
+            (True, True, False, False, True, False)]
+VARIANTS += [(amp, cl, bench, True, True, False) for amp, cl, bench in itertools.product((True, False), (True, False),
+                                                                                         (False, True))
+             if (amp, cl, bench, True, True, False) not in VARIANTS]
 
 
 def depthwise_check(dev: torch.device) -> dict:
@@ -82,31 +92,36 @@ def depthwise_check(dev: torch.device) -> dict:
 
 
 def time_variant(setup, variant: tuple, genome, x: torch.Tensor, y: torch.Tensor, steps: int) -> dict:
-    """First and later training steps of ``genome``'s network, new to this process, under ``variant``."""
-    amp, cl, bench, cudnn, cudnn_dw = variant
+    """First and later training steps of ``genome``'s network, new to this process, under ``variant``: the
+    trainer's own step (``make_train_step``: its optimizer, loss and, with ``cuda_graphs``, the recorded graph).
+
+    With a CUDA graph the steps after the first are the eager warm-up steps and the recording
+    (``recording_ms``: the 2nd to the 4th step); ``later_step_ms`` then times replays.
+    """
+    amp, cl, bench, cudnn, cudnn_dw, graphs = variant
     dev, data = setup.device, setup.data
     torch.backends.cudnn.benchmark = bench
     torch.backends.cudnn.enabled = cudnn
     xb = x.contiguous(memory_format=torch.channels_last) if cl else x
-    model = build_model(genome, data.num_classes, data.in_channels).to(dev)
+    model = build_model(genome, data.num_classes, data.in_channels).to(dev).train()
     if cl:
         model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    cfg = replace(setup.trainer, amp=amp, channels_last=cl, cudnn_benchmark=bench, cudnn_depthwise=cudnn_dw,
+                  cuda_graphs=graphs)
+    train_step = make_train_step(model, cfg, dev, total_steps=1000)
 
     def step():
         with native_depthwise(not cudnn_dw):
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                out = model(xb)
-            loss = joint_exit_loss(out, y, [1.0] * len(out))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-        opt.step()
+            train_step(xb, y)
     row = {"what": "new candidate", "genome": genome.network_key, "amp": amp, "channels_last": cl,
-           "cudnn": cudnn, "cudnn_benchmark": bench, "cudnn_depthwise": cudnn_dw}
+           "cudnn": cudnn, "cudnn_benchmark": bench, "cudnn_depthwise": cudnn_dw, "cuda_graphs": graphs}
     try:  # one variant failing on this machine must not cost the rows after it
-        cold = timed(step, dev)
+        row["first_step_ms"] = timed(step, dev)
+        if graphs:
+            row["recording_ms"] = timed(lambda: [step() for _ in range(train_step.warmup_steps)], dev)
+            row["cuda_graph"] = train_step.graph_state
         warm = timed(lambda: [step() for _ in range(steps)], dev) / steps
-        row.update({"first_step_ms": cold, "later_step_ms": warm, "images_per_s_later": x.shape[0] / warm * 1000})
+        row.update({"later_step_ms": warm, "images_per_s_later": x.shape[0] / warm * 1000})
     except RuntimeError as exc:
         row["error"] = f"{type(exc).__name__}: {exc}"[:500]
     finally:
@@ -141,6 +156,47 @@ def time_supernet_steps(setup, x: torch.Tensor, y: torch.Tensor, steps: int, rng
     return rows
 
 
+class _OpCounter(TorchDispatchMode):
+    """Counts the operators that reach torch's dispatcher: each one costs the host its own dispatch (and, on a
+    GPU, at least one kernel launch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_step_ops(setup, n_genomes: int, batch: int) -> list[dict]:
+    """Operators one training step of the trainer issues, for ``n_genomes`` random networks of the space, on
+    whatever device the config resolves to (the CPU too: without autocast, which runs on CUDA only): forward,
+    joint loss and backward, and the optimizer's step apart (torch loops over the parameters on the CPU and
+    uses its multi-tensor kernels on CUDA). The figure says how much host work a CUDA graph can save."""
+    dev, data = setup.device, setup.data
+    rows = []
+    for genome in sample_genomes(setup.space, n_genomes, setup.seed + 1):
+        model = build_model(genome, data.num_classes, data.in_channels).to(dev).train()
+        train_step = make_train_step(model, replace(setup.trainer, cuda_graphs=False), dev, total_steps=1000)
+        x = torch.randn(batch, data.in_channels, data.resolution, data.resolution, device=dev)
+        y = torch.randint(0, data.num_classes, (batch,), device=dev)
+        train_step(x, y)  # the optimizer's state exists from here on, as in every later step
+        train_step.optimizer.zero_grad(set_to_none=True)
+        with _OpCounter() as forward_backward:
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=train_step.amp):
+                outputs = model(x)
+            train_step.loss_fn(outputs, y).backward()
+        with _OpCounter() as optimizer:
+            train_step.optimizer.step()
+        rows.append({"what": "operators per training step", "genome": genome.network_key,
+                     "forward_backward_operators": forward_backward.count, "optimizer_operators": optimizer.count,
+                     "parameter_tensors": sum(1 for _ in model.parameters()), "device": str(dev),
+                     "amp": train_step.amp})
+        print({k: v for k, v in rows[-1].items() if k != "genome"}, flush=True)
+    return rows
+
+
 def fresh_process_row(args: argparse.Namespace, index: int) -> dict:
     """Variant ``index`` in a process of its own: no engine, autotuning result or allocation of another row."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -165,11 +221,16 @@ def main() -> None:
     p.add_argument("--fresh", action="store_true", help="each variant in a process of its own, all on one genome")
     p.add_argument("--row-timeout", type=float, default=90, help="with --fresh: seconds one variant may take")
     p.add_argument("--no-supernet", action="store_true", help="skip the supernet sandwich steps")
+    p.add_argument("--count-ops", type=int, default=0, metavar="N",
+                   help="only count the operators of one training step for N random networks (any device)")
     p.add_argument("--only", type=int, default=None, help=argparse.SUPPRESS)  # one variant, for --fresh
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     setup = load_setup(args.overrides or list(DEFAULT_OVERRIDES))
     dev, data = setup.device, setup.data
+    if args.count_ops:
+        write_json(args.out, {"machine": machine(), "batch": 2, "rows": count_step_ops(setup, args.count_ops, 2)})
+        return
     if dev.type != "cuda":
         raise SystemExit(f"bench_train_step.py times cuDNN and CUDA kernels; trainer.device resolved to {dev}, "
                          "run it on a machine with a GPU")

@@ -104,9 +104,10 @@ probe() {
   machine_facts
   stage_data
   if [[ -z "${SKIP_TRAIN_STEP:-}" ]]; then
-    # Each variant in its own process on one network: the clean comparison of the four that decide.
-    step "${LIMIT_TRAIN_STEP:-150}" python3 experiments/bench_train_step.py --out "$w/train_step.json" \
-      --fresh --variants 4 --no-supernet --row-timeout 40 $GPU_EXPERIMENT dataset.data_dir="$DATA_DIR" \
+    # Each variant in its own process on one network: the clean comparison of the four that decide
+    # cudnn_depthwise, and the default with the step recorded as a CUDA graph (trainer.cuda_graphs).
+    step "${LIMIT_TRAIN_STEP:-180}" python3 experiments/bench_train_step.py --out "$w/train_step.json" \
+      --fresh --variants 5 --no-supernet --row-timeout 40 $GPU_EXPERIMENT dataset.data_dir="$DATA_DIR" \
       ${SIZE_OVERRIDES:-}
     pack_probe "$w"
   fi
@@ -129,6 +130,9 @@ probe() {
       step "${LIMIT_STREAM_TRAIN:-240}" bash experiments/gpu_stream_job.sh
     pack_probe "$w"
   fi
+  # The CUDA-only tests (the recorded step against the eager one, the depthwise routing): the CPU skips them.
+  step "${LIMIT_TESTS:-45}" python3 -m pytest -q -rs -p no:cacheprovider tests/test_train_steps.py \
+    tests/test_depthwise.py 2>&1 | tail -n 15
   [[ -n "$PROFILE_HARDWARE" ]] || stamp "no latency-table config for this GPU in conf/hardware: profiling skipped"
   for hw in $PROFILE_HARDWARE; do
     step "${LIMIT_PROFILE:-60}" python3 -m aebnas.cli.profile hardware="$hw" space=mbv3_32 profile.resolution=32 \

@@ -83,7 +83,8 @@ def test_divergence_is_reported(data, tiny_space):
                                           ({"optimizer": "adam"}, "trainer.optimizer"), ({"epoch": 3}, "trainer.epoch"),
                                           ({"label_smoothing": 1.0}, "trainer.label_smoothing"),
                                           ({"cudnn_benchmark": "off"}, "trainer.cudnn_benchmark"),
-                                          ({"cudnn_depthwise": "no"}, "trainer.cudnn_depthwise")])
+                                          ({"cudnn_depthwise": "no"}, "trainer.cudnn_depthwise"),
+                                          ({"cuda_graphs": "yes"}, "trainer.cuda_graphs")])
 def test_bad_trainer_config(patch, field):
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
         TrainerConfig.from_dict(patch)

@@ -20,6 +20,7 @@ from torch import nn
 from aebnas.data import ArraySplit, DataSplits, augment_batch, normalize
 from aebnas.nn.depthwise import cudnn_flags, native_depthwise
 from aebnas.train.losses import exit_loss_weights, joint_exit_loss
+from aebnas.train.steps import EagerTrainStep, GraphedTrainStep
 from aebnas.validation import ConfigError, check_bool, check_int, check_number, reject_unknown_keys
 
 
@@ -50,6 +51,7 @@ class TrainerConfig:
     channels_last: bool = True
     cudnn_benchmark: bool = True
     cudnn_depthwise: bool = True
+    cuda_graphs: bool = False
     device: str = "auto"
     num_threads: int | None = None
     init: str = "from_scratch"
@@ -76,6 +78,7 @@ class TrainerConfig:
         check_bool(tc.channels_last, "trainer.channels_last")
         check_bool(tc.cudnn_benchmark, "trainer.cudnn_benchmark")
         check_bool(tc.cudnn_depthwise, "trainer.cudnn_depthwise")
+        check_bool(tc.cuda_graphs, "trainer.cuda_graphs")
         if tc.init not in INITS:
             raise ConfigError(f"trainer.init: '{tc.init}' is not one of {list(INITS)}")
         check_number(tc.finetune_lr, "trainer.finetune_lr", lo=0, lo_open=True)
@@ -97,13 +100,16 @@ class TrainStats:
     seconds: float
     steps: int
     final_loss: float
+    cuda_graph: str = "off"  # GraphedTrainStep.graph_state: captured, failed: ..., or off
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
-    """Shuffled index batches; a trailing batch of one sample is dropped (BatchNorm cannot train on it)."""
+def _batches(n: int, batch_size: int, generator: torch.Generator | None = None,
+             drop_last: bool = False) -> list[torch.Tensor]:
+    """Shuffled index batches; a trailing batch of one sample is dropped (BatchNorm cannot train on it), and with
+    ``drop_last`` any short trailing batch (a CUDA graph replays one shape), unless it is the only batch."""
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     batches = list(order.split(batch_size))
-    if len(batches) > 1 and len(batches[-1]) == 1:
+    if len(batches) > 1 and (len(batches[-1]) == 1 or (drop_last and len(batches[-1]) < batch_size)):
         batches.pop()
     return batches
 
@@ -160,23 +166,23 @@ class BatchStream:
     """
 
     def __init__(self, data: DataSplits, batch_size: int, crop_padding: int, device: torch.device, seed: int = 0,
-                 channels_last: bool = False):
+                 channels_last: bool = False, drop_last: bool = False):
         self.x = data.train.x.to(device)
         self.y = data.train.y.to(device)
         self.mean = torch.as_tensor(data.mean, dtype=torch.float32, device=device)
         self.std = torch.as_tensor(data.std, dtype=torch.float32, device=device)
         self.batch_size, self.crop_padding, self.hflip = batch_size, crop_padding, data.hflip
         self.device = device
-        self.channels_last = channels_last
+        self.channels_last, self.drop_last = channels_last, drop_last
         self.order_gen = torch.Generator().manual_seed(seed)
         self.aug_gen = torch.Generator(device=device).manual_seed(seed + 1)
 
     @property
     def steps_per_epoch(self) -> int:
-        return len(_batches(len(self.y), self.batch_size))
+        return len(_batches(len(self.y), self.batch_size, drop_last=self.drop_last))
 
     def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for idx in _batches(len(self.y), self.batch_size, self.order_gen):
+        for idx in _batches(len(self.y), self.batch_size, self.order_gen, self.drop_last):
             idx = idx.to(self.device, non_blocking=True)
             xb = normalize(augment_batch(self.x[idx], self.crop_padding, self.hflip, self.aug_gen), self.mean, self.std)
             if self.channels_last:
@@ -184,18 +190,58 @@ class BatchStream:
             yield xb, self.y[idx]
 
 
+def cosine_factor(step: int, total_steps: int) -> float:
+    """The learning-rate multiplier at ``step``: a cosine decay from 1 to 0 over ``total_steps``."""
+    total = max(1, total_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+
+
+def _optimizer(params: Iterable[nn.Parameter], cfg: TrainerConfig, lr: float | torch.Tensor, weight_decay: float,
+               fused: bool = False) -> torch.optim.Optimizer:
+    fused_arg = True if fused else None  # None: torch's own choice (foreach on CUDA)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                               weight_decay=weight_decay, fused=fused_arg)
+    capturable = fused and isinstance(lr, torch.Tensor) and lr.device.type == "cuda"
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused_arg, capturable=capturable)
+
+
 def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainerConfig, lr: float, weight_decay: float,
                    total_steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """The optimizer of ``cfg`` with a cosine decay to zero over ``total_steps``."""
-    if cfg.optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum,
-                                                     nesterov=cfg.nesterov and cfg.momentum > 0,
-                                                     weight_decay=weight_decay)
-    else:
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    total = max(1, total_steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    return opt, sched
+    opt = _optimizer(params, cfg, lr, weight_decay)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_factor(s, total_steps))
+
+
+def make_graphable_optimizer(params: Iterable[nn.Parameter], cfg: TrainerConfig, lr: torch.Tensor,
+                             weight_decay: float) -> torch.optim.Optimizer:
+    """The optimizer of ``cfg`` in the form a CUDA graph can replay: fused (one kernel, no host-side loop over
+    parameters) and reading its learning rate from the 0-dim device tensor ``lr``, which the schedule rewrites
+    in place (a scheduler would read it back to the host every step)."""
+    return _optimizer(params, cfg, lr, weight_decay, fused=True)
+
+
+def make_train_step(model: nn.Module, cfg: TrainerConfig, device: torch.device,
+                    total_steps: int) -> EagerTrainStep | GraphedTrainStep:
+    """The training step ``fit`` runs: recorded as a CUDA graph with ``cfg.cuda_graphs`` on CUDA, else eager.
+
+    Both follow the same schedule (``cosine_factor`` from ``cfg.lr``) and loss (``joint_exit_loss`` with
+    ``cfg.exit_weights``).
+    """
+    n_exits = model.n_exits if hasattr(model, "n_exits") else 1
+    weights = exit_loss_weights(n_exits, cfg.exit_weights)
+    use_amp = cfg.amp and device.type == "cuda"
+
+    def loss_fn(outputs: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        return joint_exit_loss(outputs, target, weights, cfg.label_smoothing)
+
+    if cfg.cuda_graphs and device.type == "cuda":
+        lr = torch.tensor(float(cfg.lr), device=device)
+        opt = make_graphable_optimizer(model.parameters(), cfg, lr, cfg.weight_decay)
+        return GraphedTrainStep(model, opt, lr, lambda s: cfg.lr * cosine_factor(s, total_steps), loss_fn, device,
+                                use_amp)
+    opt, sched = make_optimizer(model.parameters(), cfg, cfg.lr, cfg.weight_decay, total_steps)
+    return EagerTrainStep(model, opt, sched, loss_fn, device, use_amp)
 
 
 def check_finite(loss_sum: torch.Tensor, steps: int) -> None:
@@ -209,29 +255,21 @@ def fit(model: nn.Module, data: DataSplits, cfg: TrainerConfig, device: torch.de
     """Train all exits jointly with a cosine schedule; raises TrainingDiverged on NaN/inf loss.
 
     ``on_epoch(epoch, mean_loss)`` runs after each epoch (1-based), e.g. to report progress of a long run.
+    With ``cfg.cuda_graphs`` on CUDA the step is a replayed CUDA graph and every epoch drops its short last
+    batch (a graph replays one batch shape).
     """
     start = time.perf_counter()
-    n_exits = model.n_exits if hasattr(model, "n_exits") else 1
-    weights = exit_loss_weights(n_exits, cfg.exit_weights)
-    use_amp = cfg.amp and device.type == "cuda"
+    graphed = cfg.cuda_graphs and device.type == "cuda"
     loss = torch.full((), float("nan"))
     steps = 0
     with training_layout(model, cfg, device) as channels_last, candidate_cudnn(cfg, device):
-        stream = BatchStream(data, cfg.batch_size, cfg.crop_padding, device, seed, channels_last)
-        opt, sched = make_optimizer(model.parameters(), cfg, cfg.lr, cfg.weight_decay,
-                                    cfg.epochs * stream.steps_per_epoch)
+        stream = BatchStream(data, cfg.batch_size, cfg.crop_padding, device, seed, channels_last, drop_last=graphed)
+        step = make_train_step(model, cfg, device, cfg.epochs * stream.steps_per_epoch)
         for epoch in range(1, cfg.epochs + 1):
             loss_sum = torch.zeros((), device=device)
             epoch_steps = steps
             for xb, yb in stream.epoch():
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    outputs = model(xb)
-                outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-                loss = joint_exit_loss(outputs, yb, weights, cfg.label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
+                loss = step(xb, yb)
                 steps += 1
                 loss_sum += loss.detach()
             check_finite(loss_sum, steps)  # synchronises once per epoch anyway; on_epoch adds no wait
@@ -239,7 +277,8 @@ def fit(model: nn.Module, data: DataSplits, cfg: TrainerConfig, device: torch.de
                 on_epoch(epoch, float(loss_sum) / max(1, steps - epoch_steps))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return TrainStats(seconds=time.perf_counter() - start, steps=steps, final_loss=float(loss.detach()))
+    return TrainStats(seconds=time.perf_counter() - start, steps=steps, final_loss=float(loss.detach()),
+                      cuda_graph=step.graph_state if cfg.epochs else "off")
 
 
 #: Input values (images x channels x pixels) sent through recalibration at once: 2,000 CIFAR-sized images.

@@ -1,0 +1,135 @@
+"""One optimisation step of a candidate: launched op by op from Python, or recorded once as a CUDA graph.
+
+Why a graph: on an H100 a warm training step of an mbv3_32 candidate at batch 512 took 25 ms (2.3-2.9 s an
+epoch of 45,000 images), so 5 fine-tune epochs cost 11.5-14.5 s against #3's target of 4 s for the whole
+candidate. Its forward and backward alone issue 700-960 operators (eight random mbv3_32 candidates, counted
+by ``bench_train_step.py --count-ops``, docs/benchmarks.md), each paying Python, dispatcher and launch costs
+on the host. Where those costs, not the
+GPU's arithmetic, set the pace, replaying one recorded graph per step removes them. Whether they do is for
+``experiments/bench_train_step.py`` to measure on the GPU; until it has, ``trainer.cuda_graphs`` is off.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+log = logging.getLogger("aebnas.train")
+
+#: outputs of every exit and the labels -> the scalar loss to minimise
+LossFn = Callable[[Sequence[torch.Tensor], torch.Tensor], torch.Tensor]
+
+
+def _as_list(outputs: torch.Tensor | Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
+    return outputs if isinstance(outputs, (list, tuple)) else [outputs]
+
+
+class EagerTrainStep:
+    """Forward, loss, backward, optimizer and schedule step, every operator launched from Python."""
+
+    graph_state = "off"
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, loss_fn: LossFn, device: torch.device, amp: bool):
+        self.model, self.optimizer, self.scheduler, self.loss_fn = model, optimizer, scheduler, loss_fn
+        self.device_type, self.amp = device.type, amp
+
+    def __call__(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.amp):
+            outputs = self.model(xb)
+        loss = self.loss_fn(_as_list(outputs), yb)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss
+
+
+class GraphedTrainStep:
+    """The same step recorded once as a CUDA graph and replayed for every later batch of the same shape.
+
+    What a graph needs, and how this class provides it:
+
+    - fixed input addresses: each batch is copied into static buffers (the trainer drops the short last batch
+      of an epoch, so every batch has one shape);
+    - no host scalars that change: the learning rate is a 0-dim tensor on the device (``lr``) that the
+      schedule ``lr_at(step)`` rewrites in place before each step, and the optimizer must be a fused one that
+      reads it there (``trainer.make_graphable_optimizer``);
+    - lazy initialisation done before recording: the first ``warmup_steps`` batches train eagerly on a side
+      stream (they create the momentum buffers and let cuDNN autotune), then the next batch is recorded and
+      every batch from there on is a replay. Warm-up steps are real training steps, not extra ones.
+
+    If recording fails (an operator that cannot be captured, say), the error is logged once per message and
+    this candidate goes on training eagerly with the same optimizer and schedule; ``graph_state`` says which
+    happened (``captured``, ``failed: ...``, ``eager`` off CUDA, ``pending`` before the recording step).
+    Off CUDA no graph is ever recorded: every step runs eagerly, the same arithmetic the graph would replay.
+    """
+
+    _logged_failures: set[str] = set()
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, lr: torch.Tensor,
+                 lr_at: Callable[[int], float], loss_fn: LossFn, device: torch.device, amp: bool,
+                 warmup_steps: int = 3):
+        self.model, self.optimizer, self.lr, self.lr_at, self.loss_fn = model, optimizer, lr, lr_at, loss_fn
+        self.device, self.amp, self.warmup_steps = device, amp, warmup_steps
+        self.steps = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.graph_state = "pending" if device.type == "cuda" else "eager"
+        self._x = self._y = self._loss = None
+
+    def __call__(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        self.lr.fill_(self.lr_at(self.steps))  # a device-side write: no wait for the GPU
+        self.steps += 1
+        if self.graph is not None:
+            self._x.copy_(xb)
+            self._y.copy_(yb)
+            self.graph.replay()
+            return self._loss
+        if self.graph_state != "pending":  # off CUDA, or recording failed
+            return self._run(xb, yb)
+        if self.steps <= self.warmup_steps:
+            return self._warm_up(xb, yb)
+        return self._record_and_replay(xb, yb)
+
+    def _run(self, x: torch.Tensor, y: torch.Tensor, zero_grad: bool = True) -> torch.Tensor:
+        # cache_enabled=False: autocast's cache of cast weights must not outlive a recording
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
+            outputs = self.model(x)
+        loss = self.loss_fn(_as_list(outputs), y)
+        if zero_grad:
+            self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss
+
+    def _warm_up(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        side = torch.cuda.Stream(device=self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            loss = self._run(xb, yb)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        return loss
+
+    def _record_and_replay(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        self._x, self._y = xb.clone(), yb.clone()  # clone keeps channels_last
+        self.optimizer.zero_grad(set_to_none=True)  # the recorded backward writes the gradients afresh
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self._loss = self._run(self._x, self._y, zero_grad=False)
+        except RuntimeError as exc:
+            message = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            self.graph_state = f"failed: {message}"
+            self._x = self._y = self._loss = None
+            self.optimizer.zero_grad(set_to_none=True)
+            if message not in self._logged_failures:
+                self._logged_failures.add(message)
+                log.warning("trainer.cuda_graphs: recording the training step failed (%s); training eagerly",
+                            message)
+            return self._run(xb, yb)
+        self.graph, self.graph_state = graph, "captured"
+        graph.replay()  # recording ran nothing: this is the step for this batch
+        return self._loss
