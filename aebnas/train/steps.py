@@ -79,6 +79,7 @@ class GraphedTrainStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.graph_state = "pending" if device.type == "cuda" else "eager"
         self._x = self._y = self._loss = None
+        self._side: torch.cuda.Stream | None = None  # warm-up and recording share it (handles made there stay valid)
 
     def __call__(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         self.lr.fill_(self.lr_at(self.steps))  # a device-side write: no wait for the GPU
@@ -106,11 +107,12 @@ class GraphedTrainStep:
         return loss
 
     def _warm_up(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        side = torch.cuda.Stream(device=self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
+        if self._side is None:
+            self._side = torch.cuda.Stream(device=self.device)
+        self._side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self._side):
             loss = self._run(xb, yb)
-        torch.cuda.current_stream(self.device).wait_stream(side)
+        torch.cuda.current_stream(self.device).wait_stream(self._side)
         return loss
 
     def _record_and_replay(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
@@ -118,7 +120,7 @@ class GraphedTrainStep:
         self.optimizer.zero_grad(set_to_none=True)  # the recorded backward writes the gradients afresh
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, stream=self._side):
                 self._loss = self._run(self._x, self._y, zero_grad=False)
         except RuntimeError as exc:
             message = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
