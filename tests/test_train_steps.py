@@ -1,5 +1,6 @@
 """The training step fit runs: eager, or recorded once as a CUDA graph (trainer.cuda_graphs)."""
 
+import contextlib
 import math
 
 import pytest
@@ -28,10 +29,12 @@ def _twin_models(tiny_space, data, device="cpu"):
     return a, b
 
 
-def _graphable_step(model, cfg, device, total):
-    lr = torch.tensor(cfg.lr, device=device)
+def _graphable_step(model, cfg, device, total, tensors_on=None):
+    """The step fit builds with trainer.cuda_graphs on ``device``; ``tensors_on`` keeps its learning rate on
+    another device (the CPU, where a test only pretends to be on CUDA)."""
+    lr = torch.tensor(cfg.lr, device=tensors_on or device)
     opt = make_graphable_optimizer(model.parameters(), cfg, lr, cfg.weight_decay)
-    eager = make_train_step(model, cfg, device, total)  # only for its loss function: the one fit uses
+    eager = make_train_step(model, cfg, lr.device, total)  # only for its loss function: the one fit uses
     return GraphedTrainStep(model, opt, lr, lambda s: cfg.lr * cosine_factor(s, total), eager.loss_fn, device,
                             amp=False)
 
@@ -104,9 +107,11 @@ def test_cuda_graphs_is_a_no_op_off_cuda(data, tiny_space):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="records a CUDA graph")
-def test_a_recorded_step_replays_the_eager_training(data, tiny_space):
+def test_a_recorded_step_replays_the_eager_training(data, tiny_space, monkeypatch):
     cuda = torch.device("cuda")
-    torch.backends.cudnn.benchmark = False
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    monkeypatch.setattr(GraphedTrainStep, "_process_failure", None)
     cfg = TrainerConfig(lr=0.05, device="cuda", amp=False)
     a, b = _twin_models(tiny_space, data, "cuda")
     total = 8
@@ -120,9 +125,95 @@ def test_a_recorded_step_replays_the_eager_training(data, tiny_space):
         la, lb = eager(xb, yb), graphed(xb, yb)
         assert float(la.detach()) == pytest.approx(float(lb.detach()), rel=1e-3, abs=1e-4), step
     assert graphed.graph_state == "captured" and graphed.graph is not None
-    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
-        assert torch.allclose(pa, pb, atol=1e-4, rtol=1e-3), name
+    for (name, ta), tb in zip(a.state_dict().items(), b.state_dict().values()):  # weights and BatchNorm statistics
+        assert torch.allclose(ta.float(), tb.float(), atol=1e-4, rtol=1e-3), name
+    with pytest.raises(ValueError, match="one size"):  # a replay never broadcasts a smaller batch
+        graphed(xb[:8], yb[:8])
+    # 120 training images at batch 32: 3 steps an epoch (the last 24 dropped), 6 in all: 3 warm-ups, the
+    # recording and 2 replays
     stats = fit(build_model(tiny_space.parse(GENOME), 4, 1), data,
-                TrainerConfig(epochs=2, batch_size=64, device="cuda", cuda_graphs=True), cuda)
-    assert stats.cuda_graph == "captured" and stats.steps == 2 * (len(data.train) // 64)
+                TrainerConfig(epochs=2, batch_size=32, device="cuda", cuda_graphs=True), cuda)
+    assert stats.cuda_graph == "captured" and stats.steps == 2 * (len(data.train) // 32) == 6
     assert math.isfinite(stats.final_loss)
+
+
+class _FakeStream:
+    def __init__(self, device=None, name="side"):
+        self.name = name
+
+    def wait_stream(self, other):
+        pass
+
+
+class _FakeCuda:
+    """Stand-ins for torch.cuda's streams and graphs, so the graph step's bookkeeping runs on the CPU: the
+    "recording" fails the way a capture that hits an unsupported operator does, and ending it fails too."""
+
+    def __init__(self):
+        self.default = _FakeStream(name="default")
+        self.current = self.default
+        self.set_back = []
+
+    def install(self, monkeypatch):
+        fake = self
+
+        class Graph:
+            def replay(self):
+                raise AssertionError("nothing was recorded")
+
+        class FailingCapture:
+            def __init__(self, graph, stream=None):
+                self.stream = stream
+
+            def __enter__(self):
+                fake.current = self.stream  # torch makes the capture stream current ...
+
+            def __exit__(self, *exc):  # ... and leaves it so when ending an invalidated capture fails
+                raise RuntimeError("operation failed due to a previous error during capture")
+
+        def set_stream(stream):
+            fake.set_back.append(stream.name)
+            fake.current = stream
+
+        monkeypatch.setattr(torch.cuda, "Stream", _FakeStream)
+        monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+        monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: fake.current)
+        monkeypatch.setattr(torch.cuda, "set_stream", set_stream)
+        monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+        monkeypatch.setattr(torch.cuda, "graph", FailingCapture)
+
+    def capturing(self) -> bool:
+        return self.current is not self.default
+
+
+def test_a_failed_recording_trains_on_eagerly_and_the_process_stops_recording(data, tiny_space, monkeypatch, caplog):
+    fake = _FakeCuda()
+    fake.install(monkeypatch)
+    monkeypatch.setattr(GraphedTrainStep, "_process_failure", None)
+    cpu, as_cuda = torch.device("cpu"), torch.device("cuda")  # the step takes the CUDA path; tensors stay on the CPU
+    cfg = TrainerConfig(lr=0.1, device="cpu", amp=False)
+    a, b = _twin_models(tiny_space, data)
+    eager = make_train_step(a, cfg, cpu, 6)
+    step = _graphable_step(b, cfg, as_cuda, 6, tensors_on=cpu)
+    real_run = step._run
+
+    def run(x, y, zero_grad=True):  # inside the fake capture the body fails, as an uncapturable operator would
+        if fake.capturing():
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return real_run(x, y, zero_grad)
+    step._run = run
+    gen = torch.Generator().manual_seed(3)
+    with caplog.at_level("WARNING", logger="aebnas.train"):
+        for i in range(6):
+            idx = torch.randint(0, len(data.train), (16,), generator=gen)
+            xb, yb = data.train.x[idx].float() / 255, data.train.y[idx]
+            la, lb = eager(xb, yb), step(xb, yb)
+            assert float(la.detach()) == pytest.approx(float(lb.detach()), rel=1e-4), i
+            assert step.graph_state == ("pending" if i < 3 else
+                                        "failed: RuntimeError: operation not permitted when stream is capturing")
+    assert fake.set_back == ["default"] and fake.current is fake.default  # our stream is current again
+    assert "training eagerly" in caplog.text and "not permitted" in caplog.text  # the cause, not capture_end's
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(pa, pb, atol=1e-6, rtol=1e-5)
+    later = _graphable_step(b, cfg, as_cuda, 6, tensors_on=cpu)
+    assert later.graph_state.startswith("failed: RuntimeError: operation not permitted")  # no second attempt

@@ -62,13 +62,17 @@ class GraphedTrainStep:
       stream (they create the momentum buffers and let cuDNN autotune), then the next batch is recorded and
       every batch from there on is a replay. Warm-up steps are real training steps, not extra ones.
 
-    If recording fails (an operator that cannot be captured, say), the error is logged once per message and
-    this candidate goes on training eagerly with the same optimizer and schedule; ``graph_state`` says which
-    happened (``captured``, ``failed: ...``, ``eager`` off CUDA, ``pending`` before the recording step).
+    If recording fails (an operator that cannot be captured, say), the error is logged and this candidate goes
+    on training eagerly with the same optimizer and schedule; later steps of this process then skip recording
+    altogether (a failed capture may leave the allocator's bookkeeping behind on older torch releases, and the
+    next candidate would most likely fail the same way). Running out of memory while recording is raised, as
+    it would be eagerly. ``graph_state`` says which happened: ``captured``, ``failed: ...``, ``eager`` off
+    CUDA, ``pending`` while no step has been recorded yet (a fit of ``warmup_steps`` steps or fewer ends so).
     Off CUDA no graph is ever recorded: every step runs eagerly, the same arithmetic the graph would replay.
     """
 
-    _logged_failures: set[str] = set()
+    #: why recording failed in this process, if it did: later steps train eagerly from the start
+    _process_failure: str | None = None
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, lr: torch.Tensor,
                  lr_at: Callable[[int], float], loss_fn: LossFn, device: torch.device, amp: bool,
@@ -77,7 +81,12 @@ class GraphedTrainStep:
         self.device, self.amp, self.warmup_steps = device, amp, warmup_steps
         self.steps = 0
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.graph_state = "pending" if device.type == "cuda" else "eager"
+        if device.type != "cuda":
+            self.graph_state = "eager"
+        elif self._process_failure is not None:
+            self.graph_state = f"failed: {self._process_failure}"
+        else:
+            self.graph_state = "pending"
         self._x = self._y = self._loss = None
         self._side: torch.cuda.Stream | None = None  # warm-up and recording share it (handles made there stay valid)
 
@@ -85,6 +94,9 @@ class GraphedTrainStep:
         self.lr.fill_(self.lr_at(self.steps))  # a device-side write: no wait for the GPU
         self.steps += 1
         if self.graph is not None:
+            if xb.shape != self._x.shape or yb.shape != self._y.shape:  # copy_ would broadcast a smaller batch
+                raise ValueError(f"a recorded training step replays batches of shape {tuple(self._x.shape)}, "
+                                 f"got {tuple(xb.shape)}: every batch of a graphed fit must have one size")
             self._x.copy_(xb)
             self._y.copy_(yb)
             self.graph.replay()
@@ -119,18 +131,24 @@ class GraphedTrainStep:
         self._x, self._y = xb.clone(), yb.clone()  # clone keeps channels_last
         self.optimizer.zero_grad(set_to_none=True)  # the recorded backward writes the gradients afresh
         graph = torch.cuda.CUDAGraph()
+        stream = torch.cuda.current_stream(self.device)
         try:
             with torch.cuda.graph(graph, stream=self._side):
                 self._loss = self._run(self._x, self._y, zero_grad=False)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.set_stream(stream)
+            raise
         except RuntimeError as exc:
-            message = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            # when ending an invalidated capture fails, torch leaves the capture stream current: put ours back
+            torch.cuda.set_stream(stream)
+            cause = exc.__context__ if exc.__context__ is not None else exc
+            message = f"{type(cause).__name__}: {cause}".splitlines()[0][:300]
             self.graph_state = f"failed: {message}"
+            GraphedTrainStep._process_failure = message
             self._x = self._y = self._loss = None
             self.optimizer.zero_grad(set_to_none=True)
-            if message not in self._logged_failures:
-                self._logged_failures.add(message)
-                log.warning("trainer.cuda_graphs: recording the training step failed (%s); training eagerly",
-                            message)
+            log.warning("trainer.cuda_graphs: recording the training step failed (%s); training eagerly from here "
+                        "on in this process", message)
             return self._run(xb, yb)
         self.graph, self.graph_state = graph, "captured"
         graph.replay()  # recording ran nothing: this is the step for this batch

@@ -100,7 +100,7 @@ class TrainStats:
     seconds: float
     steps: int
     final_loss: float
-    cuda_graph: str = "off"  # GraphedTrainStep.graph_state: captured, failed: ..., or off
+    cuda_graph: str = "off"  # GraphedTrainStep.graph_state (captured, failed: ..., pending: too few steps) or off
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator | None = None,
@@ -275,6 +275,7 @@ def fit(model: nn.Module, data: DataSplits, cfg: TrainerConfig, device: torch.de
             check_finite(loss_sum, steps)  # synchronises once per epoch anyway; on_epoch adds no wait
             if on_epoch is not None:
                 on_epoch(epoch, float(loss_sum) / max(1, steps - epoch_steps))
+        step.optimizer.zero_grad(set_to_none=True)  # no gradients kept (with a graph: held in its memory pool)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return TrainStats(seconds=time.perf_counter() - start, steps=steps, final_loss=float(loss.detach()),
