@@ -28,7 +28,8 @@ first row compares PyTorch's depthwise kernel with cuDNN's numerically.
 
     python experiments/bench_train_step.py --out train_step.json --fresh --variants 5 --no-supernet
 
-``--count-ops N`` only counts the operators one training step issues, for N random networks, on any device.
+``--count-ops N`` only counts the operators one training step issues, for N random networks, on any device;
+``--compile-cost N`` only times ``torch.compile``'s first and later steps against eager ones for N networks.
 """
 
 from __future__ import annotations
@@ -197,6 +198,34 @@ def count_step_ops(setup, n_genomes: int, batch: int) -> list[dict]:
     return rows
 
 
+def compile_cost(setup, n_genomes: int, batch: int, steps: int) -> list[dict]:
+    """What ``torch.compile`` of a candidate costs and gives, on whatever device the config resolves to: the
+    first (compiling) step and later steps of the compiled network against the eager ones. Every candidate is
+    a new network, so a search would pay the compilation once per candidate."""
+    dev, data = setup.device, setup.data
+    rows = []
+    for genome in sample_genomes(setup.space, n_genomes, setup.seed + 1):
+        model = build_model(genome, data.num_classes, data.in_channels).to(dev).train()
+        train_step = make_train_step(model, replace(setup.trainer, cuda_graphs=False), dev, total_steps=1000)
+        x = torch.randn(batch, data.in_channels, data.resolution, data.resolution, device=dev)
+        y = torch.randint(0, data.num_classes, (batch,), device=dev)
+
+        def run(k: int) -> float:  # seconds for k steps, the device finished
+            start = time.perf_counter()
+            for _ in range(k):
+                train_step(x, y)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            return time.perf_counter() - start
+        row = {"what": "torch.compile of a candidate", "genome": genome.network_key, "device": str(dev),
+               "batch": batch, "eager_first_step_s": run(1), "eager_step_ms": run(steps) / steps * 1000}
+        train_step.model = torch.compile(model)
+        row.update({"compiled_first_step_s": run(1), "compiled_step_ms": run(steps) / steps * 1000})
+        rows.append(row)
+        print({k: v for k, v in row.items() if k != "genome"}, flush=True)
+    return rows
+
+
 def fresh_process_row(args: argparse.Namespace, index: int) -> dict:
     """Variant ``index`` in a process of its own: no engine, autotuning result or allocation of another row."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -223,6 +252,8 @@ def main() -> None:
     p.add_argument("--no-supernet", action="store_true", help="skip the supernet sandwich steps")
     p.add_argument("--count-ops", type=int, default=0, metavar="N",
                    help="only count the operators of one training step for N random networks (any device)")
+    p.add_argument("--compile-cost", type=int, default=0, metavar="N",
+                   help="only time torch.compile's first and later steps against eager ones for N random networks")
     p.add_argument("--only", type=int, default=None, help=argparse.SUPPRESS)  # one variant, for --fresh
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
@@ -230,6 +261,10 @@ def main() -> None:
     dev, data = setup.device, setup.data
     if args.count_ops:
         write_json(args.out, {"machine": machine(), "batch": 2, "rows": count_step_ops(setup, args.count_ops, 2)})
+        return
+    if args.compile_cost:
+        write_json(args.out, {"machine": machine(), "batch": args.batch,
+                              "rows": compile_cost(setup, args.compile_cost, args.batch, args.steps)})
         return
     if dev.type != "cuda":
         raise SystemExit(f"bench_train_step.py times cuDNN and CUDA kernels; trainer.device resolved to {dev}, "
