@@ -169,7 +169,7 @@ def test_operating_points_are_a_front_on_real_logits(tiny_space):
 
 
 def test_torch_confidence_matches_the_numpy_rule():
-    from aebnas.runtime.export import confidence_torch
+    from aebnas.runtime.adaptive import confidence_torch
 
     logits = np.random.default_rng(1).normal(size=(50, 7)) * 3
     for metric in METRICS:

@@ -83,6 +83,20 @@ def _check_thresholds(thresholds: Sequence[float | None], n_early: int) -> tuple
     return tuple(out)
 
 
+def confidence_torch(logits: torch.Tensor, metric: str) -> torch.Tensor:
+    """The metrics of :func:`aebnas.search.thresholds.confidence` in torch ops, on the logits' device and in
+    float64 as there: the adaptive model decides without sending logits to the host, and a scripted graph can
+    hold them. A test holds the two together to 1e-12."""
+    p = torch.softmax(logits.double(), dim=-1)
+    if metric == "max_softmax":
+        return p.max(dim=-1).values
+    if metric == "margin":
+        top2 = torch.topk(p, 2, dim=-1).values
+        return top2[..., 0] - top2[..., 1]
+    h = -(p * torch.log(torch.clamp(p, min=1e-12, max=1.0))).sum(dim=-1)
+    return 1.0 - h / math.log(p.shape[-1])
+
+
 class AdaptiveModel(nn.Module):
     """An :class:`EarlyExitNet` run adaptively at a switchable operating point.
 
@@ -127,10 +141,9 @@ class AdaptiveModel(nn.Module):
         self.operating_point = point
         return point
 
-    def _leaves(self, logits: torch.Tensor, k: int) -> np.ndarray:
-        """The search's rule on this exit's logits (same metric function, same comparison)."""
-        conf = confidence(logits.detach().float().cpu().numpy(), self.metric)
-        return conf >= self.thresholds[k]
+    def _leaves(self, logits: torch.Tensor, k: int) -> torch.Tensor:
+        """The search's rule on this exit's logits (same metric, same comparison), on the logits' device."""
+        return confidence_torch(logits.detach(), self.metric) >= self.thresholds[k]
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> AdaptiveOutput:
@@ -149,12 +162,17 @@ class AdaptiveModel(nn.Module):
             if math.isinf(self.thresholds[k]):
                 continue
             logits = head(x)
-            if self._leaves(logits, k)[0]:
+            if bool(self._leaves(logits, k)[0]):
                 break
         return AdaptiveOutput(logits.argmax(-1), torch.full((1,), k, dtype=torch.long, device=x.device))
 
     def _forward_batch(self, x: torch.Tensor) -> AdaptiveOutput:
-        """Batch compaction: after each enabled exit, only the samples still undecided go on."""
+        """Batch compaction: after each enabled exit, only the samples still undecided go on.
+
+        The host waits for the device once per enabled exit, for the number of samples leaving there (the
+        next segment's batch size depends on it); the decisions and the gathers stay on the device. A boolean
+        mask would wait once per indexing instead.
+        """
         n, device, last = x.shape[0], x.device, self.n_exits - 1
         prediction = torch.empty(n, dtype=torch.long, device=device)
         exit_index = torch.full((n,), last, dtype=torch.long, device=device)
@@ -167,11 +185,15 @@ class AdaptiveModel(nn.Module):
             if math.isinf(self.thresholds[k]):
                 continue
             logits = head(x)
-            leave = torch.from_numpy(self._leaves(logits, k)).to(device)
-            gone = alive[leave]
-            prediction[gone] = logits[leave].argmax(-1)
-            exit_index[gone] = k
-            stay = ~leave
+            leave = self._leaves(logits, k)
+            n_leave = int(leave.sum())
+            if n_leave == 0:
+                continue
+            # leaving samples first, each group in batch order: one sort instead of two masked selections
+            order = torch.argsort(leave.to(torch.uint8), descending=True, stable=True)
+            gone, stay = order[:n_leave], order[n_leave:]
+            prediction[alive[gone]] = logits[gone].argmax(-1)
+            exit_index[alive[gone]] = k
             alive, x = alive[stay], x[stay]
             if alive.numel() == 0:
                 break

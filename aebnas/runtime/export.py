@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from aebnas.nn import EarlyExitNet
-from aebnas.runtime.adaptive import AdaptiveModel
+from aebnas.runtime.adaptive import AdaptiveModel, confidence_torch
 
 
 class _AllExits(nn.Module):
@@ -98,21 +98,6 @@ def export_onnx_segments(net: EarlyExitNet, example: torch.Tensor, out_dir: str 
             paths.append(_export(module, x, out_dir / f"segment_{k}.onnx", ["features", "logits"], dynamo))
             x = segment(x)
     return paths
-
-
-def confidence_torch(logits: torch.Tensor, metric: str) -> torch.Tensor:
-    """The metrics of :func:`aebnas.search.thresholds.confidence`, in torch ops a scripted graph can hold.
-
-    The eager runtime uses the numpy original; a test holds the two together.
-    """
-    p = torch.softmax(logits.double(), dim=-1)
-    if metric == "max_softmax":
-        return p.max(dim=-1).values
-    if metric == "margin":
-        top2 = torch.topk(p, 2, dim=-1).values
-        return top2[..., 0] - top2[..., 1]
-    h = -(p * torch.log(torch.clamp(p, min=1e-12, max=1.0))).sum(dim=-1)
-    return 1.0 - h / math.log(p.shape[-1])
 
 
 class _Stage(nn.Module):
