@@ -105,7 +105,8 @@ probe() {
   stage_data
   if [[ -z "${SKIP_TRAIN_STEP:-}" ]]; then
     # Each variant in its own process on one network: the clean comparison of the four that decide
-    # cudnn_depthwise, and the default with the step recorded as a CUDA graph (trainer.cuda_graphs).
+    # cudnn_depthwise, and (third, so that a cut call keeps it) the default with the step recorded as a CUDA
+    # graph (trainer.cuda_graphs).
     step "${LIMIT_TRAIN_STEP:-180}" python3 experiments/bench_train_step.py --out "$w/train_step.json" \
       --fresh --variants 5 --no-supernet --row-timeout 40 $GPU_EXPERIMENT dataset.data_dir="$DATA_DIR" \
       ${SIZE_OVERRIDES:-}
