@@ -158,8 +158,8 @@ def time_supernet_steps(setup, x: torch.Tensor, y: torch.Tensor, steps: int, rng
 
 
 class _OpCounter(TorchDispatchMode):
-    """Counts the operators that reach torch's dispatcher: each one costs the host its own dispatch (and, on a
-    GPU, at least one kernel launch)."""
+    """Counts the aten operators torch dispatches (after autograd; composites such as conv2d arrive
+    decomposed): each one costs the host a dispatch, and those that compute launch a kernel on a GPU."""
 
     def __init__(self):
         super().__init__()
@@ -260,6 +260,7 @@ def main() -> None:
     setup = load_setup(args.overrides or list(DEFAULT_OVERRIDES))
     dev, data = setup.device, setup.data
     if args.count_ops:
+        # batch 2: the operators do not depend on the batch size, and the count runs on any CPU in seconds
         write_json(args.out, {"machine": machine(), "batch": 2, "rows": count_step_ops(setup, args.count_ops, 2)})
         return
     if args.compile_cost:

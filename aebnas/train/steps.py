@@ -3,8 +3,8 @@
 Why a graph: on an H100 a warm training step of an mbv3_32 candidate at batch 512 took 25 ms (2.3-2.9 s an
 epoch of 45,000 images), so 5 fine-tune epochs cost 11.5-14.5 s against #3's target of 4 s for the whole
 candidate. Its forward and backward alone issue 700-960 operators (eight random mbv3_32 candidates, counted
-by ``bench_train_step.py --count-ops``, docs/benchmarks.md), each paying Python, dispatcher and launch costs
-on the host. Where those costs, not the
+on the CPU by ``bench_train_step.py --count-ops``, docs/benchmarks.md), each paying Python and dispatcher
+costs on the host, and a kernel launch where it computes. Where those costs, not the
 GPU's arithmetic, set the pace, replaying one recorded graph per step removes them. Whether they do is for
 ``experiments/bench_train_step.py`` to measure on the GPU; until it has, ``trainer.cuda_graphs`` is off.
 """
@@ -66,13 +66,17 @@ class GraphedTrainStep:
     on training eagerly with the same optimizer and schedule; later steps of this process then skip recording
     altogether (a failed capture may leave the allocator's bookkeeping behind on older torch releases, and the
     next candidate would most likely fail the same way). Running out of memory while recording is raised, as
-    it would be eagerly. ``graph_state`` says which happened: ``captured``, ``failed: ...``, ``eager`` off
-    CUDA, ``pending`` while no step has been recorded yet (a fit of ``warmup_steps`` steps or fewer ends so).
+    it would be eagerly. "Eagerly" keeps the fused optimizer, and ``fit`` keeps dropping short last batches.
+    ``graph_state`` says which happened: ``captured``, ``failed: ...``, ``eager`` off CUDA (``fit`` builds
+    an :class:`EagerTrainStep` there instead), ``pending`` while no step has been recorded yet (a fit of
+    ``warmup_steps`` steps or fewer ends so).
     Off CUDA no graph is ever recorded: every step runs eagerly, the same arithmetic the graph would replay.
     """
 
     #: why recording failed in this process, if it did: later steps train eagerly from the start
     _process_failure: str | None = None
+    #: whether this process has said that its steps are recorded (once, so that a successful run leaves a trace)
+    _announced = False
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, lr: torch.Tensor,
                  lr_at: Callable[[int], float], loss_fn: LossFn, device: torch.device, amp: bool,
@@ -151,5 +155,9 @@ class GraphedTrainStep:
                         "on in this process", message)
             return self._run(xb, yb)
         self.graph, self.graph_state = graph, "captured"
+        if not GraphedTrainStep._announced:
+            GraphedTrainStep._announced = True
+            log.info("trainer.cuda_graphs: training steps are recorded as CUDA graphs and replayed (each candidate "
+                     "after %d eager warm-up steps)", self.warmup_steps)
         graph.replay()  # recording ran nothing: this is the step for this batch
         return self._loss
