@@ -10,7 +10,8 @@
 #   STAGE=methods CUDNN_DEPTHWISE=false OUT=$OUT bash experiments/gpu_session.sh  # likewise
 #
 # probe: PyTorch's depthwise kernel against cuDNN's (numbers), then what a training step costs with and
-#   without it and autotuning, each in a fresh process (bench_train_step.py --fresh); three supernet-path candidates with trainer.cudnn_depthwise=false (the first epoch
+#   without it and autotuning, and recorded as a CUDA graph, each in a fresh process (bench_train_step.py
+#   --fresh); three supernet-path candidates with trainer.cudnn_depthwise=false and trainer.cuda_graphs=true (the first epoch
 #   of a new candidate cost 27-36 s with cuDNN on an H100); the #6 stream benchmark on the network trained
 #   on the CPU (.gpu/fmnist_stream_run, or, where this checkout lacks it, the same genome trained on the GPU
 #   first: STREAM_EPOCHS, default 15, within LIMIT_STREAM_TRAIN, default 240 s); latency tables of the GPU
@@ -112,11 +113,13 @@ probe() {
       ${SIZE_OVERRIDES:-}
     pack_probe "$w"
   fi
-  # The supernet's quality does not change a candidate's time: one epoch is enough to time candidates.
+  # The supernet's quality does not change a candidate's time: one epoch is enough to time candidates. They
+  # run with every setting built against #3's 4 s (PyTorch's depthwise kernel, the step as a CUDA graph;
+  # PROBE_GRAPHS=false for eager steps): the figure closest to the target. The JSON's overrides name them.
   step "${LIMIT_CANDIDATES:-150}" python3 experiments/bench_search_speed.py \
-    --out "$w/candidates_native_depthwise.json" --candidates "${PROBE_CANDIDATES:-3}" \
+    --out "$w/candidates.json" --candidates "${PROBE_CANDIDATES:-3}" \
     --cache-dir "$JOBS/probe_cache" $GPU_EXPERIMENT dataset.data_dir="$DATA_DIR" supernet.epochs=1 \
-    trainer.cudnn_depthwise=false ${SIZE_OVERRIDES:-}
+    trainer.cudnn_depthwise=false trainer.cuda_graphs="${PROBE_GRAPHS:-true}" ${SIZE_OVERRIDES:-}
   pack_probe "$w"
   if [[ -d "${STREAM_RUN:-.gpu/fmnist_stream_run}" ]]; then
     RUN_FROM=${STREAM_RUN:-.gpu/fmnist_stream_run} OUT=$w/stream DATA_DIR=$DATA_DIR \
