@@ -170,18 +170,26 @@ class _OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def count_step_ops(setup, n_genomes: int, batch: int) -> list[dict]:
-    """Operators one training step of the trainer issues, for ``n_genomes`` random networks of the space, on
-    whatever device the config resolves to (the CPU too: without autocast, which runs on CUDA only): forward,
-    joint loss and backward, and the optimizer's step apart (torch loops over the parameters on the CPU and
-    uses its multi-tensor kernels on CUDA). The figure says how much host work a CUDA graph can save."""
+def _eager_candidates(setup, n_genomes: int, batch: int):
+    """``n_genomes`` random networks of the space, each with the trainer's eager step and a random batch on the
+    config's device: (genome, model, step, x, y)."""
     dev, data = setup.device, setup.data
-    rows = []
     for genome in sample_genomes(setup.space, n_genomes, setup.seed + 1):
         model = build_model(genome, data.num_classes, data.in_channels).to(dev).train()
         train_step = make_train_step(model, replace(setup.trainer, cuda_graphs=False), dev, total_steps=1000)
         x = torch.randn(batch, data.in_channels, data.resolution, data.resolution, device=dev)
         y = torch.randint(0, data.num_classes, (batch,), device=dev)
+        yield genome, model, train_step, x, y
+
+
+def count_step_ops(setup, n_genomes: int, batch: int) -> list[dict]:
+    """Operators one training step of the trainer issues, for ``n_genomes`` random networks of the space, on
+    whatever device the config resolves to (the CPU too: without autocast, which runs on CUDA only): forward,
+    joint loss and backward, and the optimizer's step apart (torch loops over the parameters on the CPU and
+    uses its multi-tensor kernels on CUDA). The figure says how much host work a CUDA graph can save."""
+    dev = setup.device
+    rows = []
+    for genome, model, train_step, x, y in _eager_candidates(setup, n_genomes, batch):
         train_step(x, y)  # the optimizer's state exists from here on, as in every later step
         train_step.optimizer.zero_grad(set_to_none=True)
         with _OpCounter() as forward_backward:
@@ -202,13 +210,9 @@ def compile_cost(setup, n_genomes: int, batch: int, steps: int) -> list[dict]:
     """What ``torch.compile`` of a candidate costs and gives, on whatever device the config resolves to: the
     first (compiling) step and later steps of the compiled network against the eager ones. Every candidate is
     a new network, so a search would pay the compilation once per candidate."""
-    dev, data = setup.device, setup.data
+    dev = setup.device
     rows = []
-    for genome in sample_genomes(setup.space, n_genomes, setup.seed + 1):
-        model = build_model(genome, data.num_classes, data.in_channels).to(dev).train()
-        train_step = make_train_step(model, replace(setup.trainer, cuda_graphs=False), dev, total_steps=1000)
-        x = torch.randn(batch, data.in_channels, data.resolution, data.resolution, device=dev)
-        y = torch.randint(0, data.num_classes, (batch,), device=dev)
+    for genome, model, train_step, x, y in _eager_candidates(setup, n_genomes, batch):
 
         def run(k: int) -> float:  # seconds for k steps, the device finished
             start = time.perf_counter()
