@@ -36,18 +36,18 @@ DATA_DIR=${DATA_DIR:-.gpu/fashion-mnist}
 WORK=$(mktemp -d /tmp/aebnas-stream-job.XXXXXX)
 RUN="$WORK/stream_run"
 START=$SECONDS
+FLOOR=${FLOOR:-}  # empty: the final exit's val accuracy less 0.2 points, read from the run before the floor pass
 
 if [[ "${STREAM_SMOKE:-0}" == 1 ]]; then
   # Minutes on a 2-core CPU: proves the commands and the packing, not the figures.
   DEVICE=${DEVICE:-cpu}; EPOCHS=${EPOCHS:-2}; BATCH=${BATCH:-64}; LR=${LR:-0.1}
-  N_BATCH1=${N_BATCH1:-100}; N_TEST=200; BATCHES='[64,256]'; BATCHES_POINTS='[64]'; FLOOR=${FLOOR:-}
+  N_BATCH1=${N_BATCH1:-100}; N_TEST=200; BATCHES='[64,256]'; BATCHES_POINTS='[64]'
   SIZE_ARGS=(dataset.max_train_samples=2000 dataset.val_size=1000 trainer.num_threads=2)
 else
   # Full train split (55,000 after the 5,000 val images); ~40 epochs reach the network's real
   # accuracy; the net is small enough that a GPU step is launch-bound, so a large batch is cheap.
   DEVICE=${DEVICE:-cuda}; EPOCHS=${EPOCHS:-40}; BATCH=${BATCH:-256}; LR=${LR:-0.2}
   N_BATCH1=${N_BATCH1:-2000}; N_TEST=10000; BATCHES='[64,256,1024,4096]'; BATCHES_POINTS='[256,4096]'
-  FLOOR=${FLOOR:-}  # empty: the final exit's val accuracy less 0.2 points, read from the run (floor_rule below)
   SIZE_ARGS=(dataset.val_size=5000)
 fi
 

@@ -27,6 +27,22 @@ def _as_list(outputs: torch.Tensor | Sequence[torch.Tensor]) -> Sequence[torch.T
     return outputs if isinstance(outputs, (list, tuple)) else [outputs]
 
 
+def _optimise(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn, x: torch.Tensor,
+              y: torch.Tensor, device_type: str, amp: bool, zero_grad: bool = True,
+              cache_casts: bool = True) -> torch.Tensor:
+    """Forward under autocast, loss, backward and the optimizer's update: what both steps run (without the
+    learning-rate schedule, which each keeps its own way). ``cache_casts=False`` for a recording: autocast's
+    cache of cast weights must not outlive it."""
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp, cache_enabled=cache_casts):
+        outputs = model(x)
+    loss = loss_fn(_as_list(outputs), y)
+    if zero_grad:
+        optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 class EagerTrainStep:
     """Forward, loss, backward, optimizer and schedule step, every operator launched from Python."""
 
@@ -38,12 +54,7 @@ class EagerTrainStep:
         self.device_type, self.amp = device.type, amp
 
     def __call__(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.amp):
-            outputs = self.model(xb)
-        loss = self.loss_fn(_as_list(outputs), yb)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        loss = _optimise(self.model, self.optimizer, self.loss_fn, xb, yb, self.device_type, self.amp)
         self.scheduler.step()
         return loss
 
@@ -112,15 +123,8 @@ class GraphedTrainStep:
         return self._record_and_replay(xb, yb)
 
     def _run(self, x: torch.Tensor, y: torch.Tensor, zero_grad: bool = True) -> torch.Tensor:
-        # cache_enabled=False: autocast's cache of cast weights must not outlive a recording
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
-            outputs = self.model(x)
-        loss = self.loss_fn(_as_list(outputs), y)
-        if zero_grad:
-            self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return loss
+        return _optimise(self.model, self.optimizer, self.loss_fn, x, y, self.device.type, self.amp, zero_grad,
+                         cache_casts=False)
 
     def _warm_up(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         if self._side is None:
@@ -139,12 +143,11 @@ class GraphedTrainStep:
         try:
             with torch.cuda.graph(graph, stream=self._side):
                 self._loss = self._run(self._x, self._y, zero_grad=False)
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.set_stream(stream)
-            raise
         except RuntimeError as exc:
             # when ending an invalidated capture fails, torch leaves the capture stream current: put ours back
             torch.cuda.set_stream(stream)
+            if isinstance(exc, torch.cuda.OutOfMemoryError):  # raised as it would be eagerly
+                raise
             cause = exc.__context__ if exc.__context__ is not None else exc
             message = f"{type(cause).__name__}: {cause}".splitlines()[0][:300]
             self.graph_state = f"failed: {message}"

@@ -221,6 +221,12 @@ def make_graphable_optimizer(params: Iterable[nn.Parameter], cfg: TrainerConfig,
     return _optimizer(params, cfg, lr, weight_decay, fused=True)
 
 
+def records_cuda_graphs(cfg: TrainerConfig, device: torch.device) -> bool:
+    """Whether ``fit`` records its steps as a CUDA graph (and so drops short last batches): the one place that
+    decides it, so the batches and the step always agree."""
+    return cfg.cuda_graphs and device.type == "cuda"
+
+
 def make_train_step(model: nn.Module, cfg: TrainerConfig, device: torch.device,
                     total_steps: int) -> EagerTrainStep | GraphedTrainStep:
     """The training step ``fit`` runs: recorded as a CUDA graph with ``cfg.cuda_graphs`` on CUDA, else eager.
@@ -235,7 +241,7 @@ def make_train_step(model: nn.Module, cfg: TrainerConfig, device: torch.device,
     def loss_fn(outputs: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         return joint_exit_loss(outputs, target, weights, cfg.label_smoothing)
 
-    if cfg.cuda_graphs and device.type == "cuda":
+    if records_cuda_graphs(cfg, device):
         lr = torch.tensor(float(cfg.lr), device=device)
         opt = make_graphable_optimizer(model.parameters(), cfg, lr, cfg.weight_decay)
         return GraphedTrainStep(model, opt, lr, lambda s: cfg.lr * cosine_factor(s, total_steps), loss_fn, device,
@@ -259,11 +265,11 @@ def fit(model: nn.Module, data: DataSplits, cfg: TrainerConfig, device: torch.de
     batch (a graph replays one batch shape).
     """
     start = time.perf_counter()
-    graphed = cfg.cuda_graphs and device.type == "cuda"
     loss = torch.full((), float("nan"))
     steps = 0
     with training_layout(model, cfg, device) as channels_last, candidate_cudnn(cfg, device):
-        stream = BatchStream(data, cfg.batch_size, cfg.crop_padding, device, seed, channels_last, drop_last=graphed)
+        stream = BatchStream(data, cfg.batch_size, cfg.crop_padding, device, seed, channels_last,
+                             drop_last=records_cuda_graphs(cfg, device))
         step = make_train_step(model, cfg, device, cfg.epochs * stream.steps_per_epoch)
         for epoch in range(1, cfg.epochs + 1):
             loss_sum = torch.zeros((), device=device)
