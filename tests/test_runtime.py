@@ -190,6 +190,51 @@ def test_torchscript_adaptive_model_matches_eager(tiny_space, tmp_path):
     assert torch.equal(pred, eager.prediction) and torch.equal(where, eager.exit_index)
 
 
+def test_folding_batchnorm_keeps_the_logits_and_leaves_the_network_alone(mbv3_space):
+    from aebnas.nn import fold_batchnorm
+
+    net = _random_net(mbv3_space, 5, num_classes=10, in_channels=3)
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    folded = fold_batchnorm(net)
+    assert n_bn > 0 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) == n_bn
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        for a, b in zip(net(x), folded(x)):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_exported_adaptive_program_matches_eager_at_any_batch_size(tiny_space, tmp_path):
+    from aebnas.nn import fold_batchnorm
+    from aebnas.runtime.export import export_adaptive
+
+    net = _random_net(tiny_space, 4)
+    x = torch.randn(50, 1, 12, 12, generator=torch.Generator().manual_seed(4))
+    model = AdaptiveModel(net, _spread_thresholds(net, x, "entropy", np.random.default_rng(4)), "entropy")
+    exported = export_adaptive(model, x[:3], tmp_path / "adaptive.pt2")
+    # After each enabled exit the rest runs under a condition, so a batch that has all left stops there
+    # (at batch 1 that is the whole saving), rather than running the later segments on no samples.
+    conds = [n for gm in exported.graph_module.modules() if isinstance(gm, torch.fx.GraphModule)
+             for n in gm.graph.nodes if n.target is torch.ops.higher_order.cond]  # nested: one per branch graph
+    assert len(conds) == sum(t is not None and not math.isinf(t) for t in model.thresholds) >= 2
+    loaded = torch.export.load(tmp_path / "adaptive.pt2")
+    (example,), _ = loaded.example_inputs  # the 3 images it was given, not the 50-image batch they are a slice of
+    assert example.shape[0] == 3 and example.untyped_storage().nbytes() == x[:3].numel() * x.element_size()
+    program = loaded.module()
+    folded = AdaptiveModel(fold_batchnorm(net), model.thresholds, "entropy")
+    for batch in (x, x[:1], x[7:14]):  # sizes other than the example's: the batch dimension is dynamic
+        pred, where = program(batch)
+        want = folded(batch)
+        assert torch.equal(pred, want.prediction) and torch.equal(where, want.exit_index)
+    assert len(set(where.tolist())) >= 2
+
+    # Every sample leaves at the first exit: the rest of the network must be skipped, not run on an empty batch.
+    everyone_leaves = AdaptiveModel(net, [0.0] + [None] * (net.n_exits - 2), "max_softmax")
+    pred, where = export_adaptive(everyone_leaves, x[:3]).module()(x)
+    assert (where == 0).all() and torch.equal(pred, everyone_leaves(x).prediction)
+
+
 @pytest.mark.slow
 def test_onnx_export_round_trip(tiny_space, tmp_path):
     pytest.importorskip("onnx")
@@ -257,6 +302,24 @@ def test_stream_cli_on_a_real_run(tiny_run, tmp_path):
     model_dir = tiny_run / "models"
     assert list(model_dir.glob("00_*/operating_points.json"))  # stored beside the model for the next run
     assert "batch    8" in proc.stdout
+    assert result["fold_batchnorm"] is True
+
+
+def test_folded_stream_gives_the_answers_of_the_trained_network(tiny_run, tmp_path):
+    """fold_batchnorm (on by default) may change the time of a stream, not its answers."""
+    from aebnas.runtime.stream import StreamSettings, run_stream
+
+    results = {}
+    for fold in (False, True):
+        settings = StreamSettings.from_dict({"run": str(tiny_run), "operating_point": "balanced", "n_images": 40,
+                                             "batch_size": 8, "warmup": 0, "operating_point_table": False,
+                                             "progress": False, "num_threads": 1, "fold_batchnorm": fold})
+        results[fold] = run_stream(settings, tmp_path / str(fold))
+    for plain, folded in zip(results[False]["comparisons"], results[True]["comparisons"]):
+        for side in ("static", "adaptive"):
+            assert folded[side]["accuracy"] == plain[side]["accuracy"]
+            assert folded[side]["exit_histogram"] == plain[side]["exit_histogram"]
+    assert [results[f]["fold_batchnorm"] for f in (False, True)] == [False, True]
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -283,6 +346,7 @@ def test_stream_bad_input_gets_one_line(tiny_run, tmp_path, args, fragment):
     ({"batch_size": 0}, "batch_size: must be in [1, inf]"),
     ({"batch_size": [256, 0]}, "batch_size[1]: must be in [1, inf]"),
     ({"batch_size": []}, "batch_size: an empty list"),
+    ({"fold_batchnorm": "yes"}, "fold_batchnorm: expected true or false, got 'yes'"),
     ({"device": "cuda:0"} if not torch.cuda.is_available() else {"device": "tpu"}, "device: "),
 ])
 def test_stream_settings_refused_in_one_line(tiny_run, tmp_path, capsys, overrides, fragment):

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from aebnas.cost import NetworkCost, network_cost
-from aebnas.nn import EarlyExitNet, build_model
+from aebnas.nn import EarlyExitNet, build_model, fold_batchnorm
 from aebnas.runtime.operating_points import OperatingPoint, OperatingPoints
 from aebnas.search.thresholds import METRICS, confidence, exit_indices
 from aebnas.space import Genome
@@ -116,10 +116,15 @@ class AdaptiveModel(nn.Module):
         self.thresholds = _check_thresholds(net.thresholds if thresholds is None else thresholds, net.n_exits - 1)
 
     @classmethod
-    def from_saved(cls, saved: SavedModel, operating_points: OperatingPoints | None = None) -> "AdaptiveModel":
-        """The saved network with its genome's thresholds and the metric its search used."""
+    def from_saved(cls, saved: SavedModel, operating_points: OperatingPoints | None = None,
+                   fold: bool = False) -> "AdaptiveModel":
+        """The saved network with its genome's thresholds and the metric its search used.
+
+        ``fold``: run a copy with BatchNorm folded into the convolutions (``fold_batchnorm``), the faster
+        form for inference; ``saved.net`` keeps its BatchNorm either way.
+        """
         metric = operating_points.metric if operating_points else saved.meta.get("exit_metric", "max_softmax")
-        return cls(saved.net, None, metric, operating_points)
+        return cls(fold_batchnorm(saved.net) if fold else saved.net, None, metric, operating_points)
 
     @property
     def n_exits(self) -> int:

@@ -1,14 +1,18 @@
 """Export a found network for runtimes outside this package.
 
-Three forms, for three kinds of runtime:
+Four forms, for four kinds of runtime:
 
 * ONNX of the whole network with **every exit as an output** (``exit_0`` ...
   ``exit_{n-1}``, final last): for runtimes that evaluate all heads and decide
   outside the graph, and for checking the weights against torch.
 * ONNX per **segment + exit** (``segment_k.onnx``: features in, ``features`` and
   ``logits`` out): for runtimes that run segment by segment and stop early.
-* **TorchScript** of the adaptive model itself (decision rule and batch
-  compaction inside the graph), loadable with ``torch.jit.load`` without aebnas.
+* **torch.export** of the adaptive model itself (decision rule and batch
+  compaction inside the program, BatchNorm folded into the convolutions): a
+  ``.pt2`` file that ``torch.export.load`` runs without aebnas, and the input
+  that ExecuTorch and AOTInductor take.
+* **TorchScript** of the same, for LibTorch (C++) runtimes; torch 2.14 marks
+  TorchScript as deprecated, so ``export_adaptive`` is the path to prefer.
 
 ONNX needs the ``export`` extra (``pip install -e ".[export]"``: onnx, onnxscript,
 onnxruntime).
@@ -17,14 +21,15 @@ onnxruntime).
 from __future__ import annotations
 
 import math
+import tempfile
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from aebnas.nn import EarlyExitNet
+from aebnas.nn import EarlyExitNet, fold_batchnorm
 from aebnas.runtime.adaptive import AdaptiveModel, confidence_torch
 
 
@@ -64,19 +69,20 @@ def _export(module: nn.Module, example: torch.Tensor, path: Path, output_names: 
     """Batch size stays dynamic. ``dynamo=False`` uses torch's older TorchScript-based exporter: deprecated,
     but about ten times faster to run, which the tests use for the per-segment graphs."""
     _require_onnx(dynamo)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     module = module.eval()
-    if dynamo:
-        torch.onnx.export(module, (example,), tmp, input_names=["input"], output_names=output_names,
-                          dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}}, external_data=False,
-                          verbose=False)
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
+
+    def write(tmp: Path) -> None:
+        if dynamo:
             torch.onnx.export(module, (example,), tmp, input_names=["input"], output_names=output_names,
-                              dynamic_axes={"input": {0: "batch"}}, dynamo=False)
-    tmp.replace(path)
+                              dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}}, external_data=False,
+                              verbose=False)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                torch.onnx.export(module, (example,), tmp, input_names=["input"], output_names=output_names,
+                                  dynamic_axes={"input": {0: "batch"}}, dynamo=False)
+
+    _save_whole(path, write)
     return path
 
 
@@ -146,9 +152,84 @@ def script_adaptive(model: AdaptiveModel, path: str | Path | None = None) -> tor
     thresholds = [t if not math.isinf(t) else 2.0 for t in model.thresholds]  # > 1: exit off
     scripted = torch.jit.script(ScriptableAdaptive(model.net, thresholds, model.metric).eval())
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        scripted.save(str(tmp))
-        tmp.replace(path)
+        _save_whole(Path(path), lambda tmp: scripted.save(str(tmp)))
     return scripted
+
+
+def _save_whole(path: Path, write: Callable[[Path], None]) -> None:
+    """Write in a temporary folder beside ``path``, then move: an interrupted save leaves no half-written model.
+
+    The file keeps its own name there: torch.export.save names the archive's root after it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".tmp-export-", dir=path.parent) as tmp_dir:
+        tmp = Path(tmp_dir) / path.name
+        write(tmp)
+        tmp.replace(path)
+
+
+class ExportableAdaptive(nn.Module):
+    """The adaptive model as ``torch.export`` can trace it: ``forward(x) -> (prediction, exit_index)``.
+
+    Compaction gives the later segments a batch of data-dependent size. The rest of the network
+    after each enabled exit sits in a ``torch.cond`` that runs it only while some samples stay: a
+    batch that has all left stops there (at batch 1 that is the whole saving) instead of running
+    the later segments on no samples. Expects BatchNorm folded (``fold_batchnorm``): torch.export
+    cannot trace a BatchNorm on a batch of data-dependent size.
+    """
+
+    def __init__(self, net: EarlyExitNet, thresholds: Sequence[float], metric: str):
+        super().__init__()
+        self.segments, self.heads = net.segments, net.heads
+        self.thresholds = [float(t) for t in thresholds]  # > 1 (or inf): that exit is off
+        self.metric = metric
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = x.shape[0]
+        prediction = torch.zeros(n, dtype=torch.long, device=x.device)
+        exit_index = torch.full((n,), len(self.segments) - 1, dtype=torch.long, device=x.device)
+        return self._from(0, x, torch.arange(n, device=x.device), prediction, exit_index)
+
+    def _from(self, k: int, x: torch.Tensor, alive: torch.Tensor, prediction: torch.Tensor,
+              exit_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Segments k.. on the samples ``alive`` (indices into the batch), writing their results out of place."""
+        x = self.segments[k](x)
+        if k == len(self.segments) - 1:
+            return prediction.index_put((alive,), self.heads[k](x).argmax(-1)), exit_index.clone()
+        if not self.thresholds[k] <= 1.0:
+            return self._from(k + 1, x, alive, prediction, exit_index)
+        logits = self.heads[k](x)
+        leave = confidence_torch(logits, self.metric) >= self.thresholds[k]
+        gone = alive[leave]
+        prediction = prediction.index_put((gone,), logits[leave].argmax(-1))
+        exit_index = exit_index.index_put((gone,), torch.full_like(gone, k))
+        stay = ~leave
+
+        def go_on(x, alive, prediction, exit_index):
+            return self._from(k + 1, x, alive, prediction, exit_index)
+
+        def stop(x, alive, prediction, exit_index):
+            return prediction.clone(), exit_index.clone()
+
+        return torch.cond(stay.any(), go_on, stop, (x[stay], alive[stay], prediction, exit_index))
+
+
+def export_adaptive(model: AdaptiveModel, example: torch.Tensor,
+                    path: str | Path | None = None) -> torch.export.ExportedProgram:
+    """``torch.export`` of the adaptive model at its current thresholds, batch size dynamic; saved to ``path``.
+
+    BatchNorm is folded first (``fold_batchnorm``), so the program computes what
+    ``AdaptiveModel(fold_batchnorm(model.net), model.thresholds, model.metric)`` computes. Run it with
+    ``torch.export.load(path).module()(x)``; it returns ``(prediction, exit_index)``.
+
+    Do not compile it with AOTInductor on torch 2.14.1: ``experiments/bench_export.py --aoti`` measured
+    wrong exits from the compiled program at batch 1 and a refused batch of 256 (docs/benchmarks.md).
+    """
+    module = ExportableAdaptive(fold_batchnorm(model.net), model.thresholds, model.metric).eval()
+    example = example.clone()  # the program keeps its example: a slice would bring the whole batch it views
+    with torch.no_grad():
+        program = torch.export.export(module, (example,), dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}},
+                                      strict=False)
+    if path is not None:
+        _save_whole(Path(path), lambda tmp: torch.export.save(program, tmp))
+    return program

@@ -22,7 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 from aebnas.cost import NetworkCost
-from aebnas.data import ArraySplit, load_dataset, normalize
+from aebnas.data import ArraySplit, DataSplits, load_dataset, normalize
+from aebnas.nn import EarlyExitNet
 from aebnas.runtime.adaptive import AdaptiveModel, SavedModel, load_saved_model
 from aebnas.runtime.operating_points import (FILE_NAME, NAMES, OperatingPoints, compute_operating_points,
                                              path_costs_with)
@@ -58,8 +59,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed_stream(step: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]], x: torch.Tensor,
-                  batch_size: int, warmup: int, desc: str, progress: bool):
+def timed_stream(step: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]], x: torch.Tensor,
+                 batch_size: int, warmup: int, desc: str, progress: bool = False):
     """Run ``step`` over ``x`` in order, batch by batch; per-batch wall times and the concatenated outputs."""
     device = x.device
     starts = list(range(0, x.shape[0], batch_size))
@@ -78,6 +79,26 @@ def _timed_stream(step: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tenso
     pred = torch.cat(preds).cpu().numpy()
     where = torch.cat(exits).cpu().numpy() if exits else None
     return np.asarray(times), pred, where
+
+
+def static_step(net: EarlyExitNet) -> Callable[[torch.Tensor], tuple[torch.Tensor, None]]:
+    """One batch through the network to full depth, final classifier only: the static baseline of a stream."""
+
+    def step(xb):
+        with torch.inference_mode():
+            return net.forward_static(xb).argmax(-1), None
+
+    return step
+
+
+def adaptive_step(model: AdaptiveModel) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """One batch through the adaptive model: (prediction, exit index) per sample."""
+
+    def step(xb):
+        out = model(xb)
+        return out.prediction, out.exit_index
+
+    return step
 
 
 def _result(name: str, batch_size: int, times: np.ndarray, correct: np.ndarray, costs: np.ndarray,
@@ -100,12 +121,7 @@ def run_static(model: AdaptiveModel, cost: NetworkCost, x: torch.Tensor, labels:
                warmup: int = 10, progress: bool = True) -> StreamResult:
     """The same backbone to full depth with the final classifier only (no exit heads, no decisions)."""
     net = model.net
-
-    def step(xb):
-        with torch.inference_mode():
-            return net.forward_static(xb).argmax(-1), None
-
-    times, pred, _ = _timed_stream(step, x, batch_size, warmup, f"static b{batch_size}", progress)
+    times, pred, _ = timed_stream(static_step(net), x, batch_size, warmup, f"static b{batch_size}", progress)
     hist = np.zeros(net.n_exits, dtype=int)
     hist[-1] = pred.size
     return _result("static", batch_size, times, pred == labels, np.full(pred.size, float(cost.static_macs)), hist)
@@ -114,12 +130,8 @@ def run_static(model: AdaptiveModel, cost: NetworkCost, x: torch.Tensor, labels:
 def run_adaptive(model: AdaptiveModel, cost: NetworkCost, x: torch.Tensor, labels: np.ndarray, batch_size: int,
                  warmup: int = 10, progress: bool = True) -> StreamResult:
     """The adaptive model at its current thresholds; MACs counted from where each image really left."""
-
-    def step(xb):
-        out = model(xb)
-        return out.prediction, out.exit_index
-
-    times, pred, where = _timed_stream(step, x, batch_size, warmup, f"adaptive b{batch_size}", progress)
+    times, pred, where = timed_stream(adaptive_step(model), x, batch_size, warmup, f"adaptive b{batch_size}",
+                                      progress)
     paths = path_costs_with(cost, np.isfinite(model.thresholds))
     hist = np.bincount(where, minlength=model.n_exits)
     return _result("adaptive", batch_size, times, pred == labels, paths[where], hist)
@@ -190,6 +202,7 @@ class StreamSettings:
     num_threads: int | None = 2
     progress: bool = True
     data_dir: str | None = None
+    fold_batchnorm: bool = True
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> "StreamSettings":
@@ -221,7 +234,8 @@ class StreamSettings:
                    operating_point_table=check_bool(cfg.get("operating_point_table", True), "operating_point_table"),
                    device=str(cfg.get("device", "cpu")), num_threads=cfg.get("num_threads"),
                    progress=check_bool(cfg.get("progress", True), "progress"),
-                   data_dir=None if cfg.get("data_dir") in (None, "") else str(cfg["data_dir"]))
+                   data_dir=None if cfg.get("data_dir") in (None, "") else str(cfg["data_dir"]),
+                   fold_batchnorm=check_bool(cfg.get("fold_batchnorm", True), "fold_batchnorm"))
 
     @property
     def batch_sizes(self) -> list[int]:
@@ -257,8 +271,22 @@ def _device(name: str) -> torch.device:
         raise ConfigError(str(exc).replace("trainer.device", "device")) from None
 
 
-def run_stream(settings: StreamSettings, out_dir: Path) -> dict:
-    """The whole ``aebnas-stream`` job: load the run's network and test split, benchmark, write stream.json/png."""
+@dataclass
+class StreamInputs:
+    """What a stream over a run's network needs: the saved network, its operating points, the data, the device."""
+
+    run_path: Path
+    saved: SavedModel
+    points: OperatingPoints
+    data: DataSplits
+    device: torch.device
+
+
+def load_stream_inputs(settings: StreamSettings) -> StreamInputs:
+    """The run's chosen Pareto network, its operating points (computed once and stored) and its dataset.
+
+    Checks the run first, so a wrong run directory or model index is one line, not a traceback.
+    """
     from aebnas.analysis.run import load_run
 
     run = load_run(Path(settings.run).expanduser())
@@ -278,7 +306,14 @@ def run_stream(settings: StreamSettings, out_dir: Path) -> dict:
         dataset["data_dir"] = settings.data_dir
     data = load_dataset(dataset)
     points = ensure_operating_points(saved, data.val, data.mean, data.std, device, settings.recompute_operating_points)
-    model = AdaptiveModel.from_saved(saved, points)
+    return StreamInputs(run.path, saved, points, data, device)
+
+
+def run_stream(settings: StreamSettings, out_dir: Path) -> dict:
+    """The whole ``aebnas-stream`` job: load the run's network and test split, benchmark, write stream.json/png."""
+    inputs = load_stream_inputs(settings)
+    saved, data, device = inputs.saved, inputs.data, inputs.device
+    model = AdaptiveModel.from_saved(saved, inputs.points, fold=settings.fold_batchnorm)  # static and adaptive alike
     point = model.set_operating_point(settings.operating_point, settings.min_accuracy, settings.max_macs)
     x, labels = prepare_stream(data.test, data.mean, data.std, settings.n_images, device)
     bench = stream_benchmark(model, saved.cost, x, labels, settings.batch_sizes, settings.warmup,
@@ -286,11 +321,12 @@ def run_stream(settings: StreamSettings, out_dir: Path) -> dict:
     label = settings.operating_point or (f"min_accuracy={settings.min_accuracy}" if settings.min_accuracy is not None
                                          else f"max_macs={settings.max_macs:g}")
     result = {
-        "run": str(run.path), "model_dir": str(saved.path), "genome": saved.net.genome.to_text(),
+        "run": str(inputs.run_path), "model_dir": str(saved.path), "genome": saved.net.genome.to_text(),
         "dataset": data.name, "test_images": int(x.shape[0]), "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__, "num_threads": torch.get_num_threads(), "exit_metric": model.metric,
+        "fold_batchnorm": settings.fold_batchnorm,
         "operating_point_label": label, "operating_point": {"thresholds": list(point.thresholds),
                                                             "val_accuracy": point.val_accuracy,
                                                             "val_expected_macs": point.expected_macs},
