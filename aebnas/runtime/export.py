@@ -9,8 +9,8 @@ Four forms, for four kinds of runtime:
   ``logits`` out): for runtimes that run segment by segment and stop early.
 * **torch.export** of the adaptive model itself (decision rule and batch
   compaction inside the program, BatchNorm folded into the convolutions): a
-  ``.pt2`` file that ``torch.export.load`` runs without aebnas, and the input
-  that ExecuTorch and AOTInductor take.
+  ``.pt2`` file that ``torch.export.load`` runs without aebnas (AOTInductor
+  miscompiles it in torch 2.14.1: see ``export_adaptive``).
 * **TorchScript** of the same, for LibTorch (C++) runtimes; torch 2.14 marks
   TorchScript as deprecated, so ``export_adaptive`` is the path to prefer.
 
