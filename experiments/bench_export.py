@@ -36,8 +36,8 @@ from omegaconf import OmegaConf
 from aebnas.cli.common import config_dir
 from aebnas.runtime import AdaptiveModel
 from aebnas.runtime.export import export_adaptive
-from aebnas.runtime.stream import (StreamSettings, adaptive_step, load_stream_inputs, prepare_stream, static_step,
-                                   timed_stream)
+from aebnas.runtime.run_network import load_run_network
+from aebnas.runtime.stream import StreamSettings, adaptive_step, prepare_stream, static_step, timed_stream
 
 
 def _settings(overrides: list[str]) -> StreamSettings:
@@ -81,9 +81,8 @@ def main() -> None:
     p.add_argument("overrides", nargs="*", help="aebnas-stream settings, key=value (run= is required)")
     args = p.parse_args()
     settings = _settings([*args.overrides, "progress=false"])
-    inputs = load_stream_inputs(settings)
-    if settings.num_threads:
-        torch.set_num_threads(settings.num_threads)
+    inputs = load_run_network(settings.run, settings.model, settings.device, settings.num_threads, settings.data_dir,
+                              settings.recompute_operating_points)
     plain = _at_point(AdaptiveModel.from_saved(inputs.saved, inputs.points), settings)
     folded = _at_point(AdaptiveModel.from_saved(inputs.saved, inputs.points, fold=True), settings)
     x, labels = prepare_stream(inputs.data.test, inputs.data.mean, inputs.data.std, settings.n_images, inputs.device)

@@ -402,6 +402,88 @@ def test_stream_of_a_run_whose_data_moved_reads_it_from_data_dir(tmp_path, capsy
     assert result["dataset"] == "cifar10" and result["test_images"] == 8
 
 
+def _export_cli(tmp_path, *args):
+    cmd = [sys.executable, "-m", "aebnas.cli.export", f"hydra.run.dir={tmp_path / 'export'}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+@pytest.mark.slow
+def test_export_cli_writes_every_form_checked_with_a_manifest(tiny_run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from aebnas.data import load_dataset, normalize
+    from aebnas.runtime import load_saved_model
+
+    proc = _export_cli(tmp_path, f"run={tiny_run}", "formats=[pt2,torchscript,onnx,onnx_segments]", "check_images=40",
+                       "operating_point=null", "min_accuracy=0.0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "export"
+    manifest = json.loads((out / "export.json").read_text())
+    assert all(c["passed"] and c["images"] == 40 for c in manifest["checks"].values()), manifest["checks"]
+    assert manifest["input_shape"] == [1, 8, 8] and manifest["num_classes"] == 3
+    assert "onnxscript" not in proc.stdout + proc.stderr  # the exporters' chatter stays out of the console
+
+    # Independently of the manifest: the files, loaded without aebnas's classes, answer as the eager model does
+    # at the manifest's thresholds, on test images the export never saw.
+    data = load_dataset(DATASET)
+    x = normalize(data.test.x, manifest["normalize"]["mean"], manifest["normalize"]["std"])
+    saved = load_saved_model(next((tiny_run / "models").glob("00_*")))
+    eager = AdaptiveModel(saved.net, manifest["operating_point"]["thresholds"], manifest["exit_metric"])(x)
+    pred, where = torch.jit.load(str(out / manifest["files"]["torchscript"][0]))(x)
+    assert torch.equal(pred, eager.prediction) and torch.equal(where, eager.exit_index)
+    from aebnas.nn import fold_batchnorm
+    folded = AdaptiveModel(fold_batchnorm(saved.net), manifest["operating_point"]["thresholds"], "max_softmax")(x)
+    pred, where = torch.export.load(out / "adaptive.pt2").module()(x)
+    assert torch.equal(pred, folded.prediction) and torch.equal(where, folded.exit_index)
+    assert manifest["files"]["onnx_segments"] == [f"segments/segment_{k}.onnx" for k in range(saved.net.n_exits)]
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    ({"formats": ["tflite"]}, "formats[0]: unknown form 'tflite'"),
+    ({"formats": []}, "formats: give a list of"),
+    ({"min_accuracy": 0.9}, "give exactly one of operating_point"),
+    ({"check_images": 0}, "check_images: must be in [1, inf]"),
+    ({"model": 7}, "model: 7 is out of range"),
+])
+def test_export_settings_refused_in_one_line(tiny_run, tmp_path, capsys, overrides, fragment):
+    from omegaconf import OmegaConf
+
+    from aebnas.cli.common import user_errors
+    from aebnas.cli.export import PROG, export
+
+    cfg = OmegaConf.load(ROOT / "conf" / "export.yaml")
+    del cfg["hydra"]
+    cfg.merge_with({"run": str(tiny_run), **overrides})
+    with pytest.raises(SystemExit) as info:
+        with user_errors(PROG):
+            export(cfg, tmp_path / "out")
+    assert info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("aebnas-export: error: ") and fragment in lines[0], lines
+    assert not (tmp_path / "out" / "export.json").exists()
+
+
+def test_an_export_that_disagrees_writes_no_manifest(tiny_run, tmp_path, monkeypatch):
+    """A form whose answers differ from the eager model's must not be left looking like a finished export."""
+    import aebnas.runtime.export_run as export_run
+
+    def turned_round(net):  # the reference the program is checked against, every classifier negated
+        folded = fold_batchnorm(net)
+        with torch.no_grad():
+            for head in folded.heads:
+                for p in [m for m in head.modules() if isinstance(m, torch.nn.Linear)][-1].parameters():
+                    p.neg_()
+        return folded
+
+    from aebnas.nn import fold_batchnorm
+    monkeypatch.setattr(export_run, "fold_batchnorm", turned_round)
+    settings = export_run.ExportSettings.from_dict({"run": str(tiny_run), "operating_point": "max_accuracy",
+                                                    "formats": ["pt2"], "check_images": 40})
+    with pytest.raises(RuntimeError, match=r"\['pt2'\] disagreed with the eager model"):
+        export_run.run_export(settings, tmp_path / "out")
+    assert (tmp_path / "out" / "adaptive.pt2").exists() and not (tmp_path / "out" / "export.json").exists()
+
+
 def test_shipped_stream_config_composes_and_is_accepted():
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf

@@ -55,7 +55,8 @@ class SegmentExit(nn.Module):
         return features, self.head(features)
 
 
-def _require_onnx(dynamo: bool) -> None:
+def require_onnx(dynamo: bool) -> None:
+    """ImportError with the install line when the export extra is missing."""
     try:
         import onnx  # noqa: F401
         if dynamo:
@@ -68,7 +69,7 @@ def _require_onnx(dynamo: bool) -> None:
 def _export(module: nn.Module, example: torch.Tensor, path: Path, output_names: list[str], dynamo: bool) -> Path:
     """Batch size stays dynamic. ``dynamo=False`` uses torch's older TorchScript-based exporter: deprecated,
     but about ten times faster to run, which the tests use for the per-segment graphs."""
-    _require_onnx(dynamo)
+    require_onnx(dynamo)
     module = module.eval()
 
     def write(tmp: Path) -> None:

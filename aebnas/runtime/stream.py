@@ -22,14 +22,13 @@ import torch
 from tqdm.auto import tqdm
 
 from aebnas.cost import NetworkCost
-from aebnas.data import ArraySplit, DataSplits, load_dataset, normalize
+from aebnas.data import ArraySplit, normalize
 from aebnas.nn import EarlyExitNet
-from aebnas.runtime.adaptive import AdaptiveModel, SavedModel, load_saved_model
-from aebnas.runtime.operating_points import (FILE_NAME, NAMES, OperatingPoints, compute_operating_points,
-                                             path_costs_with)
+from aebnas.runtime.adaptive import AdaptiveModel
+from aebnas.runtime.operating_points import NAMES, path_costs_with
+from aebnas.runtime.run_network import check_point_choice, load_run_network, point_label
 from aebnas.search.archive import write_text_atomic
-from aebnas.train import predict_logits, resolve_device
-from aebnas.validation import ConfigError, check_bool, check_int, check_number, reject_unknown_keys
+from aebnas.validation import ConfigError, check_bool, check_int, reject_unknown_keys
 
 log = logging.getLogger("aebnas.runtime")
 
@@ -137,23 +136,6 @@ def run_adaptive(model: AdaptiveModel, cost: NetworkCost, x: torch.Tensor, label
     return _result("adaptive", batch_size, times, pred == labels, paths[where], hist)
 
 
-def ensure_operating_points(saved: SavedModel, val: ArraySplit, mean, std, device: torch.device,
-                            recompute: bool = False) -> OperatingPoints:
-    """The model's stored operating points; computed from its val logits and saved beside it when missing."""
-    genome = saved.net.genome.to_text()
-    path = saved.path / FILE_NAME
-    if path.exists() and not recompute:
-        points = OperatingPoints.load(saved.path)
-        if points.genome == genome:
-            return points
-    logits = predict_logits(saved.net, val, mean, std, device, batch_size=1024, amp=False)
-    points = compute_operating_points(logits, val.y.numpy(), saved.cost, saved.meta.get("exit_metric", "max_softmax"))
-    points.genome = genome
-    points.save(saved.path)
-    saved.net.to("cpu")
-    return points
-
-
 def stream_benchmark(model: AdaptiveModel, cost: NetworkCost, x: torch.Tensor, labels: np.ndarray,
                      batch_sizes: Sequence[int], warmup: int = 10, table_points: Sequence[str] = (),
                      progress: bool = True) -> dict:
@@ -209,18 +191,7 @@ class StreamSettings:
         reject_unknown_keys(cfg, [f.name for f in fields(cls)], "stream")
         if cfg.get("run") in (None, ""):
             raise ConfigError("run: required; pass run=<the run directory of an aebnas-search>")
-        chosen = [k for k in ("operating_point", "min_accuracy", "max_macs") if cfg.get(k) is not None]
-        if len(chosen) != 1:
-            raise ConfigError(f"operating_point: give exactly one of operating_point (a name), min_accuracy or "
-                              f"max_macs, got {chosen or 'none'}; e.g. operating_point=null min_accuracy=0.9")
-        point = cfg.get("operating_point")
-        if point is not None and point not in NAMES:
-            raise ConfigError(f"operating_point: unknown name '{point}'; use one of {list(NAMES)}, or set it to "
-                              "null and give min_accuracy or max_macs")
-        if cfg.get("min_accuracy") is not None:
-            check_number(cfg["min_accuracy"], "min_accuracy", 0.0, 1.0)
-        if cfg.get("max_macs") is not None:
-            check_number(cfg["max_macs"], "max_macs", 0.0, lo_open=True)
+        point = check_point_choice(cfg)
         if cfg.get("num_threads") is not None:
             check_int(cfg["num_threads"], "num_threads", lo=1)
         return cls(run=str(cfg["run"]), model=check_int(cfg.get("model", 0), "model", lo=0),
@@ -264,62 +235,17 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _device(name: str) -> torch.device:
-    try:
-        return resolve_device(name)
-    except ConfigError as exc:
-        raise ConfigError(str(exc).replace("trainer.device", "device")) from None
-
-
-@dataclass
-class StreamInputs:
-    """What a stream over a run's network needs: the saved network, its operating points, the data, the device."""
-
-    run_path: Path
-    saved: SavedModel
-    points: OperatingPoints
-    data: DataSplits
-    device: torch.device
-
-
-def load_stream_inputs(settings: StreamSettings) -> StreamInputs:
-    """The run's chosen Pareto network, its operating points (computed once and stored) and its dataset.
-
-    Checks the run first, so a wrong run directory or model index is one line, not a traceback.
-    """
-    from aebnas.analysis.run import load_run
-
-    run = load_run(Path(settings.run).expanduser())
-    if len(run.pareto) == 0:
-        raise ConfigError(f"run: '{run.path}' has no Pareto network (pareto.csv is empty); run a search that finds one")
-    if settings.model >= len(run.pareto):
-        raise ConfigError(f"model: {settings.model} is out of range; '{run.path}' has {len(run.pareto)} Pareto "
-                          f"networks (0..{len(run.pareto) - 1})")
-    if "dataset" not in run.config:
-        raise ConfigError(f"run: no dataset section in '{run.path / 'config.yaml'}'; pass a run written by aebnas-search")
-    device = _device(settings.device)
-    if settings.num_threads:
-        torch.set_num_threads(settings.num_threads)
-    saved = load_saved_model(run.model_dir(settings.model))
-    dataset = dict(run.config["dataset"])
-    if settings.data_dir is not None:  # the run came from another machine, where the files lay elsewhere
-        dataset["data_dir"] = settings.data_dir
-    data = load_dataset(dataset)
-    points = ensure_operating_points(saved, data.val, data.mean, data.std, device, settings.recompute_operating_points)
-    return StreamInputs(run.path, saved, points, data, device)
-
-
 def run_stream(settings: StreamSettings, out_dir: Path) -> dict:
     """The whole ``aebnas-stream`` job: load the run's network and test split, benchmark, write stream.json/png."""
-    inputs = load_stream_inputs(settings)
+    inputs = load_run_network(settings.run, settings.model, settings.device, settings.num_threads, settings.data_dir,
+                              settings.recompute_operating_points)
     saved, data, device = inputs.saved, inputs.data, inputs.device
     model = AdaptiveModel.from_saved(saved, inputs.points, fold=settings.fold_batchnorm)  # static and adaptive alike
     point = model.set_operating_point(settings.operating_point, settings.min_accuracy, settings.max_macs)
     x, labels = prepare_stream(data.test, data.mean, data.std, settings.n_images, device)
     bench = stream_benchmark(model, saved.cost, x, labels, settings.batch_sizes, settings.warmup,
                              NAMES if settings.operating_point_table else (), settings.progress)
-    label = settings.operating_point or (f"min_accuracy={settings.min_accuracy}" if settings.min_accuracy is not None
-                                         else f"max_macs={settings.max_macs:g}")
+    label = point_label(settings.operating_point, settings.min_accuracy, settings.max_macs)
     result = {
         "run": str(inputs.run_path), "model_dir": str(saved.path), "genome": saved.net.genome.to_text(),
         "dataset": data.name, "test_images": int(x.shape[0]), "device": str(device),

@@ -1,0 +1,198 @@
+"""``aebnas-export``'s job: one of a run's Pareto networks written in forms that run without aebnas.
+
+Every form is loaded back and checked on val images against the eager model before the manifest
+(``export.json``) calls it done, and the manifest says what a device needs beside the file: the
+input shape and the normalisation, the classes, the exit rule and its thresholds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+import torch
+
+from aebnas.data import normalize
+from aebnas.nn import fold_batchnorm
+from aebnas.runtime.adaptive import AdaptiveModel
+from aebnas.runtime.export import (export_adaptive, export_onnx_all_exits, export_onnx_segments, require_onnx,
+                                   script_adaptive)
+from aebnas.runtime.run_network import check_point_choice, load_run_network, point_label
+from aebnas.search.archive import write_text_atomic
+from aebnas.validation import ConfigError, check_bool, check_int, reject_unknown_keys
+
+log = logging.getLogger("aebnas.runtime")
+
+# form -> file or folder it writes, under the output directory
+FORMATS = {"pt2": "adaptive.pt2", "torchscript": "adaptive_torchscript.pt", "onnx": "all_exits.onnx",
+           "onnx_segments": "segments"}
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """The ``aebnas-export`` config, checked field by field before any work starts."""
+
+    run: str
+    model: int = 0
+    operating_point: str | None = "max_accuracy"
+    min_accuracy: float | None = None
+    max_macs: float | None = None
+    recompute_operating_points: bool = False
+    formats: tuple[str, ...] = ("pt2", "torchscript")
+    check_images: int = 256
+    data_dir: str | None = None
+    device: str = "cpu"
+    num_threads: int | None = None
+
+    @classmethod
+    def from_dict(cls, cfg: Mapping[str, Any]) -> "ExportSettings":
+        reject_unknown_keys(cfg, [f.name for f in fields(cls)], "export")
+        if cfg.get("run") in (None, ""):
+            raise ConfigError("run: required; pass run=<the run directory of an aebnas-search>")
+        point = check_point_choice(cfg)
+        formats = cfg.get("formats", cls.formats)
+        if isinstance(formats, str):
+            formats = [formats]
+        if not isinstance(formats, (list, tuple)) or not formats:
+            raise ConfigError(f"formats: give a list of {list(FORMATS)}, e.g. formats=[pt2,onnx]; got {formats!r}")
+        for i, f in enumerate(formats):
+            if f not in FORMATS:
+                raise ConfigError(f"formats[{i}]: unknown form '{f}'; use some of {list(FORMATS)}")
+        if any(f.startswith("onnx") for f in formats):
+            _require_onnx_runtime()
+        num_threads = cfg.get("num_threads")
+        return cls(run=str(cfg["run"]), model=check_int(cfg.get("model", 0), "model", lo=0),
+                   operating_point=point, min_accuracy=cfg.get("min_accuracy"), max_macs=cfg.get("max_macs"),
+                   recompute_operating_points=check_bool(cfg.get("recompute_operating_points", False),
+                                                         "recompute_operating_points"),
+                   formats=tuple(dict.fromkeys(formats)),
+                   check_images=check_int(cfg.get("check_images", 256), "check_images", lo=1),
+                   data_dir=None if cfg.get("data_dir") in (None, "") else str(cfg["data_dir"]),
+                   device=str(cfg.get("device", "cpu")),
+                   num_threads=None if num_threads is None else check_int(num_threads, "num_threads", lo=1))
+
+
+def _require_onnx_runtime() -> None:
+    try:
+        require_onnx(dynamo=True)
+        import onnxruntime  # noqa: F401  (the checks run the graphs)
+    except ImportError:
+        raise ConfigError("formats: the onnx forms need the export extra: pip install -e \".[export]\" (onnx, "
+                          "onnxscript, onnxruntime); or leave them out, e.g. formats=[pt2,torchscript]") from None
+
+
+# Loggers whose notes say nothing to a user of this export: torch.export's per-symbol load notes and the
+# ONNX exporter's rewrite passes (pages of INFO lines under Hydra's logging).
+_CHATTY = ("torch._export.serde.serialize", "onnxscript", "onnx_ir", "torch.onnx")
+
+
+@contextmanager
+def _quiet_exporters() -> Iterator[None]:
+    """The exporters' chatter and TorchScript's deprecation (said once in the docs) off for the export."""
+    loggers = [logging.getLogger(name) for name in _CHATTY]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return bool(torch.equal(a.cpu(), b.cpu()))
+
+
+def _check_adaptive(run: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor,
+                    want: AdaptiveModel) -> dict:
+    pred, where = run(x)
+    ref = want(x)
+    same = _same(pred, ref.prediction) and _same(where, ref.exit_index)
+    return {"images": int(x.shape[0]), "same_answers": same, "passed": same}
+
+
+def _onnx_session(path: Path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+LOGIT_TOLERANCE = 1e-3
+
+
+def _check_logits(got: list[np.ndarray], want: list[torch.Tensor]) -> dict:
+    """ONNX runtimes compute in their own order of operations: logits agree to rounding, not bit for bit."""
+    diff = max(float(np.abs(g - w.cpu().numpy()).max()) for g, w in zip(got, want))
+    return {"images": int(want[0].shape[0]), "max_abs_logit_difference": diff, "tolerance": LOGIT_TOLERANCE,
+            "passed": diff <= LOGIT_TOLERANCE}
+
+
+def run_export(settings: ExportSettings, out_dir: Path) -> dict:
+    """Write each form, load it back, check it, and write the manifest last: no manifest, no finished export."""
+    found = load_run_network(settings.run, settings.model, settings.device, settings.num_threads, settings.data_dir,
+                             settings.recompute_operating_points)
+    saved, data = found.saved, found.data
+    model = AdaptiveModel.from_saved(saved, found.points)
+    point = model.set_operating_point(settings.operating_point, settings.min_accuracy, settings.max_macs)
+    n = min(settings.check_images, len(data.val))
+    x = normalize(data.val.x[:n], data.mean, data.std).to(found.device)
+    model.net.to(found.device)
+    example = x[:2]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files, checks = {}, {}
+    with _quiet_exporters(), torch.no_grad():
+        for form in settings.formats:
+            path = out_dir / FORMATS[form]
+            log.info("exporting %s to %s", form, path)
+            if form == "pt2":
+                export_adaptive(model, example, path)
+                folded = AdaptiveModel(fold_batchnorm(model.net), model.thresholds, model.metric)
+                checks[form] = _check_adaptive(torch.export.load(path).module(), x, folded)
+            elif form == "torchscript":
+                script_adaptive(model, path)
+                checks[form] = _check_adaptive(torch.jit.load(str(path), map_location=found.device), x, model)
+            elif form == "onnx":
+                export_onnx_all_exits(model.net, example, path)
+                got = _onnx_session(path).run(None, {"input": x.cpu().numpy()})
+                checks[form] = _check_logits(got, model.net(x))
+            else:
+                segments = export_onnx_segments(model.net, example, path)
+                features, got = x.cpu().numpy(), []
+                for segment in segments:
+                    features, logits = _onnx_session(segment).run(None, {"input": features})
+                    got.append(logits)
+                checks[form] = _check_logits(got, model.net(x))
+            files[form] = sorted(str(p.relative_to(out_dir)) for p in ([path] if path.is_file() else path.iterdir()))
+    failed = {f: c for f, c in checks.items() if not c["passed"]}
+    if failed:
+        raise RuntimeError(f"export: {list(failed)} disagreed with the eager model on {n} val images ({failed}); "
+                           f"the files are in {out_dir}, export.json is not written")
+    manifest = {
+        "run": str(found.run_path), "model_dir": str(saved.path), "genome": saved.net.genome.to_text(),
+        "dataset": data.name, "input_shape": [data.in_channels, data.resolution, data.resolution],
+        "input_dtype": "float32", "normalize": {"mean": list(data.mean), "std": list(data.std),
+                                                "how": "x = (pixels / 255 - mean) / std, per channel"},
+        "num_classes": data.num_classes, "class_names": data.class_names, "exit_metric": model.metric,
+        "operating_point": {"label": point_label(settings.operating_point, settings.min_accuracy, settings.max_macs),
+                            "thresholds": list(point.thresholds), "val_accuracy": point.val_accuracy,
+                            "val_expected_macs": point.expected_macs},
+        "static_macs": saved.cost.static_macs, "path_macs": list(saved.cost.path_macs),
+        "outputs": {"pt2": "(prediction, exit_index) per image; BatchNorm folded",
+                    "torchscript": "(prediction, exit_index) per image",
+                    "onnx": "input 'input'; outputs exit_0 ... exit_{n-1}: every exit's logits, final last",
+                    "onnx_segments": "segment_k.onnx: input 'input' (image or features), outputs 'features' and "
+                                     "exit k's 'logits'"},
+        "files": files, "checks": checks, "torch": torch.__version__,
+    }
+    manifest["outputs"] = {f: manifest["outputs"][f] for f in settings.formats}
+    write_text_atomic(out_dir / "export.json", json.dumps(manifest, indent=2))
+    return manifest
