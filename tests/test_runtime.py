@@ -351,21 +351,29 @@ def test_stream_bad_input_gets_one_line(tiny_run, tmp_path, args, fragment):
 ])
 def test_stream_settings_refused_in_one_line(tiny_run, tmp_path, capsys, overrides, fragment):
     """The same path as the console script after Hydra has composed the config, in process (fast)."""
+    from aebnas.cli import stream
+
+    _refused_in_one_line(stream, "stream", "stream.json", capsys, tmp_path, fragment,
+                         {"run": str(tiny_run), "progress": False, "num_threads": 1, "n_images": 10, **overrides})
+
+
+def _refused_in_one_line(cli, config_name: str, result_file: str, capsys, tmp_path, fragment: str, settings: dict):
+    """``cli``'s job on conf/<config_name>.yaml merged with ``settings``: exit 2, one line naming the field,
+    and no result file."""
     from omegaconf import OmegaConf
 
     from aebnas.cli.common import user_errors
-    from aebnas.cli.stream import PROG, stream
 
-    cfg = OmegaConf.load(ROOT / "conf" / "stream.yaml")
+    cfg = OmegaConf.load(ROOT / "conf" / f"{config_name}.yaml")
     del cfg["hydra"]
-    cfg.merge_with({"run": str(tiny_run), "progress": False, "num_threads": 1, "n_images": 10, **overrides})
+    cfg.merge_with(settings)
     with pytest.raises(SystemExit) as info:
-        with user_errors(PROG):
-            stream(cfg, tmp_path / "out")
+        with user_errors(cli.PROG):
+            getattr(cli, config_name)(cfg, tmp_path / "out")
     assert info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("aebnas-stream: error: ") and fragment in lines[0], lines
-    assert not (tmp_path / "out" / "stream.json").exists()
+    assert len(lines) == 1 and lines[0].startswith(f"{cli.PROG}: error: ") and fragment in lines[0], lines
+    assert not (tmp_path / "out" / result_file).exists()
 
 
 def test_stream_of_a_run_whose_data_moved_reads_it_from_data_dir(tmp_path, capsys):
@@ -446,21 +454,10 @@ def test_export_cli_writes_every_form_checked_with_a_manifest(tiny_run, tmp_path
     ({"model": 7}, "model: 7 is out of range"),
 ])
 def test_export_settings_refused_in_one_line(tiny_run, tmp_path, capsys, overrides, fragment):
-    from omegaconf import OmegaConf
+    from aebnas.cli import export
 
-    from aebnas.cli.common import user_errors
-    from aebnas.cli.export import PROG, export
-
-    cfg = OmegaConf.load(ROOT / "conf" / "export.yaml")
-    del cfg["hydra"]
-    cfg.merge_with({"run": str(tiny_run), **overrides})
-    with pytest.raises(SystemExit) as info:
-        with user_errors(PROG):
-            export(cfg, tmp_path / "out")
-    assert info.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("aebnas-export: error: ") and fragment in lines[0], lines
-    assert not (tmp_path / "out" / "export.json").exists()
+    _refused_in_one_line(export, "export", "export.json", capsys, tmp_path, fragment,
+                         {"run": str(tiny_run), **overrides})
 
 
 def test_an_export_that_disagrees_writes_no_manifest(tiny_run, tmp_path, monkeypatch):
