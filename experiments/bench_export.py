@@ -128,22 +128,23 @@ def _measure(args, settings: StreamSettings, plain: AdaptiveModel, folded: Adapt
         names = [n for n in names if n not in failed]
         for name in names:
             pred, where = answers[name]
-            ref_pred, ref_where = answers["static" if name.startswith("static") else "adaptive"]
-            same = bool(np.array_equal(pred, ref_pred) and (where is None or np.array_equal(where, ref_where)))
+            ref = answers.get("static" if name.startswith("static") else "adaptive")
+            same = None if ref is None else bool(np.array_equal(pred, ref[0]) and
+                                                 (where is None or np.array_equal(where, ref[1])))
             row["forms"][name] = {"images_per_second": float(np.median(rounds[name])), "rounds": rounds[name],
                                   "accuracy": float((pred == labels).mean()), "same_answers": same,
                                   "exit_histogram": None if where is None else
                                   np.bincount(where, minlength=plain.n_exits).tolist()}
         f = {n: row["forms"][n]["images_per_second"] for n in names}
-        row["ratios"] = {"static_folded/static": f["static_folded"] / f["static"],
-                         "adaptive_folded/adaptive": f["adaptive_folded"] / f["adaptive"],
-                         "speedup_as_trained": f["adaptive"] / f["static"],
-                         "speedup_folded": f["adaptive_folded"] / f["static_folded"],
-                         "exported/adaptive_folded": f["exported"] / f["adaptive_folded"]}
-        if "aoti" in f:
-            row["ratios"]["aoti/adaptive_folded"] = f["aoti"] / f["adaptive_folded"]
+        pairs = {"static_folded/static": ("static_folded", "static"),
+                 "adaptive_folded/adaptive": ("adaptive_folded", "adaptive"),
+                 "speedup_as_trained": ("adaptive", "static"), "speedup_folded": ("adaptive_folded", "static_folded"),
+                 "exported/adaptive_folded": ("exported", "adaptive_folded"),
+                 "aoti/adaptive_folded": ("aoti", "adaptive_folded")}
+        row["ratios"] = {k: f[a] / f[b] for k, (a, b) in pairs.items() if a in f and b in f}  # failed forms: none
         result["batches"].append(row)
-        shown = [f"{n} {f[n]:.0f}/s" + ("" if row["forms"][n]["same_answers"] else " (answers differ)") for n in names]
+        shown = [f"{n} {f[n]:.0f}/s" + ("" if row["forms"][n]["same_answers"] is not False else " (answers differ)")
+                 for n in names]
         print(f"batch {b}: " + ", ".join(shown + [f"{n} failed: {e}" for n, e in failed.items()]), flush=True)
         Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"written: {args.out}")

@@ -229,6 +229,11 @@ def test_exported_adaptive_program_matches_eager_at_any_batch_size(tiny_space, t
         assert torch.equal(pred, want.prediction) and torch.equal(where, want.exit_index)
     assert len(set(where.tolist())) >= 2
 
+    # From a one-image example the batch size stays dynamic (torch.export alone would fix it at 1).
+    pred, where = export_adaptive(model, x[:1]).module()(x[:5])
+    want = folded(x[:5])
+    assert torch.equal(pred, want.prediction) and torch.equal(where, want.exit_index)
+
     # Every sample leaves at the first exit: the rest of the network must be skipped, not run on an empty batch.
     everyone_leaves = AdaptiveModel(net, [0.0] + [None] * (net.n_exits - 2), "max_softmax")
     pred, where = export_adaptive(everyone_leaves, x[:3]).module()(x)
@@ -444,6 +449,42 @@ def test_export_cli_writes_every_form_checked_with_a_manifest(tiny_run, tmp_path
     pred, where = torch.export.load(out / "adaptive.pt2").module()(x)
     assert torch.equal(pred, folded.prediction) and torch.equal(where, folded.exit_index)
     assert manifest["files"]["onnx_segments"] == [f"segments/segment_{k}.onnx" for k in range(saved.net.n_exits)]
+    # An exit switched off by the operating point runs no head, so no path pays for it.
+    assert "threshold" in manifest["exit_rule"]
+
+
+def test_export_manifest_charges_no_head_to_an_exit_switched_off(tiny_run, tmp_path):
+    """The operating point's own path costs: an exit it switches off runs no head (as aebnas-stream counts)."""
+    import dataclasses
+    import shutil
+
+    from aebnas.runtime import load_saved_model
+    from aebnas.runtime.export_run import ExportSettings, run_export
+    from aebnas.runtime.run_network import load_run_network
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    model_dir = next((run / "models").glob("00_*"))
+    points = load_run_network(str(run), 0).points  # computed from val logits and stored on first use
+    first = points.points[0]
+    off = dataclasses.replace(first, thresholds=(None,) + tuple(first.thresholds[1:]), expected_macs=1.0)
+    points.points.append(off)  # the cheapest point now switches exit 0 off
+    points.save(model_dir)
+    settings = ExportSettings.from_dict({"run": str(run), "operating_point": None, "max_macs": 1.0,
+                                         "formats": ["torchscript"], "check_images": 20})
+    manifest = run_export(settings, tmp_path / "out")
+    cost = load_saved_model(model_dir).cost
+    assert manifest["operating_point"]["thresholds"][0] is None
+    assert manifest["path_macs"] == path_costs_with(cost, [False, True]).tolist()
+    assert manifest["path_macs"][-1] < cost.path_macs[-1]  # the final path without exit 0's head
+
+
+def test_export_formats_read_from_a_comma_separated_string():
+    from aebnas.runtime.export_run import ExportSettings
+
+    settings = ExportSettings.from_dict({"run": "/some/run", "operating_point": "balanced",
+                                         "formats": "pt2, torchscript"})
+    assert settings.formats == ("pt2", "torchscript")
 
 
 @pytest.mark.parametrize("overrides, fragment", [
@@ -476,7 +517,9 @@ def test_an_export_that_disagrees_writes_no_manifest(tiny_run, tmp_path, monkeyp
     monkeypatch.setattr(export_run, "fold_batchnorm", turned_round)
     settings = export_run.ExportSettings.from_dict({"run": str(tiny_run), "operating_point": "max_accuracy",
                                                     "formats": ["pt2"], "check_images": 40})
-    with pytest.raises(RuntimeError, match=r"\['pt2'\] disagreed with the eager model"):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "export.json").write_text("{}")  # an earlier export's manifest, in the same folder
+    with pytest.raises(export_run.ExportCheckError, match=r"\['pt2'\] disagreed with the eager model"):
         export_run.run_export(settings, tmp_path / "out")
     assert (tmp_path / "out" / "adaptive.pt2").exists() and not (tmp_path / "out" / "export.json").exists()
 

@@ -12,6 +12,7 @@ from typing import Any, Iterator, Mapping
 from aebnas.cost.latency import InputShape, LatencyTable, LatencyTableError
 from aebnas.cost.profiler import HardwareConfig
 from aebnas.data import DatasetError
+from aebnas.runtime.export_run import ExportCheckError
 from aebnas.search.workers import WorkerStartError
 from aebnas.space import GenomeError, SpaceConfig
 from aebnas.validation import ConfigError
@@ -108,7 +109,8 @@ def load_latency_table(hardware: Mapping[str, Any] | None, space: SpaceConfig, s
     return table
 
 
-USER_ERRORS = (ConfigError, DatasetError, GenomeError, FileNotFoundError, FileExistsError, WorkerStartError)
+USER_ERRORS = (ConfigError, DatasetError, GenomeError, FileNotFoundError, FileExistsError, WorkerStartError,
+               ExportCheckError)
 
 
 @contextmanager

@@ -11,8 +11,8 @@ Four forms, for four kinds of runtime:
   compaction inside the program, BatchNorm folded into the convolutions): a
   ``.pt2`` file that ``torch.export.load`` runs without aebnas (AOTInductor
   miscompiles it in torch 2.14.1: see ``export_adaptive``).
-* **TorchScript** of the same, for LibTorch (C++) runtimes; torch 2.14 marks
-  TorchScript as deprecated, so ``export_adaptive`` is the path to prefer.
+* **TorchScript** of the same, for LibTorch (C++) runtimes: deprecated by
+  torch 2.14, but today the compiled form of the adaptive model that works.
 
 ONNX needs the ``export`` extra (``pip install -e ".[export]"``: onnx, onnxscript,
 onnxruntime).
@@ -66,11 +66,20 @@ def require_onnx(dynamo: bool) -> None:
                           "(onnx, onnxscript, onnxruntime)") from None
 
 
+def dynamic_batch_example(example: torch.Tensor) -> torch.Tensor:
+    """A copy of ``example`` with at least two images: from one, torch.export would fix the batch size at 1.
+
+    A copy, too, because an exported program keeps its example, and a slice would bring the whole batch it views.
+    """
+    return (example[:1].repeat(2, *[1] * (example.dim() - 1)) if example.shape[0] == 1 else example).clone()
+
+
 def _export(module: nn.Module, example: torch.Tensor, path: Path, output_names: list[str], dynamo: bool) -> Path:
     """Batch size stays dynamic. ``dynamo=False`` uses torch's older TorchScript-based exporter: deprecated,
     but about ten times faster to run, which the tests use for the per-segment graphs."""
     require_onnx(dynamo)
     module = module.eval()
+    example = dynamic_batch_example(example)
 
     def write(tmp: Path) -> None:
         if dynamo:
@@ -227,7 +236,7 @@ def export_adaptive(model: AdaptiveModel, example: torch.Tensor,
     wrong exits from the compiled program at batch 1 and a refused batch of 256 (docs/benchmarks.md).
     """
     module = ExportableAdaptive(fold_batchnorm(model.net), model.thresholds, model.metric).eval()
-    example = example.clone()  # the program keeps its example: a slice would bring the whole batch it views
+    example = dynamic_batch_example(example)
     with torch.no_grad():
         program = torch.export.export(module, (example,), dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}},
                                       strict=False)

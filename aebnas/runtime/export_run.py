@@ -23,6 +23,7 @@ from aebnas.nn import fold_batchnorm
 from aebnas.runtime.adaptive import AdaptiveModel
 from aebnas.runtime.export import (export_adaptive, export_onnx_all_exits, export_onnx_segments, require_onnx,
                                    script_adaptive)
+from aebnas.runtime.operating_points import path_costs_with
 from aebnas.runtime.run_network import check_point_choice, load_run_network, point_label
 from aebnas.search.archive import write_text_atomic
 from aebnas.validation import ConfigError, check_bool, check_int, reject_unknown_keys
@@ -57,8 +58,8 @@ class ExportSettings:
             raise ConfigError("run: required; pass run=<the run directory of an aebnas-search>")
         point = check_point_choice(cfg)
         formats = cfg.get("formats", cls.formats)
-        if isinstance(formats, str):
-            formats = [formats]
+        if isinstance(formats, str):  # formats=pt2 or 'formats=pt2,onnx'
+            formats = [f.strip() for f in formats.split(",") if f.strip()]
         if not isinstance(formats, (list, tuple)) or not formats:
             raise ConfigError(f"formats: give a list of {list(FORMATS)}, e.g. formats=[pt2,onnx]; got {formats!r}")
         for i, f in enumerate(formats):
@@ -109,7 +110,7 @@ def _quiet_exporters() -> Iterator[None]:
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return bool(torch.equal(a.cpu(), b.cpu()))
+    return bool(torch.equal(a, b))
 
 
 def _check_adaptive(run: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor,
@@ -136,56 +137,83 @@ def _check_logits(got: list[np.ndarray], want: list[torch.Tensor]) -> dict:
             "passed": diff <= LOGIT_TOLERANCE}
 
 
+class ExportCheckError(RuntimeError):
+    """An exported form answered otherwise than the eager model: the export is not finished."""
+
+
+EXIT_RULE = ("an image leaves at the first enabled exit whose confidence (exit_metric of the softmax of that exit's "
+             "logits, in float64) is >= the exit's threshold; a null threshold switches the exit off (its head is "
+             "not run); an image that reaches the final classifier takes its prediction")
+
+
+def _write_form(form: str, path: Path, model: AdaptiveModel, example: torch.Tensor, x: torch.Tensor) -> tuple[
+        list[Path], dict]:
+    """Write one form, load it back and check it on ``x``: the files written and the check."""
+    if form == "pt2":
+        export_adaptive(model, example, path)
+        program = torch.export.load(path).module()
+        folded = AdaptiveModel(fold_batchnorm(model.net), model.thresholds, model.metric)
+        check = _check_adaptive(program, x, folded)  # what the program is: the folded network's rule
+        check["same_answers_as_trained"] = _check_adaptive(program, x, model)["same_answers"]
+        return [path], check
+    if form == "torchscript":
+        script_adaptive(model, path)
+        return [path], _check_adaptive(torch.jit.load(str(path)), x, model)
+    if form == "onnx":
+        export_onnx_all_exits(model.net, example, path)
+        return [path], _check_logits(_onnx_session(path).run(None, {"input": x.numpy()}), model.net(x))
+    for stale in path.glob("segment_*.onnx"):  # from an earlier export of a network with more exits
+        stale.unlink()
+    segments = export_onnx_segments(model.net, example, path)
+    features, got = x.numpy(), []
+    for segment in segments:
+        features, logits = _onnx_session(segment).run(None, {"input": features})
+        got.append(logits)
+    return segments, _check_logits(got, model.net(x))
+
+
 def run_export(settings: ExportSettings, out_dir: Path) -> dict:
-    """Write each form, load it back, check it, and write the manifest last: no manifest, no finished export."""
+    """Write each form, load it back, check it, and write the manifest last: no manifest, no finished export.
+
+    ``settings.device`` computes missing operating points; the forms are written and checked on the CPU,
+    so that they load on any device.
+    """
     found = load_run_network(settings.run, settings.model, settings.device, settings.num_threads, settings.data_dir,
                              settings.recompute_operating_points)
     saved, data = found.saved, found.data
     model = AdaptiveModel.from_saved(saved, found.points)
     point = model.set_operating_point(settings.operating_point, settings.min_accuracy, settings.max_macs)
     n = min(settings.check_images, len(data.val))
-    x = normalize(data.val.x[:n], data.mean, data.std).to(found.device)
-    model.net.to(found.device)
-    example = x[:2]
+    x = normalize(data.val.x[:n], data.mean, data.std)
+    model.net.to("cpu")
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "export.json").unlink(missing_ok=True)  # an earlier export's manifest must not vouch for new files
     files, checks = {}, {}
     with _quiet_exporters(), torch.no_grad():
         for form in settings.formats:
             path = out_dir / FORMATS[form]
             log.info("exporting %s to %s", form, path)
-            if form == "pt2":
-                export_adaptive(model, example, path)
-                folded = AdaptiveModel(fold_batchnorm(model.net), model.thresholds, model.metric)
-                checks[form] = _check_adaptive(torch.export.load(path).module(), x, folded)
-            elif form == "torchscript":
-                script_adaptive(model, path)
-                checks[form] = _check_adaptive(torch.jit.load(str(path), map_location=found.device), x, model)
-            elif form == "onnx":
-                export_onnx_all_exits(model.net, example, path)
-                got = _onnx_session(path).run(None, {"input": x.cpu().numpy()})
-                checks[form] = _check_logits(got, model.net(x))
-            else:
-                segments = export_onnx_segments(model.net, example, path)
-                features, got = x.cpu().numpy(), []
-                for segment in segments:
-                    features, logits = _onnx_session(segment).run(None, {"input": features})
-                    got.append(logits)
-                checks[form] = _check_logits(got, model.net(x))
-            files[form] = sorted(str(p.relative_to(out_dir)) for p in ([path] if path.is_file() else path.iterdir()))
+            try:
+                written, checks[form] = _write_form(form, path, model, x[:2], x)
+            except ValueError as exc:  # fold_batchnorm's refusal of a network it cannot fold
+                raise ExportCheckError(f"export: {form}: {exc}") from None
+            files[form] = [str(p.relative_to(out_dir)) for p in written]
     failed = {f: c for f, c in checks.items() if not c["passed"]}
     if failed:
-        raise RuntimeError(f"export: {list(failed)} disagreed with the eager model on {n} val images ({failed}); "
-                           f"the files are in {out_dir}, export.json is not written")
+        raise ExportCheckError(f"export: {list(failed)} disagreed with the eager model on {n} val images ({failed}); "
+                               f"the files are in {out_dir}, export.json is not written")
     manifest = {
         "run": str(found.run_path), "model_dir": str(saved.path), "genome": saved.net.genome.to_text(),
         "dataset": data.name, "input_shape": [data.in_channels, data.resolution, data.resolution],
         "input_dtype": "float32", "normalize": {"mean": list(data.mean), "std": list(data.std),
                                                 "how": "x = (pixels / 255 - mean) / std, per channel"},
         "num_classes": data.num_classes, "class_names": data.class_names, "exit_metric": model.metric,
+        "exit_rule": EXIT_RULE,
         "operating_point": {"label": point_label(settings.operating_point, settings.min_accuracy, settings.max_macs),
                             "thresholds": list(point.thresholds), "val_accuracy": point.val_accuracy,
                             "val_expected_macs": point.expected_macs},
-        "static_macs": saved.cost.static_macs, "path_macs": list(saved.cost.path_macs),
+        "static_macs": saved.cost.static_macs,
+        "path_macs": path_costs_with(saved.cost, np.isfinite(model.thresholds)).tolist(),  # exits off cost nothing
         "outputs": {"pt2": "(prediction, exit_index) per image; BatchNorm folded",
                     "torchscript": "(prediction, exit_index) per image",
                     "onnx": "input 'input'; outputs exit_0 ... exit_{n-1}: every exit's logits, final last",
