@@ -66,6 +66,10 @@ def require_onnx(dynamo: bool) -> None:
                           "(onnx, onnxscript, onnxruntime)") from None
 
 
+# The batch dimension of the forward's input ``x`` left free in every exported graph.
+_DYNAMIC_BATCH = {"x": {0: torch.export.Dim("batch", min=1)}}
+
+
 def dynamic_batch_example(example: torch.Tensor) -> torch.Tensor:
     """A copy of ``example`` with at least two images: from one, torch.export would fix the batch size at 1.
 
@@ -84,7 +88,7 @@ def _export(module: nn.Module, example: torch.Tensor, path: Path, output_names: 
     def write(tmp: Path) -> None:
         if dynamo:
             torch.onnx.export(module, (example,), tmp, input_names=["input"], output_names=output_names,
-                              dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}}, external_data=False,
+                              dynamic_shapes=_DYNAMIC_BATCH, external_data=False,
                               verbose=False)
         else:
             with warnings.catch_warnings():
@@ -238,7 +242,7 @@ def export_adaptive(model: AdaptiveModel, example: torch.Tensor,
     module = ExportableAdaptive(fold_batchnorm(model.net), model.thresholds, model.metric).eval()
     example = dynamic_batch_example(example)
     with torch.no_grad():
-        program = torch.export.export(module, (example,), dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}},
+        program = torch.export.export(module, (example,), dynamic_shapes=_DYNAMIC_BATCH,
                                       strict=False)
     if path is not None:
         _save_whole(Path(path), lambda tmp: torch.export.save(program, tmp))

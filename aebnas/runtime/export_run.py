@@ -24,9 +24,9 @@ from aebnas.runtime.adaptive import AdaptiveModel
 from aebnas.runtime.export import (export_adaptive, export_onnx_all_exits, export_onnx_segments, require_onnx,
                                    script_adaptive)
 from aebnas.runtime.operating_points import path_costs_with
-from aebnas.runtime.run_network import check_point_choice, load_run_network, point_label
+from aebnas.runtime.run_network import load_run_network, point_label, read_run_choice
 from aebnas.search.archive import write_text_atomic
-from aebnas.validation import ConfigError, check_bool, check_int, reject_unknown_keys
+from aebnas.validation import ConfigError, check_int, reject_unknown_keys
 
 log = logging.getLogger("aebnas.runtime")
 
@@ -54,9 +54,7 @@ class ExportSettings:
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> "ExportSettings":
         reject_unknown_keys(cfg, [f.name for f in fields(cls)], "export")
-        if cfg.get("run") in (None, ""):
-            raise ConfigError("run: required; pass run=<the run directory of an aebnas-search>")
-        point = check_point_choice(cfg)
+        choice = read_run_choice(cfg)
         formats = cfg.get("formats", cls.formats)
         if isinstance(formats, str):  # formats=pt2 or 'formats=pt2,onnx'
             formats = [f.strip() for f in formats.split(",") if f.strip()]
@@ -67,16 +65,8 @@ class ExportSettings:
                 raise ConfigError(f"formats[{i}]: unknown form '{f}'; use some of {list(FORMATS)}")
         if any(f.startswith("onnx") for f in formats):
             _require_onnx_runtime()
-        num_threads = cfg.get("num_threads")
-        return cls(run=str(cfg["run"]), model=check_int(cfg.get("model", 0), "model", lo=0),
-                   operating_point=point, min_accuracy=cfg.get("min_accuracy"), max_macs=cfg.get("max_macs"),
-                   recompute_operating_points=check_bool(cfg.get("recompute_operating_points", False),
-                                                         "recompute_operating_points"),
-                   formats=tuple(dict.fromkeys(formats)),
-                   check_images=check_int(cfg.get("check_images", 256), "check_images", lo=1),
-                   data_dir=None if cfg.get("data_dir") in (None, "") else str(cfg["data_dir"]),
-                   device=str(cfg.get("device", "cpu")),
-                   num_threads=None if num_threads is None else check_int(num_threads, "num_threads", lo=1))
+        return cls(**choice, formats=tuple(dict.fromkeys(formats)),
+                   check_images=check_int(cfg.get("check_images", 256), "check_images", lo=1))
 
 
 def _require_onnx_runtime() -> None:

@@ -16,7 +16,7 @@ from aebnas.data import ArraySplit, DataSplits, load_dataset
 from aebnas.runtime.adaptive import SavedModel, load_saved_model
 from aebnas.runtime.operating_points import FILE_NAME, NAMES, OperatingPoints, compute_operating_points
 from aebnas.train import predict_logits, resolve_device
-from aebnas.validation import ConfigError, check_number
+from aebnas.validation import ConfigError, check_bool, check_int, check_number
 
 
 def check_point_choice(cfg: Mapping[str, Any]) -> str | None:
@@ -34,6 +34,22 @@ def check_point_choice(cfg: Mapping[str, Any]) -> str | None:
     if cfg.get("max_macs") is not None:
         check_number(cfg["max_macs"], "max_macs", 0.0, lo_open=True)
     return point
+
+
+def read_run_choice(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings every job on one of a run's networks shares (aebnas-stream, aebnas-export), checked:
+    which run and network, which operating point, where the data is, which device and threads."""
+    if cfg.get("run") in (None, ""):
+        raise ConfigError("run: required; pass run=<the run directory of an aebnas-search>")
+    point = check_point_choice(cfg)
+    num_threads = cfg.get("num_threads")
+    return {"run": str(cfg["run"]), "model": check_int(cfg.get("model", 0), "model", lo=0),
+            "operating_point": point, "min_accuracy": cfg.get("min_accuracy"), "max_macs": cfg.get("max_macs"),
+            "recompute_operating_points": check_bool(cfg.get("recompute_operating_points", False),
+                                                     "recompute_operating_points"),
+            "data_dir": None if cfg.get("data_dir") in (None, "") else str(cfg["data_dir"]),
+            "device": str(cfg.get("device", "cpu")),
+            "num_threads": None if num_threads is None else check_int(num_threads, "num_threads", lo=1)}
 
 
 def point_label(name: str | None, min_accuracy: float | None, max_macs: float | None) -> str:

@@ -26,7 +26,7 @@ from aebnas.data import ArraySplit, normalize
 from aebnas.nn import EarlyExitNet
 from aebnas.runtime.adaptive import AdaptiveModel
 from aebnas.runtime.operating_points import NAMES, path_costs_with
-from aebnas.runtime.run_network import check_point_choice, load_run_network, point_label
+from aebnas.runtime.run_network import load_run_network, point_label, read_run_choice
 from aebnas.search.archive import write_text_atomic
 from aebnas.validation import ConfigError, check_bool, check_int, reject_unknown_keys
 
@@ -189,23 +189,13 @@ class StreamSettings:
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> "StreamSettings":
         reject_unknown_keys(cfg, [f.name for f in fields(cls)], "stream")
-        if cfg.get("run") in (None, ""):
-            raise ConfigError("run: required; pass run=<the run directory of an aebnas-search>")
-        point = check_point_choice(cfg)
-        if cfg.get("num_threads") is not None:
-            check_int(cfg["num_threads"], "num_threads", lo=1)
-        return cls(run=str(cfg["run"]), model=check_int(cfg.get("model", 0), "model", lo=0),
-                   operating_point=point, min_accuracy=cfg.get("min_accuracy"), max_macs=cfg.get("max_macs"),
-                   recompute_operating_points=check_bool(cfg.get("recompute_operating_points", False),
-                                                         "recompute_operating_points"),
+        return cls(**read_run_choice(cfg),
                    n_images=check_int(cfg.get("n_images", 2000), "n_images", lo=1),
                    batch_size=_batch_sizes(cfg.get("batch_size", 256)),
                    batch_one=check_bool(cfg.get("batch_one", True), "batch_one"),
                    warmup=check_int(cfg.get("warmup", 20), "warmup", lo=0),
                    operating_point_table=check_bool(cfg.get("operating_point_table", True), "operating_point_table"),
-                   device=str(cfg.get("device", "cpu")), num_threads=cfg.get("num_threads"),
                    progress=check_bool(cfg.get("progress", True), "progress"),
-                   data_dir=None if cfg.get("data_dir") in (None, "") else str(cfg["data_dir"]),
                    fold_batchnorm=check_bool(cfg.get("fold_batchnorm", True), "fold_batchnorm"))
 
     @property
