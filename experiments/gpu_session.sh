@@ -142,7 +142,7 @@ probe() {
     step "${LIMIT_PROFILE:-60}" python3 -m aebnas.cli.profile hardware="$hw" space=mbv3_32 profile.resolution=32 \
       profile.channels=3 profile.num_classes=10 profile.validate=true profile.networks=20 progress=false \
       hydra.run.dir="$w/profile_$hw" ${PROFILE_OVERRIDES:-}
-    cp -r "${TABLES:-conf/hardware/tables/$hw}" "$w/profile_$hw/table" 2>/dev/null || true
+    cp -r "${TABLES:-aebnas/conf/hardware/tables/$hw}" "$w/profile_$hw/table" 2>/dev/null || true
     pack_probe "$w"
   done
   stamp "probe done: probe.log and probe.tar.gz"
@@ -232,7 +232,7 @@ methods() {
 
 GPU_EXPERIMENT=experiment=fashion_mnist_gpu
 METHODS_EXPERIMENT=experiment=methods_fashion_mnist_gpu
-# The latency tables are named after the GPU they are measured on (conf/hardware/h100*.yaml, h200*.yaml).
+# The latency tables are named after the GPU they are measured on (aebnas/conf/hardware/h100*.yaml, h200*.yaml).
 gpu_tables() {
   case "$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)" in
     *H200*) echo "h200 h200_b256" ;;

@@ -28,7 +28,7 @@ def pytest_unconfigure(config) -> None:
 
 
 def space_config(name: str) -> SpaceConfig:
-    return SpaceConfig.from_dict(yaml.safe_load((ROOT / "conf" / "space" / f"{name}.yaml").read_text()))
+    return SpaceConfig.from_dict(yaml.safe_load((ROOT / "aebnas" / "conf" / "space" / f"{name}.yaml").read_text()))
 
 
 @pytest.fixture(scope="session")

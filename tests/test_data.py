@@ -26,7 +26,7 @@ from tests.formats import images as _images
 from tests.formats import write_cifar10, write_cifar100, write_svhn
 
 REPO = Path(__file__).resolve().parents[1]
-CONF_DIR = REPO / "conf" / "dataset"
+CONF_DIR = REPO / "aebnas" / "conf" / "dataset"
 REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 

@@ -194,7 +194,7 @@ def test_validation_measures_every_exit_path_and_compares(tiny_space, tmp_path):
     assert summary["networks"] == 4 and np.isfinite(summary["all_paths"]["mape_pct"])
 
 
-SHIPPED = ROOT / "conf" / "hardware" / "tables" / "cpu_x86_2t" / "r8_c1_n10.json"
+SHIPPED = ROOT / "aebnas" / "conf" / "hardware" / "tables" / "cpu_x86_2t" / "r8_c1_n10.json"
 
 
 def test_shipped_quickstart_table_covers_the_quickstart_space(tiny_space):
@@ -278,7 +278,7 @@ def test_profile_cli_fills_a_table_then_validates_it(tmp_path):
     assert "operators measured" in proc.stdout and "Spearman rho" in proc.stdout
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "conf" / "hardware").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", sorted((ROOT / "aebnas" / "conf" / "hardware").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_shipped_hardware_config_is_valid_and_named_after_its_file(path):
     import yaml
 

@@ -14,7 +14,7 @@ from aebnas.space import GenomeError, SearchSpace, SpaceConfig, SpaceConfigError
 from aebnas.train import TrainerConfig
 from tests.conftest import HAND_SPACE, ROOT, compose_config
 
-METHODS = sorted(p.stem for p in (ROOT / "conf" / "method").glob("*.yaml"))
+METHODS = sorted(p.stem for p in (ROOT / "aebnas" / "conf" / "method").glob("*.yaml"))
 
 
 def _compose(*overrides: str) -> dict:
@@ -73,7 +73,7 @@ def test_every_method_composes_to_its_restrictions():
             SearchSpace(SpaceConfig.from_dict(plain["space"]))
             SearchSettings.from_dict(plain["search"])
     # the default method changes nothing: its file holds the method's name only
-    assert yaml.safe_load((ROOT / "conf" / "method" / "aebnas.yaml").read_text()) == {"method": {"name": "aebnas"}}
+    assert yaml.safe_load((ROOT / "aebnas" / "conf" / "method" / "aebnas.yaml").read_text()) == {"method": {"name": "aebnas"}}
     assert _compose()["method"]["name"] == "aebnas"
     edanas = _compose("experiment=quickstart", "method=edanas")
     assert edanas["space"]["exit_heads"] == "conv16k1+avg-conv16k1" and edanas["search"]["exit_metric"] == "margin"

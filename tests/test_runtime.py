@@ -369,7 +369,7 @@ def _refused_in_one_line(cli, config_name: str, result_file: str, capsys, tmp_pa
 
     from aebnas.cli.common import user_errors
 
-    cfg = OmegaConf.load(ROOT / "conf" / f"{config_name}.yaml")
+    cfg = OmegaConf.load(ROOT / "aebnas" / "conf" / f"{config_name}.yaml")
     del cfg["hydra"]
     cfg.merge_with(settings)
     with pytest.raises(SystemExit) as info:
@@ -400,7 +400,7 @@ def test_stream_of_a_run_whose_data_moved_reads_it_from_data_dir(tmp_path, capsy
                            "trainer.epochs=1", "trainer.device=cpu", "trainer.batch_size=16", "progress=false"]),
            tmp_path / "run")
     shutil.move(tmp_path / "then", tmp_path / "now")
-    cfg = OmegaConf.load(ROOT / "conf" / "stream.yaml")
+    cfg = OmegaConf.load(ROOT / "aebnas" / "conf" / "stream.yaml")
     del cfg["hydra"]
     cfg.merge_with({"run": str(tmp_path / "run"), "progress": False, "num_threads": 1, "n_images": 8,
                     "batch_size": 4, "warmup": 1, "operating_point_table": False})
@@ -530,7 +530,7 @@ def test_shipped_stream_config_composes_and_is_accepted():
 
     from aebnas.runtime.stream import StreamSettings
 
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "aebnas" / "conf")):
         cfg = compose("stream", overrides=["run=/some/run"])
     settings = StreamSettings.from_dict(OmegaConf.to_container(cfg, resolve=True))
     assert settings.run == "/some/run" and settings.operating_point == "balanced" and settings.num_threads == 2

@@ -29,7 +29,7 @@ def test_defaults_match_the_shipped_yaml():
 
     from tests.conftest import ROOT
 
-    shipped = yaml.safe_load((ROOT / "conf" / "search" / "nsga2.yaml").read_text())
+    shipped = yaml.safe_load((ROOT / "aebnas" / "conf" / "search" / "nsga2.yaml").read_text())
     shipped["initial_genomes"] = tuple(shipped["initial_genomes"])
     assert SearchSettings.from_dict(shipped) == SearchSettings()
 

@@ -45,7 +45,7 @@ def _one_thread():
 
 
 def space_dict(name: str, **changes) -> dict:
-    return {**yaml.safe_load((ROOT / "conf" / "space" / f"{name}.yaml").read_text()), **changes}
+    return {**yaml.safe_load((ROOT / "aebnas" / "conf" / "space" / f"{name}.yaml").read_text()), **changes}
 
 
 def make_space(name: str, **changes) -> SearchSpace:

@@ -19,18 +19,18 @@ from aebnas.validation import ConfigError
 
 
 def config_dir() -> str:
-    """``$AEBNAS_CONFIG_DIR`` if set, else the repository's ``conf/`` (the README's editable install)."""
+    """``$AEBNAS_CONFIG_DIR`` if set, else the ``conf/`` shipped inside the package (any install, wheel or editable)."""
     env = os.environ.get("AEBNAS_CONFIG_DIR")
     if env:
         return str(Path(env).resolve())
-    return str(Path(__file__).resolve().parents[2] / "conf")
+    return str(Path(__file__).resolve().parents[1] / "conf")
 
 
 def require_config_dir(prog: str) -> None:
-    """A non-editable install has no conf/ beside the package: say so in one line."""
+    """A config directory without config.yaml (a wrong ``AEBNAS_CONFIG_DIR``): say so in one line."""
     if not (Path(config_dir()) / "config.yaml").exists():
-        print(f"{prog}: error: no config.yaml in '{config_dir()}'; install with 'pip install -e .' from a clone "
-              "or set AEBNAS_CONFIG_DIR to the repository's conf/ directory", file=sys.stderr)
+        print(f"{prog}: error: no config.yaml in '{config_dir()}'; set AEBNAS_CONFIG_DIR to a directory "
+              "holding config.yaml, or unset it to use the configs shipped with aebnas", file=sys.stderr)
         sys.exit(2)
 
 
