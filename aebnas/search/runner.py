@@ -349,7 +349,8 @@ def _finalise_pareto(front: list[Evaluation], evaluator: CandidateEvaluator, set
     shutil.rmtree(models_dir, ignore_errors=True)  # a resumed run writes them anew; none may be left from before
     data = evaluator.data
     if settings.final_epochs and front:
-        log.info("final training: %d Pareto network(s), %d epoch(s) each", len(front), settings.final_epochs)
+        log.info("final training: %d Pareto network%s, %d epoch%s each", len(front), "" if len(front) == 1 else "s",
+                 settings.final_epochs, "" if settings.final_epochs == 1 else "s")
     for rank, searched in enumerate(tqdm(front, desc="final training", unit="net",
                                          disable=not (progress and settings.final_epochs))):
         genome = space.parse(searched.key)  # thresholds as evaluated (tuned ones when tuning is on)
