@@ -18,10 +18,10 @@ from aebnas.cli.common import (check_group_choices, check_overrides, config_dir,
                                require_config_dir, user_errors)
 from aebnas.cost.latency import InputShape
 from aebnas.cost.latency_check import validate_table
-from aebnas.cost.profiler import HardwareConfig, profile_space
+from aebnas.cost.profiler import HardwareSettings, profile_space
 from aebnas.search.archive import write_text_atomic
-from aebnas.space import SearchSpace, SpaceConfig
-from aebnas.validation import ConfigError, check_bool, check_int, reject_unknown_keys
+from aebnas.space import SearchSpace, SpaceSettings
+from aebnas.config_checks import ConfigError, check_bool, check_int, reject_unknown_keys
 
 log = logging.getLogger("aebnas")
 PROFILE_KEYS = ("resolution", "channels", "num_classes", "validate", "networks", "calibrate")
@@ -54,8 +54,8 @@ def profile(cfg: DictConfig, run_dir: Path) -> Path:
     for key in ("validate", "calibrate"):
         check_bool(options[key], f"profile.{key}")
     check_int(options["networks"], "profile.networks", lo=2)
-    hw = HardwareConfig.from_dict(plain["hardware"])
-    space = SpaceConfig.from_dict(plain["space"])
+    hw = HardwareSettings.from_dict(plain["hardware"])
+    space = SpaceSettings.from_dict(plain["space"])
     shape = input_shape(options, plain["dataset"])
     path = latency_table_path(hw, shape)
     progress = bool(plain.get("progress", True))

@@ -11,11 +11,11 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from aebnas.validation import reject_unknown_keys
+from aebnas.config_checks import reject_unknown_keys
 
 from .errors import DatasetError
 
-__all__ = ["DataConfig", "parse_config", "KNOWN_KEYS", "DATASET_SPECIFIC_KEYS"]
+__all__ = ["DataSettings", "parse_config", "KNOWN_KEYS", "DATASET_SPECIFIC_KEYS"]
 
 #: Keys that only some datasets read; setting them elsewhere triggers a warning.
 DATASET_SPECIFIC_KEYS: dict[str, tuple[str, ...]] = {
@@ -43,7 +43,7 @@ KNOWN_KEYS: tuple[str, ...] = (
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataSettings:
     """Validated dataset options; ``None`` means "use the dataset's own value"."""
 
     name: str
@@ -126,7 +126,7 @@ def _get_str(cfg: Mapping[str, Any], key: str, default: str | None) -> str | Non
     return os.path.abspath(os.path.expanduser(os.fspath(value)))
 
 
-def parse_config(cfg: Any, available: list[str]) -> DataConfig:
+def parse_config(cfg: Any, available: list[str]) -> DataSettings:
     """Validate ``cfg`` (a mapping or DictConfig) against the registered dataset names.
 
     Missing keys and explicit ``null`` both mean "default", so the Hydra conf
@@ -154,7 +154,7 @@ def parse_config(cfg: Any, available: list[str]) -> DataConfig:
     if channels is not None and channels not in (1, 3):
         raise DatasetError(f"dataset.channels: must be 1 (grayscale), 3 (RGB) or null, got {channels}")
 
-    return DataConfig(
+    return DataSettings(
         name=name,
         data_dir=_get_str(cfg, "data_dir", os.path.abspath("./data")),  # type: ignore[arg-type]
         download=bool(_get_bool(cfg, "download", False)),

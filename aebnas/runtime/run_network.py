@@ -16,7 +16,7 @@ from aebnas.data import ArraySplit, DataSplits, load_dataset
 from aebnas.runtime.adaptive import SavedModel, load_saved_model
 from aebnas.runtime.operating_points import FILE_NAME, NAMES, OperatingPoints, compute_operating_points
 from aebnas.train import predict_logits, resolve_device
-from aebnas.validation import ConfigError, check_bool, check_int, check_number
+from aebnas.config_checks import ConfigError, check_bool, check_int, check_number
 
 
 def check_point_choice(cfg: Mapping[str, Any]) -> str | None:

@@ -28,7 +28,7 @@ from aebnas.runtime.adaptive import AdaptiveModel
 from aebnas.runtime.operating_points import NAMES, path_costs_with
 from aebnas.runtime.run_network import load_run_network, point_label, read_run_choice
 from aebnas.search.archive import write_text_atomic
-from aebnas.validation import ConfigError, check_bool, check_int, reject_unknown_keys
+from aebnas.config_checks import ConfigError, check_bool, check_int, reject_unknown_keys
 
 log = logging.getLogger("aebnas.runtime")
 

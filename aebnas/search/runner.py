@@ -40,9 +40,9 @@ from aebnas.search.problem import EarlyExitProblem
 from aebnas.search.settings import SearchSettings
 from aebnas.search.thresholds import confidence, simulate_exits
 from aebnas.space import Genome, GenomeError, SearchSpace
-from aebnas.train import TrainerConfig, predict_logits
-from aebnas.train.supernet import SupernetConfig, SupernetInfo, prepare_supernet
-from aebnas.validation import ConfigError
+from aebnas.train import TrainerSettings, predict_logits
+from aebnas.train.supernet import SupernetSettings, SupernetInfo, prepare_supernet
+from aebnas.config_checks import ConfigError
 
 log = logging.getLogger("aebnas.search")
 
@@ -155,10 +155,10 @@ class _GenerationLog(Callback):
         write_text_atomic(path, json.dumps(state, default=int))
 
 
-def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, settings: SearchSettings,
+def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerSettings, settings: SearchSettings,
                device: torch.device, run_dir: Path, seed: int = 0, progress: bool = True, resume: bool = False,
                config_record: dict[str, Any] | None = None, latency_table: LatencyTable | None = None,
-               method: str | None = None, supernet: SupernetConfig | None = None, workers: int = 1) -> SearchResult:
+               method: str | None = None, supernet: SupernetSettings | None = None, workers: int = 1) -> SearchResult:
     """Run NSGA-II and fill ``run_dir``; the library entry point behind ``aebnas-search``.
 
     Resuming replays the search from the start with the same seed: finished
@@ -198,7 +198,7 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
     weights_dir = run_dir / "candidates"
     shared, supernet_info = None, None
     if trainer.init == "supernet":
-        shared, supernet_info = prepare_supernet(space, data, supernet or SupernetConfig(), trainer, device, seed,
+        shared, supernet_info = prepare_supernet(space, data, supernet or SupernetSettings(), trainer, device, seed,
                                                  progress)
     evaluator = CandidateEvaluator(data, trainer, settings, device, seed=seed, model_dir=weights_dir,
                                    latency_table=latency_table, supernet=shared)
@@ -294,7 +294,7 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
     return SearchResult(run_dir=run_dir, evaluations=evaluator.evaluations, pareto=pareto_rows, seconds=seconds)
 
 
-def _start_pool(evaluator: CandidateEvaluator, trainer: TrainerConfig, device: torch.device, workers: int,
+def _start_pool(evaluator: CandidateEvaluator, trainer: TrainerSettings, device: torch.device, workers: int,
                 pop_size: int) -> CandidatePool:
     """The worker processes, with torch's threads split between them unless ``trainer.num_threads`` is set."""
     threads = trainer.num_threads or max(1, torch.get_num_threads() // workers)

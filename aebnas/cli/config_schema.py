@@ -1,0 +1,34 @@
+"""Which settings object each Hydra config group is read into, and their defaults registered with Hydra.
+
+The schema (type, default, range, meaning of every setting) lives on the settings classes
+(``aebnas.config_checks.setting``). Here each group's defaults are stored in Hydra's
+ConfigStore as ``<group>/base``, so a YAML preset (``conf/trainer/gpu.yaml``) lists only what it
+changes, while a composed config, and the ``config.yaml`` saved with every run, still shows
+every setting. The defaults are stored as plain values, not as a typed structured config:
+validation stays with the schema, which reports one line naming the field and the fix.
+"""
+
+from __future__ import annotations
+
+from hydra.core.config_store import ConfigStore
+
+from aebnas.config_checks import Settings
+from aebnas.cost.profiler import HardwareSettings
+from aebnas.search.settings import SearchSettings
+from aebnas.train.supernet import SupernetSettings
+from aebnas.train.trainer import TrainerSettings
+
+#: Config group -> the settings object it is read into; each group's presets start from ``base``.
+GROUP_SCHEMAS: dict[str, type[Settings]] = {
+    "search": SearchSettings,
+    "trainer": TrainerSettings,
+    "supernet": SupernetSettings,
+    "hardware": HardwareSettings,
+}
+
+
+def register_schemas() -> None:
+    """Store every group's schema defaults as ``<group>/base`` (idempotent; Hydra reads it at composition)."""
+    store = ConfigStore.instance()
+    for group, schema in GROUP_SCHEMAS.items():
+        store.store(group=group, name="base", node=schema.defaults())
