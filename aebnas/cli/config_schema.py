@@ -14,12 +14,14 @@ from hydra.core.config_store import ConfigStore
 
 from aebnas.config_checks import Settings
 from aebnas.cost.profiler import HardwareSettings
+from aebnas.data.config import DataSettings
 from aebnas.search.settings import SearchSettings
 from aebnas.train.supernet import SupernetSettings
 from aebnas.train.trainer import TrainerSettings
 
 #: Config group -> the settings object it is read into; each group's presets start from ``base``.
 GROUP_SCHEMAS: dict[str, type[Settings]] = {
+    "dataset": DataSettings,
     "search": SearchSettings,
     "trainer": TrainerSettings,
     "supernet": SupernetSettings,
