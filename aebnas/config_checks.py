@@ -53,6 +53,8 @@ class Settings:
 
     section: ClassVar[str] = ""
     error: ClassVar[type[Exception]] = ConfigError
+    #: What errors put before a field's name; None: ``<section>.`` (a top-level config such as stream's: "").
+    prefix: ClassVar[str | None] = None
 
     @classmethod
     def from_dict(cls: type[S], cfg: Mapping[str, Any]) -> S:
@@ -77,12 +79,13 @@ class Settings:
 def parse_settings(cls: type[S], cfg: Mapping[str, Any]) -> S:
     """Build ``cls`` from a mapping: unknown keys refused, missing keys defaulted, every value checked."""
     section, error = cls.section, cls.error
+    prefix = f"{section}." if cls.prefix is None else cls.prefix
     cfg = to_plain(cfg, section, error)
     reject_unknown_keys(cfg, (f.name for f in dataclasses.fields(cls)), section, error)  # type: ignore[arg-type]
     hints = typing.get_type_hints(cls)
     values = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        name = f"{section}.{f.name}"
+        name = prefix + f.name
         if f.name in cfg:
             values[f.name] = check_value(cfg[f.name], hints[f.name], f.metadata, name, error)
         elif f.default is dataclasses.MISSING:
@@ -137,13 +140,20 @@ def to_plain(cfg: Any, section: str, error: type[Exception] = ConfigError) -> di
     return dict(cfg)
 
 
-def type_name(annotation: Any, meta: Mapping[str, Any]) -> str:
-    """How the configuration reference writes a field's type."""
-    if meta.get("allowed"):
-        return "see allowed"
+def type_name(annotation: Any, meta: Mapping[str, Any] | None = None) -> str:
+    """How the configuration reference writes a field's type (YAML terms: a tuple is a list)."""
     annotation, optional = _strip_optional(annotation)
-    names = {bool: "bool", int: "int", float: "float", str: "str"}
-    text = names.get(annotation, str(annotation).replace("typing.", ""))
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        text = " or ".join(type_name(a) for a in args)
+    elif origin is tuple:
+        text = f"list of {type_name(args[0])}"
+    elif annotation is Any:
+        text = "any"
+    elif isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
+        text = "mapping"
+    else:
+        text = getattr(annotation, "__name__", str(annotation))
     return f"{text} or null" if optional else text
 
 
@@ -152,7 +162,7 @@ def allowed_text(meta: Mapping[str, Any]) -> str:
     if meta.get("allowed"):
         return str(meta["allowed"])
     if meta.get("choices"):
-        return " \\| ".join(str(c) for c in meta["choices"])
+        return " | ".join(str(c) for c in meta["choices"])
     lo, hi = meta.get("lo"), meta.get("hi")
     if lo is None and hi is None:
         return ""

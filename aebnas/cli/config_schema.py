@@ -13,8 +13,10 @@ from __future__ import annotations
 from hydra.core.config_store import ConfigStore
 
 from aebnas.config_checks import Settings
-from aebnas.cost.profiler import HardwareSettings
+from aebnas.cost.profiler import HardwareSettings, ProfileSettings
 from aebnas.data.config import DataSettings
+from aebnas.runtime.export_run import ExportSettings
+from aebnas.runtime.stream import StreamSettings
 from aebnas.search.settings import SearchSettings
 from aebnas.train.supernet import SupernetSettings
 from aebnas.train.trainer import TrainerSettings
@@ -28,9 +30,26 @@ GROUP_SCHEMAS: dict[str, type[Settings]] = {
     "hardware": HardwareSettings,
 }
 
+#: A primary config (conf/<name>.yaml, an entry point's own) -> the settings its top level is read into.
+PRIMARY_SCHEMAS: dict[str, type[Settings]] = {
+    "stream": StreamSettings,
+    "export": ExportSettings,
+}
+#: Sections of a primary config with their own schema: (config, section) -> settings (conf/profile.yaml's profile).
+SECTION_SCHEMAS: dict[tuple[str, str], type[Settings]] = {
+    ("profile", "profile"): ProfileSettings,
+}
+
 
 def register_schemas() -> None:
-    """Store every group's schema defaults as ``<group>/base`` (idempotent; Hydra reads it at composition)."""
+    """Store the schemas' defaults where the YAML presets start from (idempotent; Hydra reads them at composition).
+
+    ``<group>/base`` for a group, ``<config>_base`` for a primary config (listed first in its defaults).
+    """
     store = ConfigStore.instance()
     for group, schema in GROUP_SCHEMAS.items():
         store.store(group=group, name="base", node=schema.defaults())
+    for config, schema in PRIMARY_SCHEMAS.items():
+        store.store(name=f"{config}_base", node=schema.defaults())
+    for (config, section), schema in SECTION_SCHEMAS.items():
+        store.store(name=f"{config}_base", node={section: schema.defaults()})

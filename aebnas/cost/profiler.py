@@ -32,7 +32,7 @@ from aebnas.cost.ops import Op, space_ops
 from aebnas.nn.blocks import Classifier, ConvBNAct, MBConv
 from aebnas.nn.network import build_branch_layer
 from aebnas.space import BranchLayer, SpaceSettings
-from aebnas.config_checks import ConfigError, Settings, setting
+from aebnas.config_checks import ConfigError, Settings, check_int, setting
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Measurement conditions a resumed profile must share with the table it completes.
@@ -66,11 +66,11 @@ class HardwareSettings(Settings):
 
     name: str = setting(check=_check_hardware_name, allowed="a plain name (no /)",
                         help="The device's name; its latency tables live in conf/hardware/tables/<name>/.")
-    device: str = setting("cpu", check=_check_hardware_device, allowed="cpu \\| cuda \\| cuda:N",
+    device: str = setting("cpu", check=_check_hardware_device, allowed="cpu | cuda | cuda:N",
                           help="Where operators are timed.")
     threads: int | None = setting(None, lo=1, help="CPU threads for torch while timing (null = torch's default).")
     batch_size: int = setting(1, lo=1, help="Batch size of the timed operators.")
-    dtype: str = setting("float32", check=_check_dtype, allowed=" \\| ".join(DTYPES),
+    dtype: str = setting("float32", check=_check_dtype, allowed=" | ".join(DTYPES),
                          help="Data type of the timed operators (the CPU is profiled in float32).")
     warmup: int = setting(10, lo=0, help="Untimed calls before each measurement.")
     repeats: int = setting(50, lo=1, help="Timed calls per measurement.")
@@ -93,6 +93,37 @@ class HardwareSettings(Settings):
         """Fix the CPU thread count: latency at 1 thread and at 16 are different devices."""
         if self.threads is not None:
             torch.set_num_threads(self.threads)
+
+
+def _check_shape_part(value: Any, name: str, error: type[Exception]) -> int:
+    return check_int(value, name, lo=2 if name.endswith("num_classes") else 1, error=error)
+
+
+@dataclass(frozen=True)
+class ProfileSettings(Settings):
+    """What ``aebnas-profile`` measures beyond the device (the ``profile`` section of conf/profile.yaml)."""
+
+    section: ClassVar[str] = "profile"
+
+    resolution: int | None = setting(None, check=_check_shape_part, allowed="an integer >= 1 or null",
+                                     help="Input side of the table; null (with channels and num_classes) = the "
+                                          "dataset's.")
+    channels: int | None = setting(None, check=_check_shape_part, allowed="an integer >= 1 or null",
+                                   help="Input channels of the table; null = the dataset's.")
+    num_classes: int | None = setting(None, check=_check_shape_part, allowed="an integer >= 2 or null",
+                                      help="Classes of the table; null = the dataset's.")
+    validate: bool = setting(False, help="Then measure `networks` random networks end to end against the table "
+                                         "(MAPE, Spearman rho; validation.json and .png in the run directory).")
+    networks: int = setting(50, lo=2, help="Random networks of the validation.")
+    calibrate: bool = setting(False, help="Store the fitted per-path overhead (median measured - predicted) in the "
+                                          "table, used by later predictions.")
+
+    def check_together(self) -> None:
+        given = (self.resolution, self.channels, self.num_classes)
+        for key, value in zip(("resolution", "channels", "num_classes"), given):
+            if value is None and any(v is not None for v in given):
+                raise ConfigError(f"profile.{key}: set resolution, channels and num_classes together, or none of "
+                                  "them to take the dataset's")
 
 
 def device_name(device: torch.device) -> str:

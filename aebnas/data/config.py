@@ -72,7 +72,7 @@ class DataSettings(Settings):
     split_seed: int = setting(0, lo=0, help="Seed of the val/test split.")
     resolution: int | None = setting(None, lo=1, help="Image side the network sees (null: the dataset's own).")
     pad_to_resolution: bool = setting(False, help="Zero-pad up to `resolution` instead of resizing.")
-    channels: int | None = setting(None, check=_check_channels, allowed="1 \\| 3 \\| null",
+    channels: int | None = setting(None, check=_check_channels, allowed="1 | 3 | null",
                                    help="1 (grayscale) or 3 (RGB) input channels (null: the dataset's own).")
     max_train_samples: int | None = setting(None, lo=1, help="Cap on training images (null: all).")
     hflip: bool | None = setting(None, help="Random horizontal flips in training (null: the dataset's own choice).")

@@ -39,7 +39,7 @@ class BranchChoices(Settings):
     depths: tuple[int, ...] = setting((1, 2), check=lambda v, n, e: _int_choices(v, n),
                                       allowed="distinct positive integers", help="Layers an exit branch may have.")
     layer_types: tuple[str, ...] = setting(LAYER_TYPES, check=lambda v, n, e: _str_choices(v, n, LAYER_TYPES),
-                                           allowed="some of " + " \\| ".join(LAYER_TYPES),
+                                           allowed="some of " + " | ".join(LAYER_TYPES),
                                            help="Layer types of a branch: conv, dwsep (depthwise-separable), ir "
                                                 "(inverted residual).")
     widths: tuple[int, ...] = setting((16, 32, 64), check=lambda v, n, e: _int_choices(v, n),
@@ -47,7 +47,7 @@ class BranchChoices(Settings):
     kernels: tuple[int, ...] = setting((3, 5), check=lambda v, n, e: _odd_choices(v, n),
                                        allowed="distinct odd positive integers", help="Kernel sizes of a branch layer.")
     pools: tuple[str, ...] = setting(POOL_TYPES, check=lambda v, n, e: _str_choices(v, n, POOL_TYPES),
-                                     allowed="some of " + " \\| ".join(POOL_TYPES),
+                                     allowed="some of " + " | ".join(POOL_TYPES),
                                      help="Pooling before a branch layer.")
     ir_expansion: int = setting(3, check=lambda v, n, e: _pos_int(v, n), allowed="a positive integer",
                                 help="Expansion of a branch's inverted-residual layers.")
@@ -128,7 +128,7 @@ class SpaceSettings(Settings):
                                        allowed="an integer >= 0 (null = 0)",
                                        help="Channels of a 1x1 convolution before the final classifier (0 = none).")
     exit_heads: tuple[str, ...] = setting((), check=_check_exit_heads,
-                                          allowed="null \\| growing \\| one head text \\| one per exit stage",
+                                          allowed="null | growing | one head text | one per exit stage",
                                           help="Fixed exit heads (layers text, e.g. conv32k1+avg-conv32k1): only their "
                                                "thresholds are searched; null = heads are searched.")
 

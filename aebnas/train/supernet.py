@@ -84,11 +84,11 @@ class SupernetSettings(Settings):
                                                 "largest and the smallest.")
     distill: bool = setting(True, help="In-place distillation: smaller subnets learn the largest subnet's soft "
                                        "predictions of the same batch.")
-    exits: str = setting("fresh", check=_check_exit_mode, allowed="fresh \\| joint",
+    exits: str = setting("fresh", check=_check_exit_mode, allowed="fresh | joint",
                          help="fresh: candidates' exit heads start untrained; joint: the supernet also trains an "
                               "elastic head at every exit position and candidates inherit slices of it.")
     exit_weights: Any = setting((0.2, 1.0), check=_check_head_weights,
-                                allowed="uniform \\| linear \\| a list of non-negative numbers",
+                                allowed="uniform | linear | a list of non-negative numbers",
                                 help="Joint heads only: loss weights of the early exits and of the final classifier "
                                      "in each sandwich subnet (a list is matched from the end).")
     head_samples: int = setting(1, lo=1, help="Joint heads only: head designs each subnet of a step trains at every "

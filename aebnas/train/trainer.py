@@ -54,7 +54,7 @@ class TrainerSettings(Settings):
     weight_decay: float = setting(5e-5, lo=0, help="Weight decay.")
     label_smoothing: float = setting(0.0, lo=0, hi=0.999, help="Label smoothing of the cross-entropy loss.")
     exit_weights: Any = setting("uniform", check=_check_exit_weights,
-                                allowed="uniform \\| linear \\| a list of non-negative numbers",
+                                allowed="uniform | linear | a list of non-negative numbers",
                                 help="Loss weight per exit: uniform, linear (deeper exits weigh more) or a list, "
                                      "final exit last.")
     crop_padding: int = setting(4, lo=0, help="Random-crop padding in pixels (0 turns cropping off); flips follow "
