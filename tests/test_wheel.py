@@ -71,7 +71,7 @@ def test_wheel_installed_outside_the_clone_runs_the_quickstart(tmp_path):
     done = _run([str(venv / "bin" / "aebnas-search"), "experiment=quickstart", "search.generations=1",
                  "search.pop_size=4", "search.final_epochs=1", "workers=1", "trainer.epochs=1",
                  "trainer.num_threads=1", "dataset.max_train_samples=256", "progress=false",
-                 f"hydra.run.dir={run_dir}"], work, env, 300)
+                 f"hydra.run.dir={run_dir}"], work, env, 600)
     evaluations = pd.read_csv(run_dir / "evaluations.csv")
     assert len(evaluations) == 4 and (evaluations["status"] == "ok").all()
     pareto = pd.read_csv(run_dir / "pareto.csv")
