@@ -12,9 +12,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
+from aebnas.space.layer_kinds import layer_kind_names
 from aebnas.validation import ConfigError, check_bool, check_int, reject_unknown_keys
 
-LAYER_TYPES = ("conv", "dwsep", "ir")
+LAYER_TYPES = ("conv", "dwsep", "ir")  # the default branch choices; any registered layer kind may be chosen
 POOL_TYPES = ("none", "max", "avg")
 ACTIVATIONS = ("relu", "hswish")
 
@@ -103,7 +104,8 @@ class SpaceConfig:
         reject_unknown_keys(branch_cfg, BranchChoices.__dataclass_fields__, "space.branch", SpaceConfigError)
         branch = BranchChoices(
             depths=_int_choices(branch_cfg.get("depths", (1, 2)), "space.branch.depths"),
-            layer_types=_str_choices(branch_cfg.get("layer_types", LAYER_TYPES), "space.branch.layer_types", LAYER_TYPES),
+            layer_types=_str_choices(branch_cfg.get("layer_types", LAYER_TYPES), "space.branch.layer_types",
+                                     layer_kind_names()),
             widths=_int_choices(branch_cfg.get("widths", (16, 32, 64)), "space.branch.widths"),
             kernels=_odd_choices(branch_cfg.get("kernels", (3, 5)), "space.branch.kernels"),
             pools=_str_choices(branch_cfg.get("pools", POOL_TYPES), "space.branch.pools", POOL_TYPES),
@@ -193,9 +195,9 @@ def _exit_heads(value: Any, exit_stages: tuple[int, ...], stages: tuple[StageSpe
         except GenomeError as exc:
             raise SpaceConfigError(f"space.exit_heads: {exc}") from None
         for layer in layers:
-            if layer.type not in LAYER_TYPES or layer.width < 1 or layer.kernel % 2 == 0:
+            if layer.type not in layer_kind_names() or layer.width < 1 or layer.kernel % 2 == 0:
                 raise SpaceConfigError(f"space.exit_heads: layer {layer.to_text()!r} after stage {stage} needs a type "
-                                       f"in {list(LAYER_TYPES)}, a positive width and an odd kernel")
+                                       f"in {list(layer_kind_names())}, a positive width and an odd kernel")
     return heads
 
 
