@@ -24,11 +24,12 @@ from pymoo.optimize import minimize
 from tqdm.auto import tqdm
 
 from aebnas.analysis.pareto import hypervolume_2d, non_dominated_mask
+from aebnas.atomic_write import write_csv_atomic, write_text_atomic
 from aebnas.cost import expected_cost
 from aebnas.cost.latency import LatencyTable
 from aebnas.data import DataSplits
 from aebnas.nn import build_model
-from aebnas.search.archive import CsvLog, EvaluationArchive, write_csv_atomic, write_text_atomic
+from aebnas.search.archive import CsvLog, EvaluationArchive
 from aebnas.search.baselines import UniformResampling, manual_genomes
 from aebnas.search.evaluator import LIST_FIELDS, CandidateEvaluator, Evaluation
 from aebnas.search.training import short_hash
@@ -38,7 +39,7 @@ from aebnas.search.operators import (GeneResetMutation, GenomeDuplicateEliminati
                                      SpaceRepair, SpaceSampling)
 from aebnas.search.problem import EarlyExitProblem
 from aebnas.search.settings import SearchSettings
-from aebnas.search.thresholds import confidence, simulate_exits
+from aebnas.exits import confidence, simulate_exits
 from aebnas.space import Genome, GenomeError, SearchSpace
 from aebnas.train import TrainerConfig, predict_logits
 from aebnas.train.supernet import SupernetConfig, SupernetInfo, prepare_supernet

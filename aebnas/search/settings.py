@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from aebnas.search.thresholds import METRICS
+from aebnas.exits import METRICS
 from aebnas.validation import ConfigError, check_bool, check_int, check_number, reject_unknown_keys
 
 OBJECTIVES = ("avg_macs", "avg_latency", "aebnas")
