@@ -1,4 +1,4 @@
-"""The search loop: pymoo problem, operators, candidate evaluator, thresholds, NSGA-II runner."""
+"""The search loop: pymoo problem, operators, candidate evaluator, NSGA-II runner."""
 
 from aebnas.search.evaluator import CandidateEvaluator, Evaluation
 from aebnas.search.runner import SearchResult, pareto_evaluations, run_search
