@@ -30,6 +30,7 @@ Reads the per-run table of :func:`aebnas.analysis.report.collect`; no torch.
 from __future__ import annotations
 
 import math
+import warnings
 
 import pandas as pd
 from scipy import stats
@@ -48,7 +49,9 @@ def _figures(mine: pd.DataFrame, base: pd.DataFrame, pairs: pd.DataFrame | None,
         if len(m) > 1 and len(b) > 1:
             se = math.sqrt(m.var(ddof=1) / len(m) + b.var(ddof=1) / len(b))
             if se:  # without spread there is no test (the Welch-Satterthwaite degrees of freedom are 0/0)
-                p = float(stats.ttest_ind(m, b, equal_var=False).pvalue)
+                with warnings.catch_warnings():  # equal samples: scipy warns of cancellation in a zero difference
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    p = float(stats.ttest_ind(m, b, equal_var=False).pvalue)
     both = (pairs if pairs is not None else pd.DataFrame(columns=[metric, f"{metric}_base"], dtype=float))[
         [metric, f"{metric}_base"]].dropna()
     d = both[metric] - both[f"{metric}_base"]
