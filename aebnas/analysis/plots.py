@@ -12,6 +12,7 @@ import matplotlib.ticker as mticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from aebnas.atomic_write import atomic_path  # noqa: E402
 from .pareto import non_dominated_mask  # noqa: E402
 
 
@@ -157,8 +158,6 @@ def plot_fronts(fronts: dict[str, dict[str, pd.DataFrame]], targets: dict[str, f
 
 
 def _save(fig, path: str | Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)  # keeps the suffix matplotlib reads the format from
-    fig.savefig(tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:  # keeps the suffix matplotlib reads the format from
+        fig.savefig(tmp)
     plt.close(fig)
