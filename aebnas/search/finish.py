@@ -53,7 +53,8 @@ def _finalise_pareto(front: list[Evaluation], evaluator: CandidateEvaluator, spa
     models_dir = run_dir / "models"
     shutil.rmtree(models_dir, ignore_errors=True)  # a resumed run writes them anew; none may be left from before
     if settings.final_epochs and front:
-        log.info("final training: %d Pareto network(s), %d epoch(s) each", len(front), settings.final_epochs)
+        log.info("final training: %d Pareto network%s, %d epoch%s each", len(front), "" if len(front) == 1 else "s",
+                 settings.final_epochs, "" if settings.final_epochs == 1 else "s")
     rows = []
     for rank, searched in enumerate(tqdm(front, desc="final training", unit="net",
                                          disable=not (progress and settings.final_epochs))):
