@@ -27,12 +27,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from aebnas.cost import fingerprint
+from aebnas.cost.fingerprint import Fingerprint
 from aebnas.cost.latency import InputShape, LatencyTable, LatencyTableError, OpLatency
 from aebnas.cost.ops import Op, space_ops
 from aebnas.nn.blocks import Classifier, ConvBNAct, MBConv
 from aebnas.nn.network import build_branch_layer
 from aebnas.space import BranchLayer, SpaceConfig
-from aebnas.validation import ConfigError, check_int, reject_unknown_keys
+from aebnas.validation import ConfigError, check_bool, check_int, reject_unknown_keys
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Measurement conditions a resumed profile must share with the table it completes.
@@ -54,6 +56,10 @@ class HardwareConfig:
     passes: int = 3
     description: str = ""
     table_dir: str | None = None
+    # Scale the table to this machine from its reference set (aebnas.cost.calibration) before using it.
+    calibrate: bool = False
+    # Compare this machine with the table's fingerprint when the table is used; warn when it moved.
+    check: bool = True
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> "HardwareConfig":
@@ -69,6 +75,8 @@ class HardwareConfig:
         check_int(hw.warmup, "hardware.warmup", lo=0)
         check_int(hw.repeats, "hardware.repeats", lo=1)
         check_int(hw.passes, "hardware.passes", lo=1)
+        check_bool(hw.calibrate, "hardware.calibrate")
+        check_bool(hw.check, "hardware.check")
         if hw.dtype not in DTYPES:
             raise ConfigError(f"hardware.dtype: one of {list(DTYPES)}, got {hw.dtype!r}")
         if hw.device == "cpu" and hw.dtype != "float32":
@@ -80,6 +88,9 @@ class HardwareConfig:
             raise ConfigError(f"hardware.device: '{self.device}' asked for, but torch sees no CUDA device here; "
                               "profile a GPU on the machine that has it")
         return torch.device(self.device)
+
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
 
     def apply_threads(self) -> None:
         """Fix the CPU thread count: latency at 1 thread and at 16 are different devices."""
@@ -185,14 +196,41 @@ def open_table(path: Path, meta: dict[str, Any]) -> LatencyTable:
     return table
 
 
+def measure_fingerprint(hw: HardwareConfig, device: torch.device) -> Fingerprint:
+    """This machine's fingerprint under the table's setting (threads, dtype, batch size): a fresh reference run."""
+    return fingerprint.measure(device, DTYPES[hw.dtype], hw.batch_size)
+
+
 def profile_space(space: SpaceConfig, shape: InputShape, hw: HardwareConfig, path: Path, progress: bool = True,
-                  on_measured: Callable[[str], None] | None = None, chunk: int = 64) -> LatencyTable:
-    """Measure every operator of ``space`` at ``shape`` not yet in the table at ``path``; save as it goes."""
+                  on_measured: Callable[[str], None] | None = None, chunk: int = 64,
+                  base: Path | None = None, fresh: bool = False) -> LatencyTable:
+    """Measure every operator of ``space`` at ``shape`` not yet in the table at ``path``; save as it goes.
+
+    With no table at ``path`` yet, a ``base`` table measured under the same conditions (a shipped one) is the
+    starting point; it is read, never written: what this machine adds goes to ``path``. A new table gets this
+    machine's fingerprint, taken before and after its operators (each reference operator keeps the quieter run);
+    a table begun without one keeps none (a fingerprint taken on another day would vouch for what it never saw).
+    ``fresh`` measures a new table whatever is at ``path``. Nothing is written when there is nothing to measure.
+    """
     device = hw.torch_device()
     hw.apply_threads()
-    table = open_table(path, table_meta(hw, space, shape, device))
+    meta = table_meta(hw, space, shape, device)
+    start_from = path if Path(path).exists() else base if base is not None and Path(base).exists() else path
+    try:
+        table = LatencyTable(dict(meta)) if fresh else open_table(start_from, meta)
+    except LatencyTableError:
+        if start_from == path:
+            raise
+        table = LatencyTable(dict(meta))  # a base from another machine is no starting point
+    if start_from != path and table.ops:
+        table.meta.pop("validation", None)  # the copy's validation is its own to earn
     todo = [op for sig, op in space_ops(space, shape.num_classes, shape.channels, shape.resolution).items()
             if sig not in table.ops]
+    if not todo:
+        return table  # complete: nothing to measure, nothing to write
+    before = measure_fingerprint(hw, device) if not table.ops else None
+    if before is not None:
+        table.meta["fingerprint"] = before.to_json()
     try:
         with tqdm(total=len(todo), desc=f"profiling {hw.name}", unit="op", disable=not progress,
                   dynamic_ncols=True) as bar:
@@ -203,6 +241,8 @@ def profile_space(space: SpaceConfig, shape: InputShape, hw: HardwareConfig, pat
                         on_measured(sig)
                 table.save(path)
                 bar.update(min(chunk, len(todo) - start))
+        if before is not None and todo:
+            table.meta["fingerprint"] = fingerprint.quietest(before, measure_fingerprint(hw, device)).to_json()
     finally:
         table.save(path)  # Ctrl-C keeps what was measured; the next run measures the rest
     return table

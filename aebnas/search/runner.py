@@ -279,6 +279,10 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
     if latency_table is not None:
         summary["hardware"] = latency_table.meta.get("hardware")
         summary["largest_static_latency_ms"] = latency_ref
+        summary["latency_table"] = latency_table.meta.get("loaded_from")
+        if "calibration" in latency_table.meta:
+            cal = latency_table.meta["calibration"]
+            summary["latency_calibration"] = {k: cal[k] for k in ("factor", "offset_ms", "fit_mape_pct") if k in cal}
     write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
     try:
         from aebnas.analysis.plots import plot_pareto
