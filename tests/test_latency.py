@@ -211,6 +211,9 @@ def _run(tmp_path, module, *args):
 
 
 def test_quickstart_searches_against_latency(tmp_path):
+    from tests.test_fingerprint import _package_state
+
+    before = _package_state()
     proc = _run(tmp_path, "aebnas.cli.search", f"hydra.run.dir={tmp_path / 'run'}", "experiment=quickstart",
                 "hardware=cpu_x86_2t", "search.objective=avg_latency", "search.pop_size=3", "search.generations=1",
                 "trainer.epochs=1", "progress=false")
@@ -236,8 +239,10 @@ def test_quickstart_searches_against_latency(tmp_path):
         assert r["expected_latency_ms"] == pytest.approx(expected_cost(r["exit_rates"], r["path_latency_ms"]))
         assert r["test_expected_latency_ms"] == pytest.approx(expected_cost(r["test_exit_rates"], r["path_latency_ms"]))
         assert r["search_expected_latency_ms"] == pytest.approx(ev.set_index("key").loc[r["search_key"], "expected_latency_ms"])
-    assert "E[lat]" in proc.stdout and json.loads((tmp_path / "run" / "summary.json").read_text())["hardware"] == \
-        "cpu_x86_2t"
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert "E[lat]" in proc.stdout and summary["hardware"] == "cpu_x86_2t"
+    assert f"latency table: {SHIPPED}" in proc.stdout and summary["latency_table"] == str(SHIPPED)
+    assert _package_state() == before  # a search writes nothing under the package
 
 
 @pytest.mark.parametrize("module, args, fragment", [

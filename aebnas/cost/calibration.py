@@ -163,7 +163,8 @@ def use_table(table: LatencyTable, hw: Any, path: str, reprofile: str, calibrate
     start = time.perf_counter()
     cached = False
     if now is None and (hw.check or hw.calibrate):
-        now, cached = this_machine(hw, hw.torch_device())
+        # a calibrated copy outlives the run: scale it by a reference run of now, not one cached an hour ago
+        now, cached = this_machine(hw, hw.torch_device(), fresh=hw.calibrate)
     then = table_fingerprint(table)
     comparison = compare(then, now) if then is not None and now is not None else None
     calibration = None

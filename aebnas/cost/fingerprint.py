@@ -42,6 +42,8 @@ TOLERANCE = 0.15
 MAX_AGE_S = 3600.0
 # Machine keys whose difference makes a table foreign, whatever its reference timings say.
 MACHINE_KEYS = ("cpu_model", "cpu_cores", "cpu_threads", "gpu_name", "gpu_driver", "torch")
+# How each reference operator is timed: untimed calls, timed calls per pass, interleaved passes (quietest counts).
+WARMUP, REPEATS, PASSES = 5, 15, 3
 
 
 def _conv(c_in: int, c_out: int, k: int, stride: int = 1, groups: int = 1) -> nn.Module:
@@ -175,8 +177,8 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
 
 # --- the reference run -------------------------------------------------------------------------------------
-def run_reference(device: torch.device, dtype: torch.dtype = torch.float32, batch_size: int = 1, warmup: int = 5,
-                  repeats: int = 20, passes: int = 3) -> dict[str, float]:
+def run_reference(device: torch.device, dtype: torch.dtype = torch.float32, batch_size: int = 1, warmup: int = WARMUP,
+                  repeats: int = REPEATS, passes: int = PASSES) -> dict[str, float]:
     """Each reference operator's quietest-pass median call time (ms), in interleaved passes like the profiler."""
     from aebnas.cost.profiler import time_ms  # the profiler's own clock: the same synchronisation, the same mode
 
@@ -194,8 +196,8 @@ def run_reference(device: torch.device, dtype: torch.dtype = torch.float32, batc
     return {name: min(t) for name, t in times.items()}
 
 
-def measure(device: torch.device, dtype: torch.dtype = torch.float32, batch_size: int = 1, warmup: int = 5,
-            repeats: int = 20, passes: int = 3) -> Fingerprint:
+def measure(device: torch.device, dtype: torch.dtype = torch.float32, batch_size: int = 1, warmup: int = WARMUP,
+            repeats: int = REPEATS, passes: int = PASSES) -> Fingerprint:
     """This machine's fingerprint under one setting (the thread count is whatever torch runs with now)."""
     start = time.perf_counter()
     reference = run_reference(device, dtype, batch_size, warmup, repeats, passes)
@@ -266,8 +268,8 @@ def current(device: torch.device, dtype: torch.dtype = torch.float32, batch_size
     Returns the fingerprint and whether it came from the cache.
     """
     setting = {"device": device.type, "dtype": str(dtype).removeprefix("torch."), "batch_size": batch_size,
-               "threads": torch.get_num_threads() if device.type == "cpu" else None, "warmup": 5, "repeats": 20,
-               "passes": 3}
+               "threads": torch.get_num_threads() if device.type == "cpu" else None, "warmup": WARMUP,
+               "repeats": REPEATS, "passes": PASSES}
     machine = machine_info(device)
     path = _cache_path(setting, machine)
     if not fresh and path.exists():
