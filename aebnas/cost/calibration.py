@@ -17,17 +17,17 @@ fit that wants one is telling about noise, not about the machine.
 from __future__ import annotations
 
 import datetime as _dt
-import logging
+import time
 from dataclasses import asdict, dataclass, replace
-from typing import Any
 
 import numpy as np
+import torch
 from scipy.optimize import lsq_linear
 
+from aebnas.cost import fingerprint
 from aebnas.cost.fingerprint import Comparison, Fingerprint, compare
-from aebnas.cost.latency import LatencyTable, LatencyTableError, OpLatency
-
-log = logging.getLogger("aebnas")
+from aebnas.cost.latency import LatencyTable, LatencyTableError
+from aebnas.cost.profiler import DTYPES, HardwareConfig
 # The offset is kept only if it cuts the factor-only fit's squared relative error by at least this share.
 OFFSET_GAIN = 0.25
 
@@ -137,13 +137,8 @@ class TableInUse:
         return f"latency table: {self.path} ({self.table.describe()}{ratio})"
 
 
-def this_machine(hw: Any, device: Any, fresh: bool = False) -> tuple[Fingerprint, bool]:
+def this_machine(hw: HardwareConfig, device: torch.device, fresh: bool = False) -> tuple[Fingerprint, bool]:
     """This machine's fingerprint under the table's setting (its thread count applied only while measuring)."""
-    import torch
-
-    from aebnas.cost import fingerprint
-    from aebnas.cost.profiler import DTYPES
-
     saved = torch.get_num_threads()
     hw.apply_threads()
     try:
@@ -152,14 +147,12 @@ def this_machine(hw: Any, device: Any, fresh: bool = False) -> tuple[Fingerprint
         torch.set_num_threads(saved)
 
 
-def use_table(table: LatencyTable, hw: Any, path: str, reprofile: str, calibrated_path: str | None = None,
+def use_table(table: LatencyTable, hw: HardwareConfig, path: str, reprofile: str, calibrated_path: str | None = None,
               now: Fingerprint | None = None) -> TableInUse:
     """Check ``table`` against this machine (warn in one line if it moved) and, with ``hw.calibrate``, scale it.
 
     ``now`` stands in for this machine's reference run (tests, or a caller that already measured it).
     """
-    import time
-
     start = time.perf_counter()
     cached = False
     if now is None and (hw.check or hw.calibrate):
