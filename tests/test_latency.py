@@ -279,8 +279,10 @@ def test_profile_cli_fills_a_table_then_validates_it(tmp_path):
     report = json.loads((tmp_path / "run" / "validation.json").read_text())
     assert report["summary"]["networks"] == 3 and (tmp_path / "run" / "validation.png").stat().st_size > 0
     assert table.meta["validation"]["paths"] == report["summary"]["paths"]
-    assert table.overhead_ms == pytest.approx(report["summary"]["fitted_overhead_ms"])
+    assert table.overhead_ms == pytest.approx(max(0.0, report["summary"]["fitted_overhead_ms"]))  # never negative
+    assert "fingerprint" in table.meta and report["table"] == str(tmp_path / "tables" / "r4_c3_n5.json")
     assert "operators measured" in proc.stdout and "Spearman rho" in proc.stdout
+    assert f"wrote {tmp_path / 'tables' / 'r4_c3_n5.json'}" in proc.stdout
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "aebnas" / "conf" / "hardware").glob("*.yaml")), ids=lambda p: p.stem)
