@@ -243,6 +243,7 @@ def test_quickstart_searches_against_latency(tmp_path):
     assert "E[lat]" in proc.stdout and summary["hardware"] == "cpu_x86_2t"
     assert f"latency table: {SHIPPED}" in proc.stdout and summary["latency_table"] == str(SHIPPED)
     assert _package_state() == before  # a search writes nothing under the package
+    assert LatencyTable.load(tmp_path / "run" / "latency_table.json").ops == table.ops  # kept for a resume
 
 
 @pytest.mark.parametrize("module, args, fragment", [
