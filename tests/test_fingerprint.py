@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -143,26 +144,37 @@ def test_hardware_calibrate_writes_the_copy_beside_the_users_tables(tiny_space, 
     assert "factor 0.500" in used.describe() and str(written) in used.describe()
 
 
-def _package_state() -> dict[str, str]:
-    return {str(p.relative_to(PACKAGE)): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(PACKAGE.rglob("*"))
+@pytest.mark.slow
+def test_profile_validate_and_calibrate_write_nothing_under_the_package(tiny_space, tmp_path):
+    """A config directory with its own 'shipped' fingerprinted table stands in for the package's, so the
+    calibrated path runs whatever the package ships; neither it nor the package may change."""
+    conf = tmp_path / "conf"
+    shutil.copytree(PACKAGE / "conf", conf)
+    shipped = conf / "hardware" / "tables" / "cpu_x86_2t" / "r8_c1_n10.json"
+    table_with(synthetic(), tiny_space).save(shipped)
+    before, before_conf = _package_state(), _state(conf)
+    env = {**os.environ, "AEBNAS_CACHE_DIR": str(tmp_path / "cache"), "AEBNAS_CONFIG_DIR": str(conf),
+           "PYTHONUNBUFFERED": "1"}
+    common = [sys.executable, "-m", "aebnas.cli.profile", "hardware=cpu_x86_2t", "experiment=quickstart",
+              "profile.validate=true", "profile.networks=2", "hardware.threads=1", "hardware.warmup=0", "hardware.repeats=1",
+              "hardware.passes=1", "progress=false"]
+    for i, extra in enumerate((["hardware.calibrate=true"], ["profile.calibrate=true"])):
+        proc = subprocess.run([*common, f"hydra.run.dir={tmp_path / f'run{i}'}", *extra], capture_output=True,
+                              text=True, cwd=tmp_path, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert f"read {shipped} (shipped, read-only)" in proc.stdout
+    assert _package_state() == before and _state(conf) == before_conf
+    calibrated = tmp_path / "cache" / "latency" / "cpu_x86_2t" / "r8_c1_n10.calibrated.json"
+    report = json.loads((tmp_path / "run0" / "validation.json").read_text())
+    assert report["calibration"]["factor"] > 0 and report["table"] == str(shipped)
+    assert report["calibrated_table"] == str(calibrated)
+    assert LatencyTable.load(calibrated).meta["validation"]["networks"] == 2
+
+
+def _state(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
             if p.is_file() and "__pycache__" not in p.parts}
 
 
-@pytest.mark.slow
-def test_profile_validate_and_calibrate_write_nothing_under_the_package(tmp_path):
-    before = _package_state()
-    env = {**os.environ, "AEBNAS_CACHE_DIR": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "aebnas.cli.profile", f"hydra.run.dir={tmp_path / 'run'}", "hardware=cpu_x86_2t",
-         "experiment=quickstart", "profile.validate=true", "profile.networks=2", "profile.calibrate=true",
-         "hardware.calibrate=true", "hardware.warmup=0", "hardware.repeats=1", "hardware.passes=1", "progress=false"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert _package_state() == before
-    shipped = PACKAGE / "conf" / "hardware" / "tables" / "cpu_x86_2t" / "r8_c1_n10.json"
-    assert f"read {shipped} (shipped, read-only)" in proc.stdout
-    calibrated = tmp_path / "cache" / "latency" / "cpu_x86_2t" / "r8_c1_n10.calibrated.json"
-    assert "calibrated to this machine with factor" in proc.stdout and f"wrote {calibrated}" in proc.stdout
-    assert LatencyTable.load(calibrated).meta["validation"]["networks"] == 2
-    report = json.loads((tmp_path / "run" / "validation.json").read_text())
-    assert report["calibration"]["factor"] > 0 and report["table"] == str(shipped)
+def _package_state() -> dict[str, str]:
+    return _state(PACKAGE)

@@ -216,6 +216,11 @@ def profile_space(space: SpaceConfig, shape: InputShape, hw: HardwareConfig, pat
     hw.apply_threads()
     meta = table_meta(hw, space, shape, device)
     start_from = path if Path(path).exists() else base if base is not None and Path(base).exists() else path
+    needed = space_ops(space, shape.num_classes, shape.channels, shape.resolution)
+    if start_from != path and not fresh:
+        shipped = LatencyTable.load(start_from)
+        if all(sig in shipped.ops for sig in needed):
+            return shipped  # a complete base is used as it is (the check on use says whether it fits this machine)
     try:
         table = LatencyTable(dict(meta)) if fresh else open_table(start_from, meta)
     except LatencyTableError:
@@ -224,8 +229,7 @@ def profile_space(space: SpaceConfig, shape: InputShape, hw: HardwareConfig, pat
         table = LatencyTable(dict(meta))  # a base from another machine is no starting point
     if start_from != path and table.ops:
         table.meta.pop("validation", None)  # the copy's validation is its own to earn
-    todo = [op for sig, op in space_ops(space, shape.num_classes, shape.channels, shape.resolution).items()
-            if sig not in table.ops]
+    todo = [op for sig, op in needed.items() if sig not in table.ops]
     if not todo:
         return table  # complete: nothing to measure, nothing to write
     before = measure_fingerprint(hw, device) if not table.ops else None
