@@ -60,6 +60,16 @@ def test_a_profiled_table_carries_this_machines_fingerprint_through_its_file(tin
     assert fp.setting["threads"] == 1 and fp.setting["batch_size"] == 1
 
 
+def test_a_check_on_a_busy_machine_stops_at_its_time_budget_and_still_compares(tiny_space):
+    torch.set_num_threads(1)
+    first = fingerprint.run_reference(torch.device("cpu"), budget_s=0.0)
+    assert list(first) == [next(iter(fingerprint.REFERENCE_OPS))] and first[next(iter(first))] > 0
+    now = synthetic(3.0)
+    now.reference_ms = dict(list(now.reference_ms.items())[:4])
+    msg = check_message(table_with(synthetic(), tiny_space), now, "t.json", "R")
+    assert "3.00x" in msg and "4 of 22 timed" in msg
+
+
 def test_the_check_warns_at_twice_the_reference_times_and_not_at_five_percent(tiny_space):
     now = synthetic()
     msg = check_message(table_with(synthetic(2.0), tiny_space), now, "t.json", "REPROFILE")

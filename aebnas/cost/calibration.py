@@ -102,12 +102,14 @@ def calibrate(table: LatencyTable, now: Fingerprint, source: str = "") -> tuple[
     return LatencyTable(meta, ops), cal
 
 
-def check_message(table: LatencyTable, now: Fingerprint, where: str, reprofile: str) -> str | None:
+def check_message(table: LatencyTable, now: Fingerprint | None, where: str, reprofile: str) -> str | None:
     """One warning line when ``table`` no longer describes this machine, else None."""
     then = table_fingerprint(table)
     if then is None:
         return (f"latency table '{where}' has no fingerprint, so nothing tells whether its milliseconds hold on this "
                 f"machine; re-profile with: {reprofile}")
+    if now is None:
+        return None
     cmp: Comparison = compare(then, now)
     if not cmp.off:
         return None
@@ -155,10 +157,10 @@ def use_table(table: LatencyTable, hw: HardwareConfig, path: str, reprofile: str
     """
     start = time.perf_counter()
     cached = False
-    if now is None and (hw.check or hw.calibrate):
+    then = table_fingerprint(table)
+    if now is None and (hw.calibrate or (hw.check and then is not None)):
         # a calibrated copy outlives the run: scale it by a reference run of now, not one cached an hour ago
         now, cached = this_machine(hw, hw.torch_device(), fresh=hw.calibrate)
-    then = table_fingerprint(table)
     comparison = compare(then, now) if then is not None and now is not None else None
     calibration = None
     if hw.calibrate:
@@ -167,6 +169,6 @@ def use_table(table: LatencyTable, hw: HardwareConfig, path: str, reprofile: str
             table.save(calibrated_path)
         warning = None
     else:
-        warning = check_message(table, now, path, reprofile) if hw.check and now is not None else None
+        warning = check_message(table, now, path, reprofile) if hw.check else None
     return TableInUse(table, path, calibration, calibrated_path if calibration else None, warning, comparison,
                       time.perf_counter() - start, cached)
