@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from aebnas.cli.common import calibrated_table_path, load_latency_table, user_table_path
 from aebnas.cost import fingerprint
@@ -19,7 +18,7 @@ from aebnas.cost.calibration import calibrate, check_message, fit, use_table
 from aebnas.cost.fingerprint import Fingerprint, compare
 from aebnas.cost.latency import InputShape, LatencyTable, LatencyTableError, OpLatency
 from aebnas.cost.ops import space_ops
-from aebnas.cost.profiler import HardwareConfig, profile_space
+from aebnas.cost.profiler import HardwareSettings, profile_space
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "aebnas"
@@ -47,7 +46,7 @@ def table_with(fp: Fingerprint | None, space, shape=InputShape(8, 1, 10)) -> Lat
 
 def test_a_profiled_table_carries_this_machines_fingerprint_through_its_file(tiny_space, tmp_path):
     path = tmp_path / "t.json"
-    table = profile_space(tiny_space.config, InputShape(4, 1, 5), HardwareConfig.from_dict(FAST), path,
+    table = profile_space(tiny_space.config, InputShape(4, 1, 5), HardwareSettings.from_dict(FAST), path,
                           progress=False)
     fp = Fingerprint.from_json(LatencyTable.load(path).meta["fingerprint"])
     assert fp == Fingerprint.from_json(table.meta["fingerprint"])
@@ -107,7 +106,9 @@ def test_a_gpu_table_is_checked_against_the_gpu_and_driver(monkeypatch, tiny_spa
     now = synthetic(machine=here)
     cmp = compare(then, now)
     assert cmp.off and set(cmp.machine_diff) == {"gpu_name", "gpu_driver"} and cmp.ratio == pytest.approx(1.0)
-    hw = HardwareConfig.from_dict(yaml.safe_load((PACKAGE / "conf" / "hardware" / "h200.yaml").read_text()))
+    from tests.conftest import compose_config
+
+    hw = HardwareSettings.from_dict(compose_config(["hardware=h200"]).hardware)
     used = use_table(table_with(then, tiny_space), hw, "h200.json", "REPROFILE", now=now)
     assert "machine differs (gpu_name: table 'NVIDIA H100 80GB HBM3', here 'NVIDIA H200'" in used.warning
     same = use_table(table_with(synthetic(machine=here), tiny_space), hw, "h200.json", "REPROFILE", now=now)
@@ -141,7 +142,7 @@ def test_calibration_recovers_a_known_factor(tiny_space, tmp_path):
 
 def test_hardware_calibrate_writes_the_copy_beside_the_users_tables(tiny_space, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("AEBNAS_CACHE_DIR", str(tmp_path / "cache"))
-    hw = HardwareConfig.from_dict({"name": "cpu_x86_2t", "calibrate": True})
+    hw = HardwareSettings.from_dict({"name": "cpu_x86_2t", "calibrate": True})
     shape = InputShape(8, 1, 10)
     src = tmp_path / "t.json"
     table_with(synthetic(), tiny_space).save(src)

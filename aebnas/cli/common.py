@@ -11,13 +11,16 @@ from typing import Any, Iterator, Mapping
 
 from aebnas.cost.calibration import TableInUse, use_table
 from aebnas.cost.fingerprint import cache_root
+from aebnas.cli.config_schema import register_schemas
 from aebnas.cost.latency import InputShape, LatencyTable, LatencyTableError
-from aebnas.cost.profiler import HardwareConfig
+from aebnas.cost.profiler import HardwareSettings
 from aebnas.data import DatasetError
 from aebnas.runtime.export_run import ExportCheckError
 from aebnas.search.workers import WorkerStartError
-from aebnas.space import GenomeError, SpaceConfig
-from aebnas.validation import ConfigError
+from aebnas.space import GenomeError, SpaceSettings
+from aebnas.config_checks import ConfigError
+
+register_schemas()  # every entry point composes through this module: the groups' ``base`` defaults must exist
 
 
 def config_dir() -> str:
@@ -80,24 +83,24 @@ def check_overrides(prog: str, argv: list[str], config_name: str = "config") -> 
         sys.exit(2)
 
 
-def shipped_table_path(hw: HardwareConfig, shape: InputShape) -> Path:
+def shipped_table_path(hw: HardwareSettings, shape: InputShape) -> Path:
     """``conf/hardware/tables/<hardware>/r<res>_c<channels>_n<classes>.json``: read, never written."""
     return Path(config_dir()) / "hardware" / "tables" / hw.name / _table_file(shape)
 
 
-def user_table_path(hw: HardwareConfig, shape: InputShape) -> Path:
+def user_table_path(hw: HardwareSettings, shape: InputShape) -> Path:
     """Where this user's profile of the device lives and is written: ``hardware.table_dir`` if set, else
     ``$AEBNAS_CACHE_DIR/latency/<hardware>/`` (or ``~/.cache/aebnas/latency/<hardware>/``): never the package."""
     root = Path(hw.table_dir).expanduser() if hw.table_dir else cache_root() / "latency" / hw.name
     return root / _table_file(shape)
 
 
-def calibrated_table_path(hw: HardwareConfig, shape: InputShape) -> Path:
+def calibrated_table_path(hw: HardwareSettings, shape: InputShape) -> Path:
     """The calibrated copy, beside the user's copy: ``r<res>_c<channels>_n<classes>.calibrated.json``."""
     return user_table_path(hw, shape).with_suffix(".calibrated.json")
 
 
-def latency_table_path(hw: HardwareConfig, shape: InputShape) -> Path:
+def latency_table_path(hw: HardwareSettings, shape: InputShape) -> Path:
     """The table a run uses: the user's own profile if there is one, else the shipped table (if any), else where
     a profile would write it."""
     user = user_table_path(hw, shape)
@@ -111,14 +114,14 @@ def _table_file(shape: InputShape) -> str:
     return f"r{shape.resolution}_c{shape.channels}_n{shape.num_classes}.json"
 
 
-def profile_command(hw: HardwareConfig, space_name: str, shape: InputShape, remeasure: bool = False) -> str:
+def profile_command(hw: HardwareSettings, space_name: str, shape: InputShape, remeasure: bool = False) -> str:
     """The command that measures exactly the table a search with this device, space and input needs."""
     return (f"aebnas-profile hardware={hw.name} space={space_name} profile.resolution={shape.resolution} "
             f"profile.channels={shape.channels} profile.num_classes={shape.num_classes}"
             + (" profile.remeasure=true" if remeasure else ""))
 
 
-def load_latency_table(hardware: Mapping[str, Any] | None, space: SpaceConfig, shape: InputShape,
+def load_latency_table(hardware: Mapping[str, Any] | None, space: SpaceSettings, shape: InputShape,
                        required: bool) -> LatencyTable | None:
     """The device's table for this space and input, checked to price every candidate and checked against this
     machine (one warning line if it moved; scaled to it with ``hardware.calibrate``); None without hardware."""
@@ -127,7 +130,7 @@ def load_latency_table(hardware: Mapping[str, Any] | None, space: SpaceConfig, s
             raise ConfigError(f"hardware: search.objective=avg_latency and latency budgets need a device, add "
                               f"hardware=<name> (one of: {', '.join(group_options('hardware'))})")
         return None
-    hw = HardwareConfig.from_dict(hardware)
+    hw = HardwareSettings.from_dict(hardware)
     path = latency_table_path(hw, shape)
     fill = profile_command(hw, space.name, shape)
     if not path.exists():

@@ -21,29 +21,22 @@ from aebnas.cli.common import (calibrated_table_path, check_group_choices, check
 from aebnas.cost.calibration import use_table
 from aebnas.cost.latency import InputShape
 from aebnas.cost.latency_check import validate_table
-from aebnas.cost.profiler import HardwareConfig, profile_space
+from aebnas.cost.profiler import HardwareSettings, ProfileSettings, profile_space
 from aebnas.search.archive import write_text_atomic
-from aebnas.space import SearchSpace, SpaceConfig
-from aebnas.validation import ConfigError, check_bool, check_int, reject_unknown_keys
+from aebnas.space import SearchSpace, SpaceSettings
+from aebnas.config_checks import ConfigError
 
 log = logging.getLogger("aebnas")
-PROFILE_KEYS = ("resolution", "channels", "num_classes", "validate", "networks", "calibrate", "remeasure")
 
 
-def input_shape(profile: dict[str, Any], dataset: dict[str, Any]) -> InputShape:
+def input_shape(options: ProfileSettings, dataset: dict[str, Any]) -> InputShape:
     """The shape named in ``profile.*``, or the dataset's (loading it once) when none is named."""
-    given = {k: profile[k] for k in ("resolution", "channels", "num_classes")}
-    if all(v is None for v in given.values()):
+    if options.resolution is None:  # ProfileSettings has checked: all three given, or none
         from aebnas.data import load_dataset
 
         data = load_dataset(dataset)
         return InputShape(data.resolution, data.in_channels, data.num_classes)
-    for key, value in given.items():
-        if value is None:
-            raise ConfigError(f"profile.{key}: set resolution, channels and num_classes together, or none of them "
-                              "to take the dataset's")
-        check_int(value, f"profile.{key}", lo=2 if key == "num_classes" else 1)
-    return InputShape(given["resolution"], given["channels"], given["num_classes"])
+    return InputShape(options.resolution, options.channels, options.num_classes)  # type: ignore[arg-type]
 
 
 def profile(cfg: DictConfig, run_dir: Path) -> Path:
@@ -56,32 +49,28 @@ def profile(cfg: DictConfig, run_dir: Path) -> Path:
     if plain.get("hardware") is None:
         raise ConfigError(f"hardware: name the device to measure, e.g. hardware=cpu_x86_2t (configs: "
                           f"{', '.join(group_options('hardware'))}; copy one for a new device)")
-    options = plain["profile"]
-    reject_unknown_keys(options, PROFILE_KEYS, "profile")
-    for key in ("validate", "calibrate", "remeasure"):
-        check_bool(options[key], f"profile.{key}")
-    check_int(options["networks"], "profile.networks", lo=2)
-    hw = HardwareConfig.from_dict(plain["hardware"])
-    space = SpaceConfig.from_dict(plain["space"])
+    options = ProfileSettings.from_dict(plain["profile"])
+    hw = HardwareSettings.from_dict(plain["hardware"])
+    space = SpaceSettings.from_dict(plain["space"])
     shape = input_shape(options, plain["dataset"])
     user, shipped = user_table_path(hw, shape), shipped_table_path(hw, shape)
-    base = shipped if not hw.table_dir and not options["remeasure"] else None
+    base = shipped if not hw.table_dir and not options.remeasure else None
     progress = bool(plain.get("progress", True))
     start = time.perf_counter()
     measured: list[str] = []
     table = profile_space(space, shape, hw, user, progress=progress, on_measured=measured.append, base=base,
-                          fresh=bool(options["remeasure"]))
+                          fresh=bool(options.remeasure))
     source = user if user.exists() else shipped
     where = f"wrote {user}" if measured else f"read {source}" + (" (shipped, read-only)" if source == shipped else "")
     print(f"{len(measured)} operators measured in {time.perf_counter() - start:.0f}s "
           f"({len(table.ops)} in the table) on {table.meta['device_name']}; {where}")
-    if options["validate"]:
+    if options.validate:
         run_dir.mkdir(parents=True, exist_ok=True)
         used = use_table(table, hw, str(source), profile_command(hw, space.name, shape, remeasure=True),
                          str(calibrated_table_path(hw, shape)))
         report_table(used)
         table = used.table
-        result = validate_table(table, SearchSpace(space), hw, options["networks"], seed=int(plain.get("seed", 0)),
+        result = validate_table(table, SearchSpace(space), hw, options.networks, seed=int(plain.get("seed", 0)),
                                 progress=progress)
         summary = result["summary"]
         calibration = asdict(used.calibration) if used.calibration is not None else None
@@ -96,17 +85,17 @@ def profile(cfg: DictConfig, run_dir: Path) -> Path:
                                  + (f", calibrated x{used.calibration.factor:.2f}" if used.calibration else ""))
         overhead = summary["fitted_overhead_ms"]
         table.meta["validation"] = {"space": space.name, "date": time.strftime("%Y-%m-%d"), **summary}
-        if options["calibrate"]:
+        if options.calibrate:
             table.meta["overhead_ms"] = table.overhead_ms + max(0.0, overhead)  # a per-path time is never negative
         # the validation (and a fitted overhead) belong to the copy validated: the calibrated one, or the user's
         target = Path(used.calibrated_path) if used.calibrated_path else user
         written = [run_dir / "validation.json", run_dir / "validation.png"]
-        if used.calibrated_path or source == user or (options["calibrate"] and overhead > 0):
+        if used.calibrated_path or source == user or (options.calibrate and overhead > 0):
             table.save(target)
             written.insert(0, target)
         a, f = summary["all_paths"], summary["final_paths"]
         stored = ""
-        if options["calibrate"]:
+        if options.calibrate:
             stored = (" (stored in the table)" if overhead >= 0 else
                       " (negative: not stored; the table predicts too much, try hardware.calibrate=true)")
         print(f"validation on {summary['networks']} random networks ({summary['paths']} exit paths): "

@@ -27,7 +27,7 @@ from scipy.optimize import lsq_linear
 from aebnas.cost import fingerprint
 from aebnas.cost.fingerprint import Comparison, Fingerprint, compare
 from aebnas.cost.latency import LatencyTable, LatencyTableError
-from aebnas.cost.profiler import DTYPES, HardwareConfig
+from aebnas.cost.profiler import DTYPES, HardwareSettings
 # The offset is kept only if it cuts the factor-only fit's squared relative error by at least this share.
 OFFSET_GAIN = 0.25
 
@@ -139,7 +139,7 @@ class TableInUse:
         return f"latency table: {self.path} ({self.table.describe()}{ratio})"
 
 
-def this_machine(hw: HardwareConfig, device: torch.device, fresh: bool = False) -> tuple[Fingerprint, bool]:
+def this_machine(hw: HardwareSettings, device: torch.device, fresh: bool = False) -> tuple[Fingerprint, bool]:
     """This machine's fingerprint under the table's setting (its thread count applied only while measuring)."""
     saved = torch.get_num_threads()
     hw.apply_threads()
@@ -149,7 +149,7 @@ def this_machine(hw: HardwareConfig, device: torch.device, fresh: bool = False) 
         torch.set_num_threads(saved)
 
 
-def use_table(table: LatencyTable, hw: HardwareConfig, path: str, reprofile: str, calibrated_path: str | None = None,
+def use_table(table: LatencyTable, hw: HardwareSettings, path: str, reprofile: str, calibrated_path: str | None = None,
               now: Fingerprint | None = None) -> TableInUse:
     """Check ``table`` against this machine (warn in one line if it moved) and, with ``hw.calibrate``, scale it.
 
