@@ -211,6 +211,9 @@ def _run(tmp_path, module, *args):
 
 
 def test_quickstart_searches_against_latency(tmp_path):
+    from tests.test_fingerprint import _package_state
+
+    before = _package_state()
     proc = _run(tmp_path, "aebnas.cli.search", f"hydra.run.dir={tmp_path / 'run'}", "experiment=quickstart",
                 "hardware=cpu_x86_2t", "search.objective=avg_latency", "search.pop_size=3", "search.generations=1",
                 "trainer.epochs=1", "progress=false")
@@ -236,8 +239,11 @@ def test_quickstart_searches_against_latency(tmp_path):
         assert r["expected_latency_ms"] == pytest.approx(expected_cost(r["exit_rates"], r["path_latency_ms"]))
         assert r["test_expected_latency_ms"] == pytest.approx(expected_cost(r["test_exit_rates"], r["path_latency_ms"]))
         assert r["search_expected_latency_ms"] == pytest.approx(ev.set_index("key").loc[r["search_key"], "expected_latency_ms"])
-    assert "E[lat]" in proc.stdout and json.loads((tmp_path / "run" / "summary.json").read_text())["hardware"] == \
-        "cpu_x86_2t"
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert "E[lat]" in proc.stdout and summary["hardware"] == "cpu_x86_2t"
+    assert f"latency table: {SHIPPED}" in proc.stdout and summary["latency_table"] == str(SHIPPED)
+    assert _package_state() == before  # a search writes nothing under the package
+    assert LatencyTable.load(tmp_path / "run" / "latency_table.json").ops == table.ops  # kept for a resume
 
 
 @pytest.mark.parametrize("module, args, fragment", [
@@ -274,8 +280,10 @@ def test_profile_cli_fills_a_table_then_validates_it(tmp_path):
     report = json.loads((tmp_path / "run" / "validation.json").read_text())
     assert report["summary"]["networks"] == 3 and (tmp_path / "run" / "validation.png").stat().st_size > 0
     assert table.meta["validation"]["paths"] == report["summary"]["paths"]
-    assert table.overhead_ms == pytest.approx(report["summary"]["fitted_overhead_ms"])
+    assert table.overhead_ms == pytest.approx(max(0.0, report["summary"]["fitted_overhead_ms"]))  # never negative
+    assert "fingerprint" in table.meta and report["table"] == str(tmp_path / "tables" / "r4_c3_n5.json")
     assert "operators measured" in proc.stdout and "Spearman rho" in proc.stdout
+    assert f"wrote {tmp_path / 'tables' / 'r4_c3_n5.json'}" in proc.stdout
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "aebnas" / "conf" / "hardware").glob("*.yaml")), ids=lambda p: p.stem)

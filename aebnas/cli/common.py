@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any, ContextManager, Mapping
 
+from aebnas.cost.calibration import TableInUse, use_table
+from aebnas.cost.fingerprint import cache_root
 from aebnas.cli.config_schema import register_schemas
 from aebnas.cli.errors import BASE_USER_ERRORS, one_line_errors
 from aebnas.cost.latency import InputShape, LatencyTable, LatencyTableError
@@ -80,21 +82,48 @@ def check_overrides(prog: str, argv: list[str], config_name: str = "config") -> 
         sys.exit(2)
 
 
+def shipped_table_path(hw: HardwareSettings, shape: InputShape) -> Path:
+    """``conf/hardware/tables/<hardware>/r<res>_c<channels>_n<classes>.json``: read, never written."""
+    return Path(config_dir()) / "hardware" / "tables" / hw.name / _table_file(shape)
+
+
+def user_table_path(hw: HardwareSettings, shape: InputShape) -> Path:
+    """Where this user's profile of the device lives and is written: ``hardware.table_dir`` if set, else
+    ``$AEBNAS_CACHE_DIR/latency/<hardware>/`` (or ``~/.cache/aebnas/latency/<hardware>/``): never the package."""
+    root = Path(hw.table_dir).expanduser() if hw.table_dir else cache_root() / "latency" / hw.name
+    return root / _table_file(shape)
+
+
+def calibrated_table_path(hw: HardwareSettings, shape: InputShape) -> Path:
+    """The calibrated copy, beside the user's copy: ``r<res>_c<channels>_n<classes>.calibrated.json``."""
+    return user_table_path(hw, shape).with_suffix(".calibrated.json")
+
+
 def latency_table_path(hw: HardwareSettings, shape: InputShape) -> Path:
-    """``conf/hardware/tables/<hardware>/r<res>_c<channels>_n<classes>.json`` unless ``hardware.table_dir`` says."""
-    root = Path(hw.table_dir).expanduser() if hw.table_dir else Path(config_dir()) / "hardware" / "tables" / hw.name
-    return root / f"r{shape.resolution}_c{shape.channels}_n{shape.num_classes}.json"
+    """The table a run uses: the user's own profile if there is one, else the shipped table (if any), else where
+    a profile would write it."""
+    user = user_table_path(hw, shape)
+    if user.exists() or hw.table_dir:
+        return user
+    shipped = shipped_table_path(hw, shape)
+    return shipped if shipped.exists() else user
 
 
-def profile_command(hw: HardwareSettings, space_name: str, shape: InputShape) -> str:
+def _table_file(shape: InputShape) -> str:
+    return f"r{shape.resolution}_c{shape.channels}_n{shape.num_classes}.json"
+
+
+def profile_command(hw: HardwareSettings, space_name: str, shape: InputShape, remeasure: bool = False) -> str:
     """The command that measures exactly the table a search with this device, space and input needs."""
     return (f"aebnas-profile hardware={hw.name} space={space_name} profile.resolution={shape.resolution} "
-            f"profile.channels={shape.channels} profile.num_classes={shape.num_classes}")
+            f"profile.channels={shape.channels} profile.num_classes={shape.num_classes}"
+            + (" profile.remeasure=true" if remeasure else ""))
 
 
 def load_latency_table(hardware: Mapping[str, Any] | None, space: SpaceSettings, shape: InputShape,
                        required: bool) -> LatencyTable | None:
-    """The device's table for this space and input, checked to price every candidate; None without hardware."""
+    """The device's table for this space and input, checked to price every candidate and checked against this
+    machine (one warning line if it moved; scaled to it with ``hardware.calibrate``); None without hardware."""
     if hardware is None:
         if required:
             raise ConfigError(f"hardware: search.objective=avg_latency and latency budgets need a device, add "
@@ -108,7 +137,18 @@ def load_latency_table(hardware: Mapping[str, Any] | None, space: SpaceSettings,
                                 f"measure it on that device with: {fill}")
     table = LatencyTable.load(path)
     table.check_covers(space, shape, fill, where=str(path))
-    return table
+    used = use_table(table, hw, str(path), profile_command(hw, space.name, shape, remeasure=True),
+                     str(calibrated_table_path(hw, shape)))
+    report_table(used)
+    used.table.meta["loaded_from"] = str(path)
+    return used.table
+
+
+def report_table(used: TableInUse) -> None:
+    """Which table a run prices with (stdout), and the machine check's one warning line (stderr), if any."""
+    print(used.describe(), flush=True)
+    if used.warning:
+        print(f"warning: {used.warning}", file=sys.stderr, flush=True)
 
 
 USER_ERRORS = BASE_USER_ERRORS + (DatasetError, WorkerStartError, ExportCheckError)

@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,10 @@ import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from aebnas.cli.common import (check_group_choices, check_overrides, config_dir, group_options, latency_table_path,
-                               require_config_dir, user_errors)
+from aebnas.cli.common import (calibrated_table_path, check_group_choices, check_overrides, config_dir, group_options,
+                               profile_command, report_table, require_config_dir, shipped_table_path, user_errors,
+                               user_table_path)
+from aebnas.cost.calibration import use_table
 from aebnas.cost.latency import InputShape
 from aebnas.cost.latency_check import validate_table
 from aebnas.cost.profiler import HardwareSettings, ProfileSettings, profile_space
@@ -37,7 +40,11 @@ def input_shape(options: ProfileSettings, dataset: dict[str, Any]) -> InputShape
 
 
 def profile(cfg: DictConfig, run_dir: Path) -> Path:
-    """Fill (or complete) the table, then validate it if asked; returns the table's path."""
+    """Fill (or complete) the user's table, then validate it if asked; returns the path of the table profiled.
+
+    Shipped tables are read, never written: what this machine measures, validates or calibrates goes to the
+    user's table directory (``hardware.table_dir``, else the user cache) and the run directory.
+    """
     plain = OmegaConf.to_container(cfg, resolve=True)
     if plain.get("hardware") is None:
         raise ConfigError(f"hardware: name the device to measure, e.g. hardware=cpu_x86_2t (configs: "
@@ -46,37 +53,57 @@ def profile(cfg: DictConfig, run_dir: Path) -> Path:
     hw = HardwareSettings.from_dict(plain["hardware"])
     space = SpaceSettings.from_dict(plain["space"])
     shape = input_shape(options, plain["dataset"])
-    path = latency_table_path(hw, shape)
+    user, shipped = user_table_path(hw, shape), shipped_table_path(hw, shape)
+    base = shipped if not hw.table_dir and not options.remeasure else None
     progress = bool(plain.get("progress", True))
     start = time.perf_counter()
     measured: list[str] = []
-    table = profile_space(space, shape, hw, path, progress=progress, on_measured=measured.append)
+    table = profile_space(space, shape, hw, user, progress=progress, on_measured=measured.append, base=base,
+                          fresh=bool(options.remeasure))
+    source = user if user.exists() else shipped
+    where = f"wrote {user}" if measured else f"read {source}" + (" (shipped, read-only)" if source == shipped else "")
     print(f"{len(measured)} operators measured in {time.perf_counter() - start:.0f}s "
-          f"({len(table.ops)} in the table) on {table.meta['device_name']}: {path}")
+          f"({len(table.ops)} in the table) on {table.meta['device_name']}; {where}")
     if options.validate:
         run_dir.mkdir(parents=True, exist_ok=True)
+        used = use_table(table, hw, str(source), profile_command(hw, space.name, shape, remeasure=True),
+                         str(calibrated_table_path(hw, shape)))
+        report_table(used)
+        table = used.table
         result = validate_table(table, SearchSpace(space), hw, options.networks, seed=int(plain.get("seed", 0)),
                                 progress=progress)
         summary = result["summary"]
-        report = {"table": str(path), "hardware": hw.name, "space": space.name, "shape": shape.__dict__,
-                  "meta": table.meta, **result}
+        calibration = asdict(used.calibration) if used.calibration is not None else None
+        report = {"table": str(source), "calibrated_table": used.calibrated_path, "calibration": calibration,
+                  "reference_ratio": used.comparison.ratio if used.comparison is not None else None,
+                  "hardware": hw.name, "space": space.name, "shape": shape.__dict__, "meta": table.meta, **result}
         write_text_atomic(run_dir / "validation.json", json.dumps(report, indent=1))
         from aebnas.analysis.plots import plot_latency_check
 
         plot_latency_check(pd.DataFrame(result["rows"]), summary, run_dir / "validation.png",
-                           title=f"{hw.name}: {space.name} at {shape.describe()}")
+                           title=f"{hw.name}: {space.name} at {shape.describe()}"
+                                 + (f", calibrated x{used.calibration.factor:.2f}" if used.calibration else ""))
+        overhead = summary["fitted_overhead_ms"]
         table.meta["validation"] = {"space": space.name, "date": time.strftime("%Y-%m-%d"), **summary}
         if options.calibrate:
-            table.meta["overhead_ms"] = summary["fitted_overhead_ms"]
-        table.save(path)
+            table.meta["overhead_ms"] = table.overhead_ms + max(0.0, overhead)  # a per-path time is never negative
+        # the validation (and a fitted overhead) belong to the copy validated: the calibrated one, or the user's
+        target = Path(used.calibrated_path) if used.calibrated_path else user
+        written = [run_dir / "validation.json", run_dir / "validation.png"]
+        if used.calibrated_path or source == user or (options.calibrate and overhead > 0):
+            table.save(target)
+            written.insert(0, target)
         a, f = summary["all_paths"], summary["final_paths"]
+        stored = ""
+        if options.calibrate:
+            stored = (" (stored in the table)" if overhead >= 0 else
+                      " (negative: not stored; the table predicts too much, try hardware.calibrate=true)")
         print(f"validation on {summary['networks']} random networks ({summary['paths']} exit paths): "
               f"MAPE {a['mape_pct']:.1f}%, Spearman rho {a['spearman_rho']:.3f} (MACs alone: rho "
               f"{a['macs_spearman_rho']:.3f}); full networks: MAPE {f['mape_pct']:.1f}%, rho {f['spearman_rho']:.3f}; "
-              f"with a fitted {summary['fitted_overhead_ms']:+.3f} ms per path: MAPE {a['mape_pct_with_overhead']:.1f}%"
-              + (" (stored in the table)" if options.calibrate else ""))
-        print(f"report: {run_dir / 'validation.json'}, {run_dir / 'validation.png'}")
-    return path
+              f"with a fitted {overhead:+.3f} ms per path: MAPE {a['mape_pct_with_overhead']:.1f}%{stored}")
+        print("wrote " + ", ".join(str(p) for p in written))
+    return user if user.exists() else source
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="profile")

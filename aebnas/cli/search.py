@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from aebnas.cli.common import (check_group_choices, check_overrides, config_dir, load_latency_table,
                                require_config_dir, user_errors)
-from aebnas.cost.latency import InputShape
+from aebnas.cost.latency import InputShape, LatencyTable
 from aebnas.data import load_dataset
 from aebnas.search import SearchJob, SearchSettings, run_search
 from aebnas.search.algorithms import parse_initial_genomes
@@ -68,8 +68,15 @@ def search(cfg: DictConfig, run_dir: Path, user_overrides: list[str] | None = No
         torch.set_num_threads(trainer.num_threads)
     data = load_dataset(plain["dataset"])
     shape = InputShape(data.resolution, data.in_channels, data.num_classes)
-    latency_table = load_latency_table(plain.get("hardware"), space.config, shape, required=settings.needs_latency)
+    kept = run_dir / "latency_table.json"  # the table (calibrated or not) this run prices with, kept for a resume
+    if resume and kept.exists() and plain.get("hardware") is not None:
+        latency_table = LatencyTable.load(kept)
+        print(f"latency table: {kept} (the one this run started with, from {latency_table.meta.get('loaded_from')})")
+    else:
+        latency_table = load_latency_table(plain.get("hardware"), space.config, shape, required=settings.needs_latency)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if latency_table is not None and not kept.exists():
+        latency_table.save(kept)
     if not resume:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     log.info("data %s: train %d, val %d, test %d, %d classes, %dx%dx%d; device %s",

@@ -27,6 +27,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from aebnas.cost import fingerprint
+from aebnas.cost.fingerprint import Fingerprint
 from aebnas.cost.latency import InputShape, LatencyTable, LatencyTableError, OpLatency
 from aebnas.cost.ops import Op, space_ops
 from aebnas.nn.blocks import Classifier, ConvBNAct, MBConv
@@ -77,7 +79,16 @@ class HardwareSettings(Settings):
     passes: int = setting(3, lo=1, help="Interleaved passes over each chunk of operators; an entry keeps its "
                                         "quietest pass.")
     description: str = setting("", help="A line describing the device and conditions.")
-    table_dir: str | None = setting(None, help="Where the tables live (null: conf/hardware/tables/<name>/).")
+    table_dir: str | None = setting(None, help="Your own tables (profiles, validations, calibrated copies) are read "
+                                               "and written here; null: $AEBNAS_CACHE_DIR/latency/<name>/, else "
+                                               "~/.cache/aebnas/latency/<name>/. Without one of yours the shipped "
+                                               "table in conf/hardware/tables/<name>/ is read, never written.")
+    check: bool = setting(True, help="When a table is used, compare this machine with its fingerprint (reference "
+                                     "operators' timings); one warning line if the machine differs or runs them "
+                                     ">15% faster or slower.")
+    calibrate: bool = setting(False, help="Scale the table to this machine from its reference set (fitted factor, "
+                                          "a per-operator offset only when positive and it earns its place); the "
+                                          "calibrated copy is written beside your own tables.")
 
     def check_together(self) -> None:
         if self.device == "cpu" and self.dtype != "float32":
@@ -88,6 +99,9 @@ class HardwareSettings(Settings):
             raise ConfigError(f"hardware.device: '{self.device}' asked for, but torch sees no CUDA device here; "
                               "profile a GPU on the machine that has it")
         return torch.device(self.device)
+
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
 
     def apply_threads(self) -> None:
         """Fix the CPU thread count: latency at 1 thread and at 16 are different devices."""
@@ -115,8 +129,10 @@ class ProfileSettings(Settings):
     validate: bool = setting(False, help="Then measure `networks` random networks end to end against the table "
                                          "(MAPE, Spearman rho; validation.json and .png in the run directory).")
     networks: int = setting(50, lo=2, help="Random networks of the validation.")
-    calibrate: bool = setting(False, help="Store the fitted per-path overhead (median measured - predicted) in the "
-                                          "table, used by later predictions.")
+    calibrate: bool = setting(False, help="Store the fitted per-path overhead (median measured - predicted) in your "
+                                          "copy of the table, used by later predictions; only a positive one.")
+    remeasure: bool = setting(False, help="Measure a new table for this machine even if one (yours or a shipped "
+                                          "one) already covers the space.")
 
     def check_together(self) -> None:
         given = (self.resolution, self.channels, self.num_classes)
@@ -224,14 +240,45 @@ def open_table(path: Path, meta: dict[str, Any]) -> LatencyTable:
     return table
 
 
+def measure_fingerprint(hw: HardwareSettings, device: torch.device) -> Fingerprint:
+    """This machine's fingerprint under the table's setting (threads, dtype, batch size): a fresh reference run."""
+    return fingerprint.measure(device, DTYPES[hw.dtype], hw.batch_size)
+
+
 def profile_space(space: SpaceSettings, shape: InputShape, hw: HardwareSettings, path: Path, progress: bool = True,
-                  on_measured: Callable[[str], None] | None = None, chunk: int = 64) -> LatencyTable:
-    """Measure every operator of ``space`` at ``shape`` not yet in the table at ``path``; save as it goes."""
+                  on_measured: Callable[[str], None] | None = None, chunk: int = 64,
+                  base: Path | None = None, fresh: bool = False) -> LatencyTable:
+    """Measure every operator of ``space`` at ``shape`` not yet in the table at ``path``; save as it goes.
+
+    With no table at ``path`` yet, a ``base`` table measured under the same conditions (a shipped one) is the
+    starting point; it is read, never written: what this machine adds goes to ``path``. A new table gets this
+    machine's fingerprint, taken before and after its operators (each reference operator keeps the quieter run);
+    a table begun without one keeps none (a fingerprint taken on another day would vouch for what it never saw).
+    ``fresh`` measures a new table whatever is at ``path``. Nothing is written when there is nothing to measure.
+    """
     device = hw.torch_device()
     hw.apply_threads()
-    table = open_table(path, table_meta(hw, space, shape, device))
-    todo = [op for sig, op in space_ops(space, shape.num_classes, shape.channels, shape.resolution).items()
-            if sig not in table.ops]
+    meta = table_meta(hw, space, shape, device)
+    start_from = path if Path(path).exists() else base if base is not None and Path(base).exists() else path
+    needed = space_ops(space, shape.num_classes, shape.channels, shape.resolution)
+    if start_from != path and not fresh:
+        shipped = LatencyTable.load(start_from)
+        if all(sig in shipped.ops for sig in needed):
+            return shipped  # a complete base is used as it is (the check on use says whether it fits this machine)
+    try:
+        table = LatencyTable(dict(meta)) if fresh else open_table(start_from, meta)
+    except LatencyTableError:
+        if start_from == path:
+            raise
+        table = LatencyTable(dict(meta))  # a base from another machine is no starting point
+    if start_from != path and table.ops:
+        table.meta.pop("validation", None)  # the copy's validation is its own to earn
+    todo = [op for sig, op in needed.items() if sig not in table.ops]
+    if not todo:
+        return table  # complete: nothing to measure, nothing to write
+    before = measure_fingerprint(hw, device) if not table.ops else None
+    if before is not None:
+        table.meta["fingerprint"] = before.to_json()
     try:
         with tqdm(total=len(todo), desc=f"profiling {hw.name}", unit="op", disable=not progress,
                   dynamic_ncols=True) as bar:
@@ -242,6 +289,8 @@ def profile_space(space: SpaceSettings, shape: InputShape, hw: HardwareSettings,
                         on_measured(sig)
                 table.save(path)
                 bar.update(min(chunk, len(todo) - start))
+        if before is not None and todo:
+            table.meta["fingerprint"] = fingerprint.quietest(before, measure_fingerprint(hw, device)).to_json()
     finally:
         table.save(path)  # Ctrl-C keeps what was measured; the next run measures the rest
     return table

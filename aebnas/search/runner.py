@@ -142,6 +142,10 @@ def _summary(job: SearchJob, evaluator: CandidateEvaluator, pareto_rows: list[di
     if job.latency_table is not None:
         summary["hardware"] = job.latency_table.meta.get("hardware")
         summary["largest_static_latency_ms"] = refs["largest_static_latency_ms"]
+        summary["latency_table"] = job.latency_table.meta.get("loaded_from")
+        if "calibration" in job.latency_table.meta:
+            cal = job.latency_table.meta["calibration"]
+            summary["latency_calibration"] = {k: cal[k] for k in ("factor", "offset_ms", "fit_mape_pct") if k in cal}
     return summary
 
 
