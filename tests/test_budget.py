@@ -8,7 +8,7 @@ import pytest
 from aebnas.cost import NetworkCost
 from aebnas.runtime.budget import Budget, BudgetController, ControllerSettings, budget_from
 from aebnas.runtime.operating_points import OperatingPoint, path_costs_with
-from aebnas.validation import ConfigError
+from aebnas.config_checks import ConfigError
 
 # Two early exits and the final one; leaving at exit k costs PATHS[k] MACs (every head evaluated on the way).
 COST = NetworkCost(segment_macs=(400_000, 1_500_000, 5_000_000), head_macs=(100_000, 100_000, 100_000))

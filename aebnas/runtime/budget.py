@@ -40,7 +40,7 @@ from scipy.optimize import nnls
 
 from aebnas.cost import NetworkCost
 from aebnas.runtime.operating_points import OperatingPoint, OperatingPoints, path_costs_with
-from aebnas.validation import ConfigError, check_int, check_number
+from aebnas.config_checks import ConfigError, check_int, check_number
 
 log = logging.getLogger("aebnas.runtime.budget")
 

@@ -33,7 +33,7 @@ import numpy as np
 from aebnas.cost import NetworkCost, expected_cost
 from aebnas.search.archive import write_text_atomic
 from aebnas.search.thresholds import METRICS, confidence, exit_indices
-from aebnas.validation import ConfigError
+from aebnas.config_checks import ConfigError
 
 FILE_NAME = "operating_points.json"
 FORMAT = 2  # 2: points carry standard errors and the names are stated in them

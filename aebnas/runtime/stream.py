@@ -15,7 +15,7 @@ import platform
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -27,9 +27,10 @@ from aebnas.nn import EarlyExitNet
 from aebnas.runtime.adaptive import AdaptiveModel
 from aebnas.runtime.budget import Budget, BudgetController, ControllerSettings, KINDS, budget_from
 from aebnas.runtime.operating_points import NAMES, binomial_se, path_costs_with
-from aebnas.runtime.run_network import load_run_network, point_label, read_run_choice
+from aebnas.runtime.run_network import (RunChoiceSettings, load_run_network, operating_point_setting,
+                                       point_label)
 from aebnas.search.archive import write_text_atomic
-from aebnas.validation import ConfigError, check_bool, check_int, reject_unknown_keys
+from aebnas.config_checks import Settings, check_int, setting
 
 log = logging.getLogger("aebnas.runtime")
 
@@ -256,31 +257,39 @@ def window_summary(records: Mapping[str, Sequence[float]], window: int, kind: st
     return out
 
 
+def _batch_sizes(value: Any, name: str, error: type[Exception]) -> int | tuple[int, ...]:
+    """One batch size or several (``batch_size=[256,1024]``): a GPU's throughput depends on it, so one run sweeps."""
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise error(f"{name}: an empty list; give a batch size such as 256, or a list such as [256,1024]")
+        return tuple(check_int(v, f"{name}[{i}]", lo=1, error=error) for i, v in enumerate(value))
+    return check_int(value, name, lo=1, error=error)
+
+
 @dataclass(frozen=True)
-class BudgetSettings:
+class BudgetSettings(Settings):
     """The ``budget`` section of ``aebnas-stream``: one target (or none) and how the controller looks."""
 
-    images_per_s: float | None = None
-    latency_ms: float | None = None
-    p99_latency_ms: float | None = None
-    macs_per_image: float | None = None
-    window: int = 200
-    interval: int = 20
-    margin: float = 0.0
-    fit_window: int = 100
-    calibration: int = 40
+    section: ClassVar[str] = "budget"
 
-    @classmethod
-    def from_dict(cls, cfg: Mapping[str, Any] | None) -> "BudgetSettings":
-        cfg = dict(cfg or {})
-        reject_unknown_keys(cfg, [f.name for f in fields(cls)], "budget")
-        budget_from(cfg)  # one target at most, a positive number
-        ControllerSettings(window=cfg.get("window", 200), interval=cfg.get("interval", 20),
-                           margin=cfg.get("margin", 0.0), fit_window=cfg.get("fit_window", 100))
-        return cls(**{k: (float(cfg[k]) if cfg.get(k) is not None else None) for k in KINDS},
-                   window=cfg.get("window", 200), interval=cfg.get("interval", 20),
-                   margin=float(cfg.get("margin", 0.0)), fit_window=cfg.get("fit_window", 100),
-                   calibration=check_int(cfg.get("calibration", 40), "budget.calibration", lo=2))
+    images_per_s: float | None = setting(None, lo=0.0, lo_open=True, help="Hold at least this many images/s.")
+    latency_ms: float | None = setting(None, lo=0.0, lo_open=True, help="Hold the mean latency per batch at most "
+                                                                        "this (ms).")
+    p99_latency_ms: float | None = setting(None, lo=0.0, lo_open=True, help="Hold the p99 latency per batch at "
+                                                                            "most this (ms).")
+    macs_per_image: float | None = setting(None, lo=0.0, lo_open=True, help="Hold the MACs spent per image at "
+                                                                            "most this.")
+    window: int = setting(200, lo=2, help="Images in the sliding window the controller holds (and reports on).")
+    interval: int = setting(20, lo=1, help="Images between the controller's decisions.")
+    margin: float = setting(0.0, lo=0.0, hi=0.5, help="Aim this far inside the target (0: the window's average "
+                                                      "sits on it).")
+    fit_window: int = setting(100, lo=2, help="Images the controller's time model is fitted on.")
+    calibration: int = setting(40, lo=2, help="Untimed images before the controlled pass, half at the most "
+                                              "accurate and half at the cheapest point.")
+
+    def check_together(self) -> None:
+        """At most one target."""
+        budget_from({k: getattr(self, k) for k in KINDS})
 
     @property
     def budget(self) -> Budget | None:
@@ -291,39 +300,32 @@ class BudgetSettings:
         return ControllerSettings(self.window, self.interval, self.margin, self.fit_window)
 
 
+def _budget_settings(value: Any, name: str, error: type[Exception]) -> BudgetSettings:
+    return value if isinstance(value, BudgetSettings) else BudgetSettings.from_dict(value or {})
+
+
 @dataclass(frozen=True)
-class StreamSettings:
-    """The ``aebnas-stream`` config, checked field by field before any work starts."""
+class StreamSettings(RunChoiceSettings):
+    """The ``aebnas-stream`` config (conf/stream.yaml), checked field by field before any work starts."""
 
-    run: str
-    model: int = 0
-    operating_point: str | None = "max_accuracy"
-    min_accuracy: float | None = None
-    max_macs: float | None = None
-    recompute_operating_points: bool = False
-    n_images: int = 2000
-    batch_size: int | tuple[int, ...] = 256
-    batch_one: bool = True
-    warmup: int = 20
-    operating_point_table: bool = True
-    device: str = "cpu"
-    num_threads: int | None = 2
-    progress: bool = True
-    data_dir: str | None = None
-    fold_batchnorm: bool = True
-    budget: BudgetSettings = BudgetSettings()
+    section: ClassVar[str] = "stream"
 
-    @classmethod
-    def from_dict(cls, cfg: Mapping[str, Any]) -> "StreamSettings":
-        reject_unknown_keys(cfg, [f.name for f in fields(cls)], "stream")
-        return cls(**read_run_choice(cfg), budget=BudgetSettings.from_dict(cfg.get("budget")),
-                   n_images=check_int(cfg.get("n_images", 2000), "n_images", lo=1),
-                   batch_size=_batch_sizes(cfg.get("batch_size", 256)),
-                   batch_one=check_bool(cfg.get("batch_one", True), "batch_one"),
-                   warmup=check_int(cfg.get("warmup", 20), "warmup", lo=0),
-                   operating_point_table=check_bool(cfg.get("operating_point_table", True), "operating_point_table"),
-                   progress=check_bool(cfg.get("progress", True), "progress"),
-                   fold_batchnorm=check_bool(cfg.get("fold_batchnorm", True), "fold_batchnorm"))
+    num_threads: int | None = setting(2, lo=1, help="torch's CPU threads (recorded in stream.json; null: torch's "
+                                                    "default).")
+    n_images: int = setting(2000, lo=1, help="The stream: the first n_images test images.")
+    batch_size: int | tuple[int, ...] = setting(256, check=_batch_sizes, allowed="an integer >= 1 or a list of them",
+                                                help="Batch size of the batched stream, or a list such as "
+                                                     "[256,1024,4096] (a GPU's throughput depends on it).")
+    batch_one: bool = setting(True, help="Also stream at batch 1 (false: batched only).")
+    warmup: int = setting(20, lo=0, help="Untimed batches before timing.")
+    operating_point_table: bool = setting(True, help="Also time the three named operating points at batch 1.")
+    progress: bool = setting(True, help="Progress bars.")
+    fold_batchnorm: bool = setting(True, help="Run both networks with BatchNorm folded into the convolutions, as a "
+                                              "deployment would (answers change only by float rounding).")
+    operating_point: str | None = operating_point_setting("max_accuracy")
+    budget: BudgetSettings = setting(BudgetSettings(), check=_budget_settings, allowed="a budget section",
+                                     help="A target held at run time by switching operating points "
+                                          "(budget.images_per_s=..., budget.latency_ms=..., ...): see BudgetSettings.")
 
     @property
     def batch_sizes(self) -> list[int]:
@@ -331,15 +333,6 @@ class StreamSettings:
         sizes = [self.batch_size] if isinstance(self.batch_size, int) else list(self.batch_size)
         head = [1] if self.batch_one else []
         return head + [b for b in dict.fromkeys(sizes) if not (self.batch_one and b == 1)]
-
-
-def _batch_sizes(value: Any) -> int | tuple[int, ...]:
-    """One batch size or several (``batch_size=[256,1024]``): a GPU's throughput depends on it, so one run sweeps."""
-    if isinstance(value, (list, tuple)):
-        if not value:
-            raise ConfigError("batch_size: an empty list; give a batch size such as 256, or a list such as [256,1024]")
-        return tuple(check_int(v, f"batch_size[{i}]", lo=1) for i, v in enumerate(value))
-    return check_int(value, "batch_size", lo=1)
 
 
 def controlled_stream(model: AdaptiveModel, cost: NetworkCost, x: torch.Tensor, labels: np.ndarray, budget: Budget,
