@@ -15,7 +15,9 @@ from aebnas.cost import NetworkCost
 from aebnas.nn import build_model
 from aebnas.runtime import (AdaptiveModel, OperatingPointError, OperatingPoints, compute_operating_points,
                             reference_exits)
-from aebnas.runtime.operating_points import path_costs_with
+from aebnas.runtime.operating_points import (OperatingPoint, binomial_se, name_points, paired_standard_errors,
+                                             path_costs_with)
+from aebnas.config_checks import ConfigError
 from aebnas.exits import METRICS, confidence
 
 from tests.conftest import ROOT
@@ -99,7 +101,7 @@ HAND_LABELS = np.zeros(4, dtype=int)
 @pytest.fixture
 def hand_points():
     return compute_operating_points(HAND_LOGITS, HAND_LABELS, HAND_COST, "max_softmax", grid=(0.6, 0.9),
-                                    named_drops={"balanced": 0.005, "min_energy": 0.3})
+                                    named_drops={"max_accuracy": 0.5, "balanced": 1.0, "min_energy": 1.2})
 
 
 def test_path_costs_leave_out_heads_of_exits_that_are_off():
@@ -114,6 +116,13 @@ def test_operating_points_by_hand(hand_points):
     got = [(p.thresholds, p.val_accuracy, p.expected_macs, p.exit_rates) for p in hand_points.points]
     assert got == [((0.6,), 0.75, 40.0, (0.75, 0.25)), ((0.9,), 1.0, 90.0, (0.25, 0.75))]
     assert hand_points.reference_accuracy == 1.0 and hand_points.static_macs == 110
+    # standard errors on 4 images: binomial sqrt(.75 * .25 / 4); vs the best point (0.9), the two disagree on
+    # sample 2 only: sd([0, 0, 1, 0]) / sqrt(4) = sqrt(3) / 8. The 0.25 drop is 1.155 SE: min_energy (1.2 SE)
+    # takes the cheap point, balanced (1 SE) and max_accuracy (0.5 SE) do not.
+    cheap, best = hand_points.points
+    assert cheap.val_accuracy_se == pytest.approx(math.sqrt(0.75 * 0.25 / 4))
+    assert cheap.se_vs_best == pytest.approx(math.sqrt(3) / 8) and best.se_vs_best == 0.0
+    assert best.val_accuracy_se == 0.0 and hand_points.n_val == 4
     assert hand_points.by_name("max_accuracy").thresholds == (0.9,)
     assert hand_points.by_name("balanced").thresholds == (0.9,)
     assert hand_points.by_name("min_energy").thresholds == (0.6,)
@@ -124,15 +133,65 @@ def test_operating_points_by_hand(hand_points):
 
 
 @pytest.mark.parametrize("request_, fragment", [
-    ({"name": "turbo"}, "operating_point: unknown name 'turbo'"),
-    ({"min_accuracy": 1.01}, "min_accuracy: 1.01 is above the best val accuracy 1.0000"),
-    ({"max_macs": 30}, "max_macs: 30 is below the cheapest point (40 expected MACs)"),
+    ({"name": "turbo"}, "operating_point: 'turbo' is not defined for this network"),
+    ({"min_accuracy": 1.01}, "min_accuracy: 1.01 is above the best val accuracy 1.0000; its 2 points reach val "
+                             "accuracy 0.7500..1.0000 at 40..90 expected MACs"),
+    ({"max_macs": 30}, "max_macs: 30 is below the cheapest point (40 expected MACs); its 2 points reach"),
     ({"name": "balanced", "max_macs": 30}, "give exactly one of"),
 ])
 def test_impossible_operating_points_are_refused_in_one_line(hand_points, request_, fragment):
     with pytest.raises(OperatingPointError, match=".*") as info:
         hand_points.select(**request_)
     assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def _point(acc, macs, se_vs_best):
+    return OperatingPoint((0.5,), acc, macs, (0.5, 0.5), binomial_se(acc, 5000), se_vs_best)
+
+
+def test_named_points_are_the_cheapest_within_k_standard_errors_of_the_best():
+    """Hand-made points, cheapest first. Best 0.9200. A point 0.0020 under it with a paired SE of 0.0015
+    is 1.33 SE down: out for max_accuracy (1 SE), in for balanced (2 SE). The cheapest point that is within
+    the drop wins even when a dearer one is not (0.9170 at SE 0.0010 is 3 SE down)."""
+    points = [_point(0.8900, 1.0, 0.0040), _point(0.9130, 2.0, 0.0030), _point(0.9170, 3.0, 0.0010),
+              _point(0.9180, 4.0, 0.0015), _point(0.9195, 5.0, 0.0008), _point(0.9200, 6.0, 0.0)]
+    named = name_points(points, {"max_accuracy": 1.0, "balanced": 2.0, "min_energy": 4.0})
+    # max_accuracy: 0.9195 (0.0005 <= 0.0008); balanced: 0.9130 (0.0070 > 0.0060) no, 0.9180 (0.0020 <= 0.0030);
+    # min_energy: 0.8900 (0.0300 > 0.0160) no, 0.9130 (0.0070 <= 0.0120) yes
+    assert named == {"max_accuracy": 4, "balanced": 3, "min_energy": 1}
+    # zero standard errors: only the best point itself is indistinguishable from the best
+    flat = [OperatingPoint(p.thresholds, p.val_accuracy, p.expected_macs, p.exit_rates) for p in points]
+    assert set(name_points(flat, {"max_accuracy": 1.0, "balanced": 2.0, "min_energy": 4.0}).values()) == {5}
+
+
+def test_paired_standard_error_counts_only_the_images_two_points_disagree_on():
+    ref = np.array([1, 1, 1, 1, 0, 1, 1, 1], dtype=bool)
+    hit = np.array([1, 1, 0, 1, 1, 1, 0, 1], dtype=bool)
+    # differences [0, 0, 1, 0, -1, 0, 1, 0]: mean 1/8, variance 3/8 - 1/64 = 23/64
+    se = paired_standard_errors(hit[None], ref)
+    assert se[0] == pytest.approx(math.sqrt(23 / 64) / math.sqrt(8))
+    assert paired_standard_errors(ref[None], ref)[0] == 0.0
+    assert binomial_se(0.92, 5000) == pytest.approx(0.003837, abs=1e-6)  # the 0.4 points of a 5,000-image val
+
+
+@pytest.mark.parametrize("drops, fragment", [
+    ({"max_accuracy": -1, "balanced": 2, "min_energy": 4}, "named_drops.max_accuracy: expected a number of "
+                                                           "standard errors >= 0, got -1"),
+    ({"balanced": 2, "min_energy": 4}, "named_drops: no drop for ['max_accuracy']"),
+])
+def test_bad_named_drops_are_refused_in_one_line(drops, fragment):
+    with pytest.raises(ConfigError) as info:
+        compute_operating_points(HAND_LOGITS, HAND_LABELS, HAND_COST, named_drops=drops)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_name_the_points_do_not_define_is_refused_with_the_reachable_range(hand_points):
+    hand_points.named.pop("balanced")
+    with pytest.raises(OperatingPointError) as info:
+        hand_points.by_name("balanced")
+    msg = str(info.value)
+    assert msg.startswith("operating_point: 'balanced' is not defined for this network")
+    assert "val accuracy 0.7500..1.0000 at 40..90 expected MACs" in msg and "\n" not in msg
 
 
 def test_operating_points_store_and_switch_at_run_time(hand_points, tmp_path, tiny_space):
@@ -165,7 +224,11 @@ def test_operating_points_are_a_front_on_real_logits(tiny_space):
     macs = [p.expected_macs for p in pts.points]
     assert macs == sorted(macs) and acc == sorted(acc) and len(set(acc)) == len(acc)
     assert pts.by_name("max_accuracy").val_accuracy == max(acc)
-    assert pts.by_name("balanced").val_accuracy >= pts.reference_accuracy - 0.005
+    for name, k in pts.named_drops.items():  # each name within its drop, in paired standard errors
+        p = pts.by_name(name)
+        assert pts.best.val_accuracy - p.val_accuracy <= k * p.se_vs_best + 1e-12
+    costs = [pts.by_name(n).expected_macs for n in ("max_accuracy", "balanced", "min_energy")]
+    assert costs == sorted(costs, reverse=True) and pts.n_val == 300
 
 
 def test_torch_confidence_matches_the_numpy_rule():
@@ -363,6 +426,46 @@ def test_stream_settings_refused_in_one_line(tiny_run, tmp_path, capsys, overrid
                          {"run": str(tiny_run), "progress": False, "num_threads": 1, "n_images": 10, **overrides})
 
 
+@pytest.mark.parametrize("budget, fragment", [
+    ({"images_per_s": -1}, "budget.images_per_s: must be in (0.0, inf], got -1"),
+    ({"images_per_s": 100, "macs_per_image": 1e6}, "budget: give one target, got ['images_per_s', 'macs_per_image']"),
+    ({"latency_ms": "fast"}, "budget.latency_ms: expected a number, got 'fast'"),
+    ({"window": 0}, "budget.window: must be in [2, inf], got 0"),
+    ({"macs_per_image": 1}, "budget.macs_per_image: 1 is below the cheapest operating point; the points reach"),
+    ({"images_per_s": 1e9}, "budget.images_per_s: 1e+09 is beyond what any operating point reaches here (about"),
+])
+def test_bad_budgets_are_refused_in_one_line(tiny_run, tmp_path, capsys, budget, fragment):
+    from aebnas.cli import stream
+
+    _refused_in_one_line(stream, "stream", "stream.json", capsys, tmp_path, fragment,
+                         {"run": str(tiny_run), "progress": False, "num_threads": 1, "n_images": 10, "warmup": 0,
+                          "batch_size": 4, "operating_point_table": False, "budget": budget})
+
+
+def test_stream_under_a_macs_budget_holds_it_and_logs_its_switches(tiny_run, tmp_path, capsys):
+    """MACs per image do not depend on the clock: the controlled pass must hold the budget it was given."""
+    from aebnas.cli.stream import stream
+    from aebnas.runtime import OperatingPoints
+
+    points = OperatingPoints.load(next((tiny_run / "models").glob("00_*")))
+    macs = sorted(p.expected_macs for p in points.points)
+    target = (macs[0] + macs[-1]) / 2
+    cfg = _shipped("stream")
+    cfg.merge_with({"run": str(tiny_run), "progress": False, "num_threads": 1, "n_images": 60, "warmup": 0,
+                    "batch_size": 4, "batch_one": False, "operating_point_table": False,
+                    "budget": {"macs_per_image": target, "window": 20, "interval": 4, "calibration": 4}})
+    result = stream(cfg, tmp_path / "out")
+    b = result["budget"]
+    assert b["target"] == {"kind": "macs_per_image", "value": target, "unit": "MACs per image"}
+    assert b["images"] == 60 and b["batch_size"] == 4 and len(b["records"]["seconds"]) == 15
+    assert b["effective_macs"] <= target * 1.1  # held on average (the band the windows report on)
+    assert [w["first_image"] for w in b["windows"]] == [0, 20, 40]
+    assert b["switch_count"] == len(b["switches"]) and all(s["reason"] for s in b["switches"])
+    assert "budget macs_per_image=" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "out" / "stream.json").read_text())
+    assert saved["budget"]["windows"] == b["windows"] and "val_accuracy_se" in saved["operating_point"]
+
+
 def _shipped(config_name: str):
     """conf/<config_name>.yaml as the entry point composes it (over its schema's defaults), without hydra's section."""
     from hydra import compose, initialize_config_dir
@@ -536,7 +639,8 @@ def test_shipped_stream_config_composes_and_is_accepted():
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "aebnas" / "conf")):
         cfg = compose("stream", overrides=["run=/some/run"])
     settings = StreamSettings.from_dict(OmegaConf.to_container(cfg, resolve=True))
-    assert settings.run == "/some/run" and settings.operating_point == "balanced" and settings.num_threads == 2
+    assert settings.run == "/some/run" and settings.operating_point == "max_accuracy" and settings.num_threads == 2
+    assert settings.budget.budget is None and settings.budget.window == 200
 
 
 @pytest.mark.parametrize("batch_size, batch_one, expected", [

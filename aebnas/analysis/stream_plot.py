@@ -1,4 +1,5 @@
-"""The stream benchmark at a glance: throughput static vs adaptive, the throttling curve, where images leave.
+"""The stream benchmark at a glance: throughput static vs adaptive, the throttling curve (val accuracy with its
+standard error beside test accuracy), where images leave, and a budget-controlled pass over time.
 
 Reads the ``stream.json`` dict that ``aebnas-stream`` writes; no torch import.
 """
@@ -17,7 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 def plot_stream(result: Mapping[str, Any], path: str | Path | None = None):
     comparisons = result["comparisons"]
     table = result.get("operating_points", [])
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), dpi=110)
+    budget = result.get("budget")
+    fig, axes = plt.subplots(1, 4 if budget else 3, figsize=(17.5 if budget else 13, 3.8), dpi=110)
     ax = axes[0]
     labels = [f"batch {c['batch_size']}" for c in comparisons]
     xs = range(len(comparisons))
@@ -35,7 +37,12 @@ def plot_stream(result: Mapping[str, Any], path: str | Path | None = None):
     ax.legend(fontsize=8)
     ax = axes[1]
     if table:
-        ax.plot([r["images_per_second"] for r in table], [r["accuracy"] for r in table], "-o", c="tab:blue")
+        ax.plot([r["images_per_second"] for r in table], [r["accuracy"] for r in table], "-o", c="tab:blue",
+                label="test")
+        if all("val_accuracy_se" in r for r in table):
+            ax.errorbar([r["images_per_second"] for r in table], [r["val_accuracy"] for r in table],
+                        yerr=[r["val_accuracy_se"] for r in table], fmt="none", ecolor="tab:gray", capsize=3,
+                        label="val +- 1 SE")
         for r in table:
             ax.annotate(r["operating_point"], (r["images_per_second"], r["accuracy"]), fontsize=8,
                         xytext=(4, 4), textcoords="offset points")
@@ -54,8 +61,27 @@ def plot_stream(result: Mapping[str, Any], path: str | Path | None = None):
     ax.set_xticks(range(len(hist)), [f"exit {k}" for k in range(len(hist) - 1)] + ["final"])
     ax.set_ylabel("images")
     ax.set_title(f"where images leave ({result.get('operating_point_label', 'adaptive')})")
+    if budget:
+        plot_budget_windows(axes[3], budget)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path)
         plt.close(fig)
     return fig
+
+
+def plot_budget_windows(ax, budget: Mapping[str, Any]) -> None:
+    """The controlled pass: the measured quantity per window against its target (+-10 % band) over the stream."""
+    windows = budget["windows"]
+    target = budget["target"]
+    x = [w["first_image"] + w["images"] / 2 for w in windows]
+    ax.plot(x, [w["value"] for w in windows], "-o", ms=3, c="tab:blue", label="measured per window")
+    ax.step(x, [w["target"] for w in windows], where="mid", c="k", lw=1, label="target")
+    ax.fill_between(x, [w["target"] * 0.9 for w in windows], [w["target"] * 1.1 for w in windows], step="mid",
+                    color="k", alpha=0.1, label="+-10 %")
+    for s in budget.get("switches", []):
+        ax.axvline(s["image"], c="tab:orange", lw=0.4, alpha=0.5)
+    ax.set_xlabel("image")
+    ax.set_ylabel(f"{target['kind']} ({target['unit']})")
+    ax.set_title(f"budget {target['kind']}={target['value']:g}: {budget['switch_count']} switches")
+    ax.legend(fontsize=7)

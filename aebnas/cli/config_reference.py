@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 from aebnas.cli.common import group_options
 from aebnas.cli.config_schema import GROUP_SCHEMAS, PRIMARY_SCHEMAS, SECTION_SCHEMAS
 from aebnas.config_checks import Settings, allowed_text, type_name
+from aebnas.runtime.stream import BudgetSettings, StreamSettings
 from aebnas.space.config import BranchChoices, SpaceSettings
 
 #: The committed page, relative to the repository root.
@@ -38,6 +39,8 @@ def sections() -> list[Section]:
         out.append(Section(group, schema, f"group `{group}` (conf/{group}/, presets over `{group}/base`)"))
     for config, schema in PRIMARY_SCHEMAS.items():
         out.append(Section(f"aebnas-{config}", schema, f"top level of conf/{config}.yaml (over `{config}_base`)"))
+        if schema is StreamSettings:
+            out.append(Section("budget", BudgetSettings, "aebnas-stream: `budget.<key>` (the budget controller)"))
     for (config, section), schema in SECTION_SCHEMAS.items():
         out.append(Section(section, schema, f"aebnas-{config}: `{section}` in conf/{config}.yaml"))
     return out

@@ -31,7 +31,15 @@ def stream(cfg: DictConfig, out_dir: Path) -> dict:
               f"{c['macs_reduction']:.2f}x fewer MACs, exits {a['exit_histogram']}")
     for r in result["operating_points"]:
         print(f"  {r['operating_point']:>12s} (batch 1): {r['images_per_second']:9.1f} img/s acc {r['accuracy']:.4f} "
-              f"{r['effective_macs'] / 1e6:.3f}M MACs p99 {r['p99_latency_ms']:.2f} ms")
+              f"(val {r['val_accuracy']:.4f} +- {r['val_accuracy_se']:.4f}) {r['effective_macs'] / 1e6:.3f}M MACs "
+              f"p99 {r['p99_latency_ms']:.2f} ms")
+    if "budget" in result:
+        b = result["budget"]
+        t, w = b["target"], b["windows"]
+        held = sum(x["within_10pct"] for x in w)
+        print(f"  budget {t['kind']}={t['value']:g} (batch {b['batch_size']}): {b['images_per_second']:.1f} img/s "
+              f"acc {b['accuracy']:.4f} {b['effective_macs'] / 1e6:.3f}M MACs, {b['switch_count']} switches; "
+              f"{held}/{len(w)} windows of {b['settings']['window']} images within +-10 % of the target")
     print(f"written: {out_dir / 'stream.json'}")
     return result
 

@@ -9,6 +9,14 @@ accuracy floor or by a cost budget, and may switch between batches.
 
 An exit can also be switched *off* (threshold ``None``): its head is then not
 evaluated at all, so a sample that leaves later does not pay for it.
+
+Val accuracy is a noisy estimate (one standard error on 5,000 images is about
+0.4 points at 92 %), so the points carry their uncertainty and the named points
+are stated in standard errors: a point is *indistinguishable from the best* when
+its val accuracy is within ``k`` standard errors of the most accurate point's.
+The standard error used there is that of the *difference*, paired over the same
+val images: two points that route most images the same way share most of their
+noise, so their difference is known far better than either accuracy alone.
 """
 
 from __future__ import annotations
@@ -28,10 +36,12 @@ from aebnas.exits import METRICS, confidence, exit_indices
 from aebnas.config_checks import ConfigError
 
 FILE_NAME = "operating_points.json"
+FORMAT = 2  # 2: points carry standard errors and the names are stated in them
 DEFAULT_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999)
-# Named points: the cheapest point whose val accuracy stays within this drop of the final exit's
-# (max_accuracy is the most accurate point whatever it costs).
-DEFAULT_NAMED_DROPS = {"balanced": 0.005, "min_energy": 0.02}
+# Named points: the cheapest point whose val accuracy is at most this many standard errors (of the paired
+# difference) under the most accurate point's. 1 SE: no evidence it is worse; 2 SE: about the edge of a
+# 95 % two-sided test; 4 SE: clearly worse, for when energy matters more than the last points.
+DEFAULT_NAMED_DROPS = {"max_accuracy": 1.0, "balanced": 2.0, "min_energy": 4.0}
 NAMES = ("max_accuracy", "balanced", "min_energy")
 
 
@@ -50,6 +60,8 @@ class OperatingPoint:
     val_accuracy: float
     expected_macs: float
     exit_rates: tuple[float, ...]
+    val_accuracy_se: float = 0.0        # binomial standard error of val_accuracy
+    se_vs_best: float = 0.0             # standard error of (best val accuracy - this one), paired over val images
 
     def threshold_array(self) -> np.ndarray:
         """Thresholds as floats, an exit that is off as +inf (no confidence reaches it)."""
@@ -65,22 +77,36 @@ class OperatingPoints:
     static_macs: float
     points: list[OperatingPoint]
     named: dict[str, int] = field(default_factory=dict)
-    named_drops: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_NAMED_DROPS))
+    named_drops: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_NAMED_DROPS))  # in standard errors
     genome: str = ""                    # the network these points belong to (canonical genome text)
+    n_val: int = 0                      # val images the accuracies were measured on
+    reference_accuracy_se: float = 0.0
+
+    @property
+    def best(self) -> OperatingPoint:
+        """The most accurate point on val (the cheapest of equals)."""
+        return max(self.points, key=lambda p: (p.val_accuracy, -p.expected_macs))
+
+    def reachable(self) -> str:
+        """What the stored points span, for error messages."""
+        acc = [p.val_accuracy for p in self.points]
+        macs = [p.expected_macs for p in self.points]
+        return (f"its {len(self.points)} points reach val accuracy {min(acc):.4f}..{max(acc):.4f} at "
+                f"{min(macs):g}..{max(macs):g} expected MACs")
 
     def by_name(self, name: str) -> OperatingPoint:
         if name not in self.named:
-            raise OperatingPointError(f"operating_point: unknown name '{name}'; use one of {sorted(self.named)}, "
-                                      "an accuracy floor or a MACs budget")
+            known = f"use one of {sorted(self.named)}" if self.named else "it has no named points"
+            raise OperatingPointError(f"operating_point: '{name}' is not defined for this network ({known}); "
+                                      f"{self.reachable()}; ask with min_accuracy or max_macs in that range")
         return self.points[self.named[name]]
 
     def by_accuracy_floor(self, floor: float) -> OperatingPoint:
         """The cheapest point whose val accuracy reaches ``floor`` (a fraction, e.g. 0.9)."""
         ok = [p for p in self.points if p.val_accuracy >= floor - 1e-12]
         if not ok:
-            best = max(p.val_accuracy for p in self.points)
             raise OperatingPointError(f"operating_point.min_accuracy: {floor} is above the best val accuracy "
-                                      f"{best:.4f}; ask for at most that")
+                                      f"{self.best.val_accuracy:.4f}; {self.reachable()}")
         return min(ok, key=lambda p: (p.expected_macs, -p.val_accuracy))
 
     def by_budget(self, max_macs: float) -> OperatingPoint:
@@ -89,7 +115,7 @@ class OperatingPoints:
         if not ok:
             cheapest = min(p.expected_macs for p in self.points)
             raise OperatingPointError(f"operating_point.max_macs: {max_macs:g} is below the cheapest point "
-                                      f"({cheapest:g} expected MACs); allow at least that")
+                                      f"({cheapest:g} expected MACs); {self.reachable()}")
         return max(ok, key=lambda p: (p.val_accuracy, -p.expected_macs))
 
     def select(self, name: str | None = None, min_accuracy: float | None = None,
@@ -107,18 +133,28 @@ class OperatingPoints:
         return self.by_budget(float(max_macs))  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "reference_accuracy": self.reference_accuracy, "static_macs": self.static_macs,
-                "named": self.named, "named_drops": self.named_drops, "genome": self.genome,
+        return {"format": FORMAT, "metric": self.metric, "n_val": self.n_val,
+                "reference_accuracy": self.reference_accuracy, "reference_accuracy_se": self.reference_accuracy_se,
+                "static_macs": self.static_macs, "named": self.named,
+                "named_rule": "cheapest point with best val accuracy - its val accuracy <= k * se_vs_best",
+                "named_drops": self.named_drops, "genome": self.genome,
                 "points": [{**asdict(p), "thresholds": list(p.thresholds), "exit_rates": list(p.exit_rates)}
                            for p in self.points]}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "OperatingPoints":
         points = [OperatingPoint(tuple(p["thresholds"]), float(p["val_accuracy"]), float(p["expected_macs"]),
-                                 tuple(p["exit_rates"])) for p in d["points"]]
+                                 tuple(p["exit_rates"]), float(p.get("val_accuracy_se", 0.0)),
+                                 float(p.get("se_vs_best", 0.0))) for p in d["points"]]
         return cls(metric=d["metric"], reference_accuracy=float(d["reference_accuracy"]),
                    static_macs=float(d["static_macs"]), points=points, named=dict(d["named"]),
-                   named_drops=dict(d["named_drops"]), genome=str(d.get("genome", "")))
+                   named_drops=dict(d["named_drops"]), genome=str(d.get("genome", "")), n_val=int(d.get("n_val", 0)),
+                   reference_accuracy_se=float(d.get("reference_accuracy_se", 0.0)))
+
+    @property
+    def is_current(self) -> bool:
+        """Written in this format (older files have no standard errors and name points by other rules)."""
+        return self.n_val > 0
 
     def save(self, model_dir: str | Path) -> Path:
         path = Path(model_dir) / FILE_NAME
@@ -172,32 +208,68 @@ def compute_operating_points(exit_logits: np.ndarray, labels: np.ndarray, cost: 
     correct = logits.argmax(-1) == labels[None, :]
     choices = sorted(set(float(g) for g in grid)) + [math.inf]
     vectors = np.array(list(itertools.product(choices, repeat=n_exits - 1)), dtype=float).reshape(-1, n_exits - 1)
+    drops = check_named_drops(DEFAULT_NAMED_DROPS if named_drops is None else named_drops)
     cols = np.arange(n)
-    acc = np.empty(len(vectors))
+    hits = np.empty((len(vectors), n), dtype=bool)  # per point, per val image: right or wrong
     exp_cost = np.empty(len(vectors))
     rates = np.empty((len(vectors), n_exits))
     for g, thr in enumerate(vectors):
         idx = exit_indices(conf, thr)
-        acc[g] = correct[idx, cols].mean()
+        hits[g] = correct[idx, cols]
         rates[g] = np.bincount(idx, minlength=n_exits) / n
         exp_cost[g] = expected_cost(rates[g], path_costs_with(cost, np.isfinite(thr)))
+    acc = hits.mean(axis=1)
     keep = _pareto_order(1.0 - acc, exp_cost)
+    best = keep[-1]  # the front is cheapest first, so its last point is the most accurate
+    paired = paired_standard_errors(hits[keep], hits[best])
     points = [OperatingPoint(tuple(None if math.isinf(t) else float(t) for t in vectors[g]), float(acc[g]),
-                             float(exp_cost[g]), tuple(float(r) for r in rates[g])) for g in keep]
+                             float(exp_cost[g]), tuple(float(r) for r in rates[g]), binomial_se(acc[g], n),
+                             float(se)) for g, se in zip(keep, paired)]
     reference = float(correct[-1].mean())
-    drops = dict(DEFAULT_NAMED_DROPS if named_drops is None else named_drops)
     return OperatingPoints(metric=metric, reference_accuracy=reference, static_macs=float(cost.static_macs),
-                           points=points, named=name_points(points, reference, drops), named_drops=drops)
+                           points=points, named=name_points(points, drops), named_drops=drops, n_val=int(n),
+                           reference_accuracy_se=binomial_se(reference, n))
 
 
-def name_points(points: Sequence[OperatingPoint], reference: float, drops: Mapping[str, float]) -> dict[str, int]:
-    """``max_accuracy``: the most accurate point; each other name: the cheapest within its drop of ``reference``.
+def binomial_se(accuracy: float, n: int) -> float:
+    """Standard error of an accuracy measured on ``n`` independent images."""
+    return float(math.sqrt(max(accuracy * (1.0 - accuracy), 0.0) / n)) if n else math.nan
 
-    A name whose drop no point meets falls back to the most accurate point.
+
+def paired_standard_errors(hits: np.ndarray, reference_hits: np.ndarray) -> np.ndarray:
+    """Standard error of ``mean(reference_hits) - mean(hits[i])`` per row, paired over the same images.
+
+    Only the images on which the two disagree carry noise: ``sd(ref - hit) / sqrt(n)``.
+    """
+    d = reference_hits[None, :].astype(float) - np.asarray(hits, dtype=float)
+    n = d.shape[1]
+    return d.std(axis=1) / math.sqrt(n)
+
+
+def check_named_drops(drops: Mapping[str, float]) -> dict[str, float]:
+    """Every name has a finite, non-negative drop in standard errors; the three standard names are present."""
+    out = {}
+    for name, k in drops.items():
+        if isinstance(k, bool) or not isinstance(k, (int, float)) or not math.isfinite(k) or k < 0:
+            raise ConfigError(f"named_drops.{name}: expected a number of standard errors >= 0, got {k!r}")
+        out[str(name)] = float(k)
+    missing = [n for n in NAMES if n not in out]
+    if missing:
+        raise ConfigError(f"named_drops: no drop for {missing}; give each of {list(NAMES)} a number of "
+                          "standard errors, e.g. {max_accuracy: 1, balanced: 2, min_energy: 4}")
+    return out
+
+
+def name_points(points: Sequence[OperatingPoint], drops: Mapping[str, float]) -> dict[str, int]:
+    """Each name: the cheapest point whose val accuracy is within ``drop`` standard errors of the best point's.
+
+    The standard error is the point's ``se_vs_best`` (paired over the val images). The best point
+    always qualifies (its difference is zero), so every name is defined.
     """
     best = max(range(len(points)), key=lambda i: (points[i].val_accuracy, -points[i].expected_macs))
-    named = {"max_accuracy": best}
-    for name, drop in drops.items():
-        ok = [i for i, p in enumerate(points) if p.val_accuracy >= reference - drop - 1e-12]
-        named[name] = min(ok, key=lambda i: (points[i].expected_macs, -points[i].val_accuracy)) if ok else best
+    top = points[best].val_accuracy
+    named = {}
+    for name, k in drops.items():
+        ok = [i for i, p in enumerate(points) if top - p.val_accuracy <= k * p.se_vs_best + 1e-12]
+        named[name] = min(ok, key=lambda i: (points[i].expected_macs, -points[i].val_accuracy))
     return named

@@ -77,12 +77,13 @@ def point_label(name: str | None, min_accuracy: float | None, max_macs: float | 
 
 def ensure_operating_points(saved: SavedModel, val: ArraySplit, mean, std, device: torch.device,
                             recompute: bool = False) -> OperatingPoints:
-    """The model's stored operating points; computed from its val logits and saved beside it when missing."""
+    """The model's stored operating points; computed from its val logits and saved beside it when missing
+    (or written for another genome, or in the older format without standard errors)."""
     genome = saved.net.genome.to_text()
     path = saved.path / FILE_NAME
     if path.exists() and not recompute:
         points = OperatingPoints.load(saved.path)
-        if points.genome == genome:
+        if points.genome == genome and points.is_current:
             return points
     logits = predict_logits(saved.net, val, mean, std, device, batch_size=1024, amp=False)
     points = compute_operating_points(logits, val.y.numpy(), saved.cost, saved.meta.get("exit_metric", "max_softmax"))

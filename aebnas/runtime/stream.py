@@ -13,9 +13,9 @@ import logging
 import os
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -25,10 +25,12 @@ from aebnas.cost import NetworkCost
 from aebnas.data import ArraySplit, normalize
 from aebnas.nn import EarlyExitNet
 from aebnas.runtime.adaptive import AdaptiveModel
-from aebnas.runtime.operating_points import NAMES, path_costs_with
-from aebnas.runtime.run_network import RunChoiceSettings, load_run_network, point_label
+from aebnas.runtime.budget import Budget, BudgetController, ControllerSettings, KINDS, budget_from
+from aebnas.runtime.operating_points import NAMES, binomial_se, path_costs_with
+from aebnas.runtime.run_network import (RunChoiceSettings, load_run_network, operating_point_setting,
+                                        point_label)
 from aebnas.atomic_write import write_text_atomic
-from aebnas.config_checks import check_int, setting
+from aebnas.config_checks import Settings, check_int, setting
 
 log = logging.getLogger("aebnas.runtime")
 
@@ -159,10 +161,100 @@ def stream_benchmark(model: AdaptiveModel, cost: NetworkCost, x: torch.Tensor, l
         point = model.set_operating_point(name)
         r = run_adaptive(model, cost, x, labels, 1, warmup, progress)
         table.append({"operating_point": name, "thresholds": list(point.thresholds),
-                      "val_accuracy": point.val_accuracy, "val_expected_macs": point.expected_macs, **r.to_dict()})
+                      "val_accuracy": point.val_accuracy, "val_accuracy_se": point.val_accuracy_se,
+                      "val_se_vs_best": point.se_vs_best, "val_expected_macs": point.expected_macs, **r.to_dict(),
+                      "accuracy_se": binomial_se(r.accuracy, r.images)})
     model.set_thresholds([None if np.isinf(t) else t for t in chosen])
     model.operating_point = chosen_point
     return {"comparisons": comparisons, "operating_points": table}
+
+
+def run_controlled(model: AdaptiveModel, cost: NetworkCost, x: torch.Tensor, labels: np.ndarray,
+                   controller: BudgetController, batch_size: int = 1, calibration: int = 40,
+                   before_batch: Callable[[int], None] | None = None, progress: bool = False) -> dict:
+    """The stream under a :class:`BudgetController`: it names the point for each batch from what was measured.
+
+    First ``calibration`` images (the stream's first ones, untimed as results) run half at the most accurate
+    and half at the cheapest point, so the controller's cost model spans the ladder; a target no point
+    reaches is refused there. Each batch's time is wall time from its start to the next one's, the
+    controller's own work included. ``before_batch(image_index)`` runs outside the clock (a benchmark changes
+    the target or the machine's load there). Returns per-batch records and the switch log.
+    """
+    ladder = controller.ladder
+    paths = [path_costs_with(cost, np.isfinite(p.threshold_array())) for p in ladder]
+    device = x.device
+    half = max(calibration // 2, 1) if calibration else 0
+    for j, at in enumerate([len(ladder) - 1] * half + [0] * half):
+        model.set_thresholds(ladder[at].thresholds)
+        s = (j * batch_size) % x.shape[0]
+        t0 = time.perf_counter()
+        out = model(x[s:s + batch_size])
+        _sync(device)
+        seconds = time.perf_counter() - t0
+        controller.observe(int(out.exit_index.numel()), seconds, float(paths[at][out.exit_index.cpu().numpy()].sum()),
+                           point=at)
+    if calibration:
+        controller.finish_calibration()
+    current = controller.index
+    model.set_thresholds(ladder[current].thresholds)
+    starts = list(range(0, x.shape[0], batch_size))
+    rec = {k: np.zeros(len(starts)) for k in ("seconds", "images", "correct", "macs", "point", "target", "clock")}
+    preds = []
+    overhead = 0.0
+    t_begin = time.perf_counter()
+    for b, s in enumerate(tqdm(starts, desc="budget", unit="batch", disable=not progress, leave=False,
+                               dynamic_ncols=True)):
+        if before_batch is not None:
+            before_batch(s)
+        t0 = time.perf_counter()
+        out = model(x[s:s + batch_size])
+        _sync(device)
+        where = out.exit_index.cpu().numpy()
+        pred = out.prediction.cpu().numpy()
+        macs = float(paths[current][where].sum())
+        t1 = time.perf_counter()
+        n = where.size
+        rec["point"][b], rec["target"][b] = current, controller.budget.value
+        nxt = controller.observe(n, (t1 - t0) + overhead, macs)
+        if nxt != current:
+            model.set_thresholds(ladder[nxt].thresholds)
+            current = nxt
+        t2 = time.perf_counter()
+        overhead = t2 - t1
+        rec["seconds"][b], rec["images"][b], rec["macs"][b] = t2 - t0, n, macs
+        rec["correct"][b] = int((pred == labels[s:s + n]).sum())
+        rec["clock"][b] = t0 - t_begin
+        preds.append(pred)
+    return {"records": {k: v.tolist() for k, v in rec.items()}, "switches": [w.to_dict() for w in controller.switches],
+            "ladder": [{"thresholds": list(p.thresholds), "val_accuracy": p.val_accuracy,
+                        "val_accuracy_se": p.val_accuracy_se, "val_expected_macs": p.expected_macs}
+                       for p in ladder]}
+
+
+def window_summary(records: Mapping[str, Sequence[float]], window: int, kind: str = "images_per_s",
+                   skip: int = 0) -> list[dict]:
+    """Per window of ``window`` images (after the first ``skip``): the measured quantity against the target,
+    accuracy, MACs and the points used; ``within_10pct`` for the target's +-10 % band."""
+    r = {k: np.asarray(v, dtype=float) for k, v in records.items()}
+    first = np.cumsum(r["images"]) - r["images"]  # image index each batch starts at
+    out = []
+    edges = np.arange(skip, first[-1] + 1 if len(first) else 0, window) if len(first) else []
+    for lo in edges:
+        m = (first >= lo) & (first < lo + window)
+        if m.sum() == 0 or r["images"][m].sum() < window:
+            continue
+        n, t = r["images"][m].sum(), r["seconds"][m].sum()
+        value = {"images_per_s": n / t, "latency_ms": t / m.sum() * 1e3,
+                 "p99_latency_ms": float(np.percentile(r["seconds"][m], 99)) * 1e3,
+                 "macs_per_image": r["macs"][m].sum() / n}[kind]
+        target = float(np.average(r["target"][m], weights=r["images"][m]))
+        out.append({"first_image": int(lo), "images": int(n), "start_s": float(r["clock"][m][0]),
+                    "value": float(value), "target": target, "ratio": float(value / target),
+                    "within_10pct": bool(abs(value / target - 1) <= 0.10),
+                    "meets": bool(value >= target * 0.9 if KINDS[kind][1] else value <= target * 1.1),
+                    "accuracy": float(r["correct"][m].sum() / n), "macs_per_image": float(r["macs"][m].sum() / n),
+                    "points": sorted(set(int(p) for p in r["point"][m]))})
+    return out
 
 
 def _batch_sizes(value: Any, name: str, error: type[Exception]) -> int | tuple[int, ...]:
@@ -172,6 +264,44 @@ def _batch_sizes(value: Any, name: str, error: type[Exception]) -> int | tuple[i
             raise error(f"{name}: an empty list; give a batch size such as 256, or a list such as [256,1024]")
         return tuple(check_int(v, f"{name}[{i}]", lo=1, error=error) for i, v in enumerate(value))
     return check_int(value, name, lo=1, error=error)
+
+
+@dataclass(frozen=True)
+class BudgetSettings(Settings):
+    """The ``budget`` section of ``aebnas-stream``: one target (or none) and how the controller looks."""
+
+    section: ClassVar[str] = "budget"
+
+    images_per_s: float | None = setting(None, lo=0.0, lo_open=True, help="Hold at least this many images/s.")
+    latency_ms: float | None = setting(None, lo=0.0, lo_open=True, help="Hold the mean latency per batch at most "
+                                                                        "this (ms).")
+    p99_latency_ms: float | None = setting(None, lo=0.0, lo_open=True, help="Hold the p99 latency per batch at "
+                                                                            "most this (ms).")
+    macs_per_image: float | None = setting(None, lo=0.0, lo_open=True, help="Hold the MACs spent per image at "
+                                                                            "most this.")
+    window: int = setting(200, lo=2, help="Images in the sliding window the controller holds (and reports on).")
+    interval: int = setting(20, lo=1, help="Images between the controller's decisions.")
+    margin: float = setting(0.0, lo=0.0, hi=0.5, help="Aim this far inside the target (0: the window's average "
+                                                      "sits on it).")
+    fit_window: int = setting(100, lo=2, help="Images the controller's time model is fitted on.")
+    calibration: int = setting(40, lo=2, help="Untimed images before the controlled pass, half at the most "
+                                              "accurate and half at the cheapest point.")
+
+    def check_together(self) -> None:
+        """At most one target."""
+        budget_from({k: getattr(self, k) for k in KINDS})
+
+    @property
+    def budget(self) -> Budget | None:
+        return budget_from({k: getattr(self, k) for k in KINDS})
+
+    @property
+    def controller(self) -> ControllerSettings:
+        return ControllerSettings(self.window, self.interval, self.margin, self.fit_window)
+
+
+def _budget_settings(value: Any, name: str, error: type[Exception]) -> BudgetSettings:
+    return value if isinstance(value, BudgetSettings) else BudgetSettings.from_dict(value or {})
 
 
 @dataclass(frozen=True)
@@ -192,6 +322,10 @@ class StreamSettings(RunChoiceSettings):
     progress: bool = setting(True, help="Progress bars.")
     fold_batchnorm: bool = setting(True, help="Run both networks with BatchNorm folded into the convolutions, as a "
                                               "deployment would (answers change only by float rounding).")
+    operating_point: str | None = operating_point_setting("max_accuracy")
+    budget: BudgetSettings = setting(BudgetSettings(), check=_budget_settings, allowed="a budget section",
+                                     help="A target held at run time by switching operating points "
+                                          "(budget.images_per_s=..., budget.latency_ms=..., ...): see BudgetSettings.")
 
     @property
     def batch_sizes(self) -> list[int]:
@@ -199,6 +333,22 @@ class StreamSettings(RunChoiceSettings):
         sizes = [self.batch_size] if isinstance(self.batch_size, int) else list(self.batch_size)
         head = [1] if self.batch_one else []
         return head + [b for b in dict.fromkeys(sizes) if not (self.batch_one and b == 1)]
+
+
+def controlled_stream(model: AdaptiveModel, cost: NetworkCost, x: torch.Tensor, labels: np.ndarray, budget: Budget,
+                      settings: BudgetSettings, batch_size: int, progress: bool = False) -> dict:
+    """The stream under the budget controller, summarised per window: what ``stream.json``'s ``budget`` holds."""
+    assert model.operating_points is not None
+    controller = BudgetController(model.operating_points, budget, cost, batch_size, settings.controller)
+    run = run_controlled(model, cost, x, labels, controller, batch_size, settings.calibration, progress=progress)
+    r = {k: np.asarray(v) for k, v in run["records"].items()}
+    n = r["images"].sum()
+    return {"target": {"kind": budget.kind, "value": budget.value, "unit": KINDS[budget.kind][0]},
+            "batch_size": batch_size, "images": int(n), "images_per_second": float(n / r["seconds"].sum()),
+            "accuracy": float(r["correct"].sum() / n), "accuracy_se": binomial_se(float(r["correct"].sum() / n), int(n)),
+            "effective_macs": float(r["macs"].sum() / n), "switch_count": len(run["switches"]),
+            "settings": {f.name: getattr(settings, f.name) for f in fields(settings)},
+            "windows": window_summary(run["records"], settings.window, budget.kind), **run}
 
 
 def _cpu_name() -> str:
@@ -222,6 +372,12 @@ def run_stream(settings: StreamSettings, out_dir: Path) -> dict:
     bench = stream_benchmark(model, saved.cost, x, labels, settings.batch_sizes, settings.warmup,
                              NAMES if settings.operating_point_table else (), settings.progress)
     label = point_label(settings.operating_point, settings.min_accuracy, settings.max_macs)
+    budget = settings.budget.budget
+    controlled = None
+    if budget is not None:
+        controlled = controlled_stream(model, saved.cost, x, labels, budget, settings.budget, settings.batch_sizes[0],
+                                       settings.progress)
+        model.set_operating_point(settings.operating_point, settings.min_accuracy, settings.max_macs)
     result = {
         "run": str(inputs.run_path), "model_dir": str(saved.path), "genome": saved.net.genome.to_text(),
         "dataset": data.name, "test_images": int(x.shape[0]), "device": str(device),
@@ -231,9 +387,14 @@ def run_stream(settings: StreamSettings, out_dir: Path) -> dict:
         "fold_batchnorm": settings.fold_batchnorm,
         "operating_point_label": label, "operating_point": {"thresholds": list(point.thresholds),
                                                             "val_accuracy": point.val_accuracy,
+                                                            "val_accuracy_se": point.val_accuracy_se,
+                                                            "val_se_vs_best": point.se_vs_best,
                                                             "val_expected_macs": point.expected_macs},
+        "val_images": inputs.points.n_val, "named_drops_se": inputs.points.named_drops,
         "static_macs": saved.cost.static_macs, "path_macs": list(saved.cost.path_macs), **bench,
     }
+    if controlled is not None:
+        result["budget"] = controlled
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / "stream.json", json.dumps(result, indent=2))
     try:

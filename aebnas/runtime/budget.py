@@ -1,0 +1,374 @@
+"""Budget controller: hold a throughput, latency or MACs target at run time by switching operating points.
+
+A network's operating points form a ladder, cheapest first and each one more
+accurate than the one below. The controller is told a target and what the
+stream measured per batch (images, seconds, MACs spent); between batches it
+moves up the ladder when there is slack and down when the target slips, so the
+stream holds the target with the most accurate points it can afford.
+
+How it predicts a point's cost under the current conditions:
+
+- time: the recent batches are fitted to ``seconds = a * images + b * MACs``
+  (non-negative least squares, scipy's ``nnls``). Images leave at different
+  exits, so a window of a single point already spans several MACs levels; a
+  busy machine raises ``a`` and ``b`` and the fit follows within a window.
+  A point's expected seconds per image are then ``a + b * expected_macs``.
+- MACs: the point's expected MACs on val, scaled by how far the stream's
+  measured MACs per image drift from what val predicted.
+
+For averages (images/s, mean latency, MACs per image) it holds the *sliding
+window*: the next images must average the cost that brings the window back to
+the target over half a window, so a chance run of hard images is paid back by
+cheaper points, and slack is spent on dearer ones. For p99 latency it picks the
+most accurate point whose predicted p99 (the slowest exit path the point still
+sends at least 1 % of images to) fits, corrected by the measured p99.
+
+Pure numpy/scipy: it never touches the network; the stream runner applies the
+point it names (:func:`aebnas.runtime.stream.run_controlled`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from scipy.optimize import nnls
+
+from aebnas.cost import NetworkCost
+from aebnas.runtime.operating_points import OperatingPoint, OperatingPoints, path_costs_with
+from aebnas.config_checks import ConfigError, check_int, check_number
+
+log = logging.getLogger("aebnas.runtime.budget")
+
+# target kind -> (unit, whether the stream must stay at or above it)
+KINDS: dict[str, tuple[str, bool]] = {
+    "images_per_s": ("images/s", True),
+    "latency_ms": ("ms mean latency per batch", False),
+    "p99_latency_ms": ("ms p99 latency per batch", False),
+    "macs_per_image": ("MACs per image", False),
+}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One target: ``images_per_s`` (at least), ``latency_ms`` / ``p99_latency_ms`` (at most, per batch) or
+    ``macs_per_image`` (at most)."""
+
+    kind: str
+    value: float
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ConfigError(f"budget: unknown target '{self.kind}'; use one of {list(KINDS)}")
+        check_number(self.value, f"budget.{self.kind}", 0.0, lo_open=True)
+
+    @property
+    def at_least(self) -> bool:
+        return KINDS[self.kind][1]
+
+    def __str__(self) -> str:
+        return f"{self.kind}={self.value:g}"
+
+
+def budget_from(cfg: Mapping[str, Any]) -> Budget | None:
+    """The one target set in a ``budget`` config section (the others null), or None when none is set."""
+    given = [k for k in KINDS if cfg.get(k) is not None]
+    if len(given) > 1:
+        raise ConfigError(f"budget: give one target, got {given}; set the others to null")
+    if not given:
+        return None
+    return Budget(given[0], check_number(cfg[given[0]], f"budget.{given[0]}", 0.0, lo_open=True))
+
+
+@dataclass(frozen=True)
+class Switch:
+    """One change of operating point, as logged."""
+
+    image: int                  # images streamed before the switch
+    batch: int
+    from_point: int             # index into the ladder (0 = cheapest)
+    to_point: int
+    thresholds: tuple[float | None, ...]
+    reason: str                 # "slack", "over budget", "unreachable" (already at the cheapest) or "new target"
+    window_value: float         # the target's quantity over the window when it switched (target units)
+    target: float
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["thresholds"] = list(self.thresholds)
+        return d
+
+
+@dataclass
+class ControllerSettings:
+    """How the controller looks and how often it moves."""
+
+    window: int = 200           # images in the sliding window it holds (and reports on)
+    interval: int = 20          # images between decisions
+    margin: float = 0.0         # aim this far inside the target (0: the window's average sits on it)
+    fit_window: int = 100       # images the time model is fitted on (shorter: follows load faster)
+
+    def __post_init__(self):
+        check_int(self.window, "budget.window", lo=2)
+        check_int(self.interval, "budget.interval", lo=1)
+        check_number(self.margin, "budget.margin", 0.0, 0.5)
+        check_int(self.fit_window, "budget.fit_window", lo=2)
+
+
+class BudgetController:
+    """Chooses an operating point between batches to hold ``budget`` with the best accuracy it can.
+
+    ``observe`` after every batch; it returns the ladder index to run next. Every switch is logged and kept
+    in ``switches``. ``cost`` (the network's :class:`NetworkCost`) is needed for a p99 target only.
+    """
+
+    def __init__(self, points: OperatingPoints | Sequence[OperatingPoint], budget: Budget,
+                 cost: NetworkCost | None = None, batch_size: int = 1,
+                 settings: ControllerSettings | None = None, start: int | None = None):
+        ladder = list(points.points if isinstance(points, OperatingPoints) else points)
+        if not ladder:
+            raise ConfigError("budget: the network has no operating points")
+        order = sorted(range(len(ladder)), key=lambda i: (ladder[i].expected_macs, ladder[i].val_accuracy))
+        self.ladder = [ladder[i] for i in order]
+        self.macs = np.array([p.expected_macs for p in self.ladder])
+        self.accuracy = np.array([p.val_accuracy for p in self.ladder])
+        self.batch_size = check_int(batch_size, "batch_size", lo=1)
+        self.settings = settings or ControllerSettings()
+        self.cost = cost
+        self._paths = self._exit_paths(cost) if cost is not None else None
+        self.budget = budget
+        self._check_static_reach(budget)
+        self.index = len(self.ladder) - 1 if start is None else int(start)
+        self.images = 0
+        self.batches = 0
+        self.switches: list[Switch] = []
+        self._window: deque[tuple[int, float, float, float]] = deque()  # (images, seconds, MACs, expected MACs)
+        self._window_images = 0
+        self._since_decision = 0
+        self._fit: tuple[float, float] | None = None  # seconds per image = a + b * MACs
+
+    # --- what the network offers -------------------------------------------------------------------------
+
+    def _exit_paths(self, cost: NetworkCost) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per point: MACs of each exit's path (heads of exits that are off cost nothing) and its exit rates."""
+        return [(path_costs_with(cost, np.isfinite(p.threshold_array())), np.asarray(p.exit_rates, dtype=float))
+                for p in self.ladder]
+
+    def _check_static_reach(self, budget: Budget) -> None:
+        if budget.kind == "p99_latency_ms" and self.cost is None:
+            raise ConfigError("budget.p99_latency_ms: needs the network's cost (cost=...) to know each exit's path")
+        if budget.kind == "macs_per_image" and budget.value < self.macs[0] * (1 - 1e-9):
+            raise ConfigError(f"budget.macs_per_image: {budget.value:g} is below the cheapest operating point; "
+                              f"the points reach {self.macs[0]:g}..{self.macs[-1]:g} expected MACs per image")
+
+    @property
+    def point(self) -> OperatingPoint:
+        return self.ladder[self.index]
+
+    # --- the cost model ------------------------------------------------------------------------------------
+
+    def _refit(self) -> None:
+        """Fit ``seconds = a * images + b * MACs`` on the last ``fit_window`` images' batches."""
+        rows, n_seen = [], 0
+        for obs in reversed(self._window):
+            rows.append(obs)
+            n_seen += obs[0]
+            if n_seen >= self.settings.fit_window:
+                break
+        if not rows:
+            return
+        data = np.array(rows, dtype=float)
+        n, t, m = data[:, 0], data[:, 1], data[:, 2]
+        per_image = m / n
+        spread = per_image.std() / max(per_image.mean(), 1e-12)
+        if len(rows) >= 8 and spread > 0.05:
+            scale = max(m.mean() / n.mean(), 1e-12)  # columns of like size, so nnls is well conditioned
+            (a, b), _ = nnls(np.column_stack([n, m / scale]), t)
+            if b > 0:
+                self._fit = (float(a), float(b / scale))
+                return
+        # one MACs level only (or a fit without a MACs term): keep the shape, follow the level
+        a, b = self._fit if self._fit is not None else (0.0, 1.0)
+        predicted = a * n.sum() + b * m.sum()
+        if predicted > 0:
+            k = t.sum() / predicted
+            self._fit = (a * k, b * k)
+
+    def per_image_cost(self) -> np.ndarray:
+        """Each point's predicted cost per image now, in the target's base unit (seconds, or MACs)."""
+        if self.budget.kind == "macs_per_image":
+            return self.macs * self._macs_drift()
+        a, b = self._fit if self._fit is not None else (0.0, 0.0)
+        return a + b * self.macs
+
+    def _macs_drift(self) -> float:
+        """Measured MACs per image over the window relative to what val predicted for the points that ran."""
+        spent = sum(o[2] for o in self._window)
+        expected = sum(o[3] for o in self._window)
+        return spent / expected if expected > 0 else 1.0
+
+    def predicted(self) -> np.ndarray:
+        """Each point's predicted value in the target's own units (images/s, ms, or MACs per image)."""
+        u = self.per_image_cost()
+        kind = self.budget.kind
+        if kind == "images_per_s":
+            return np.where(u > 0, 1.0 / np.maximum(u, 1e-12), np.inf)
+        if kind == "latency_ms":
+            return u * self.batch_size * 1e3
+        if kind == "p99_latency_ms":
+            return self._predicted_p99() * 1e3
+        return u
+
+    def _predicted_p99(self) -> np.ndarray:
+        """Per point, the p99 per-batch latency in seconds: at batch 1 the slowest exit path that still takes
+        at least 1 % of images; at larger batches the mean batch time. Scaled by the window's measured p99."""
+        a, b = self._fit if self._fit is not None else (0.0, 0.0)
+        assert self._paths is not None
+        out = np.empty(len(self.ladder))
+        for i, (paths, rates) in enumerate(self._paths):
+            if self.batch_size == 1:
+                times = a + b * paths
+                order = np.argsort(times)
+                cum = np.cumsum(rates[order])
+                out[i] = times[order][min(int(np.searchsorted(cum, 0.99 - 1e-9)), len(order) - 1)]
+            else:
+                out[i] = self.batch_size * (a + b * self.macs[i])
+        if len(self._window) >= 20:  # the linear model misses stalls and jitter; the window's own p99 does not
+            seconds = np.array([o[1] for o in self._window])
+            modelled = np.array([a * o[0] + b * o[2] for o in self._window])
+            ratio = float(np.percentile(seconds, 99)) / max(float(np.percentile(modelled, 99)), 1e-12)
+            out = out * max(ratio, 1.0)
+        return out
+
+    # --- the window --------------------------------------------------------------------------------------
+
+    def window_value(self) -> float:
+        """The target's quantity over the sliding window, in the target's units (nan before any batch)."""
+        if not self._window:
+            return math.nan
+        n = sum(o[0] for o in self._window)
+        t = sum(o[1] for o in self._window)
+        kind = self.budget.kind
+        if kind == "images_per_s":
+            return n / t if t > 0 else math.inf
+        if kind == "latency_ms":
+            return t / len(self._window) * 1e3
+        if kind == "p99_latency_ms":
+            return float(np.percentile([o[1] for o in self._window], 99)) * 1e3
+        return sum(o[2] for o in self._window) / n
+
+    def _goal_per_image(self) -> float:
+        """Target as a cost per image (seconds or MACs), aimed ``margin`` inside it."""
+        v, kind, margin = self.budget.value, self.budget.kind, self.settings.margin
+        if kind == "images_per_s":
+            return 1.0 / (v * (1 + margin))
+        if kind == "latency_ms":
+            return v * (1 - margin) / 1e3 / self.batch_size
+        return v * (1 - margin)
+
+    def _required_per_image(self) -> float:
+        """What the next images may cost each, so that the window returns to the goal over half a window."""
+        goal = self._goal_per_image()
+        n = sum(o[0] for o in self._window)
+        spent = sum(o[2 if self.budget.kind == "macs_per_image" else 1] for o in self._window)
+        excess = spent - n * goal
+        return goal - excess / max(self.settings.window / 2, 1)
+
+    # --- decisions ---------------------------------------------------------------------------------------
+
+    def choose(self) -> tuple[int, str]:
+        """The most accurate point predicted to hold the target now; the cheapest when none does."""
+        if self.budget.kind == "p99_latency_ms":
+            ok = np.flatnonzero(self.predicted() <= self.budget.value * (1 - self.settings.margin))
+        else:
+            ok = np.flatnonzero(self.per_image_cost() <= self._required_per_image())
+        if len(ok) == 0:
+            return 0, "unreachable"
+        best = int(ok.max())  # the ladder is ordered by accuracy
+        return best, "slack" if best > self.index else "over budget"
+
+    def observe(self, images: int, seconds: float, macs: float, point: int | None = None) -> int:
+        """Record one batch (``macs``: MACs actually spent on it); returns the ladder index for the next batch.
+
+        ``point``: the ladder index the batch ran at, when not the controller's own (a calibration batch).
+        """
+        at = self.index if point is None else int(point)
+        self._window.append((int(images), float(seconds), float(macs), float(self.macs[at] * images)))
+        self._window_images += int(images)
+        while self._window and self._window_images - self._window[0][0] >= self.settings.window:
+            self._window_images -= self._window.popleft()[0]
+        self.images += int(images)
+        self.batches += 1
+        if point is not None:  # calibration: observed, not decided on
+            return self.index
+        self._since_decision += int(images)
+        if self._since_decision >= self.settings.interval:
+            self._since_decision = 0
+            if self.budget.kind != "macs_per_image":
+                self._refit()
+            self._move(*self.choose())
+        return self.index
+
+    def _move(self, to: int, reason: str) -> None:
+        if to == self.index:
+            return
+        switch = Switch(self.images, self.batches, self.index, to, self.ladder[to].thresholds, reason,
+                        self.window_value(), self.budget.value)
+        self.switches.append(switch)
+        unit = KINDS[self.budget.kind][0]
+        log.info("image %d: point %d -> %d (%s; window %.4g %s, target %.4g; val acc %.4f -> %.4f)", self.images,
+                 self.index, to, reason, switch.window_value, unit, self.budget.value, self.accuracy[self.index],
+                 self.accuracy[to])
+        self.index = to
+
+    def set_budget(self, budget: Budget) -> None:
+        """A new target mid-stream: the window's history stays (it is what the machine does now)."""
+        self._check_static_reach(budget)
+        log.info("image %d: new target %s (was %s)", self.images, budget, self.budget)
+        self.budget = budget
+        self._since_decision = 0
+        if budget.kind != "macs_per_image":
+            self._refit()
+        to, _ = self.choose()
+        self._move(to, "new target")
+
+    # --- calibration -------------------------------------------------------------------------------------
+
+    def reachable(self) -> tuple[float, float]:
+        """The target's quantity at the cheapest and at the most accurate point, as the model predicts now."""
+        v = self.predicted()
+        return float(v[0]), float(v[-1])
+
+    def finish_calibration(self) -> None:
+        """After a few batches observed at chosen points: refuse a target no point reaches (beyond a 10 %
+        tolerance, the hold's own), then start the stream from the window's history cleared."""
+        if self.budget.kind != "macs_per_image":
+            self._refit()
+        cheap, dear = self.reachable()
+        unit = KINDS[self.budget.kind][0]
+        v = self.budget.value
+        fastest = cheap
+        if self.budget.at_least and v > fastest * 1.1:
+            raise ConfigError(f"budget.{self.budget.kind}: {v:g} is beyond what any operating point reaches here "
+                              f"(about {dear:.4g}..{fastest:.4g} {unit} at batch {self.batch_size}, measured in "
+                              f"calibration); ask for at most {fastest:.4g}")
+        if not self.budget.at_least and v < fastest / 1.1:
+            raise ConfigError(f"budget.{self.budget.kind}: {v:g} is below what any operating point reaches here "
+                              f"(about {fastest:.4g}..{dear:.4g} {unit} at batch {self.batch_size}, measured in "
+                              f"calibration); ask for at least {fastest:.4g}")
+        keep_fit = self._fit
+        self._window.clear()
+        self._window_images = 0
+        self._fit = keep_fit
+        self.images = self.batches = self._since_decision = 0
+        # no window yet: pick as if the window stood exactly on the goal
+        u = self.per_image_cost()
+        if self.budget.kind == "p99_latency_ms":
+            ok = np.flatnonzero(self.predicted() <= v * (1 - self.settings.margin))
+        else:
+            ok = np.flatnonzero(u <= self._goal_per_image())
+        self.index = int(ok.max()) if len(ok) else 0
