@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -13,7 +12,8 @@ from aebnas.cost.latency import InputShape, LatencyTable, LatencyTableError
 from aebnas.cost.profiler import HardwareConfig
 from aebnas.data import DatasetError
 from aebnas.runtime.export_run import ExportCheckError
-from aebnas.search.workers import WorkerStartError
+from aebnas.search.executors import WorkerStartError
+from aebnas.search.rundir_lock import RunDirBusy
 from aebnas.space import GenomeError, SpaceConfig
 from aebnas.validation import ConfigError
 
@@ -110,7 +110,7 @@ def load_latency_table(hardware: Mapping[str, Any] | None, space: SpaceConfig, s
 
 
 USER_ERRORS = (ConfigError, DatasetError, GenomeError, FileNotFoundError, FileExistsError, WorkerStartError,
-               ExportCheckError)
+               ExportCheckError, RunDirBusy)
 
 
 @contextmanager
@@ -124,7 +124,7 @@ def user_errors(prog: str) -> Iterator[None]:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"{prog}: error: {message}", file=sys.stderr)
         sys.exit(2)
-    except (OSError, BrokenProcessPool) as exc:  # disk full, data gone, a worker killed: the archive is intact
+    except OSError as exc:  # disk full, data gone, the cluster lost: the archive is intact
         if os.environ.get("AEBNAS_TRACEBACK"):
             raise
         print(f"{prog}: error: the machine failed, not a candidate ({type(exc).__name__}: {exc}); finished "

@@ -12,8 +12,6 @@ import json
 import logging
 import math
 import time
-from concurrent.futures import Future
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -28,7 +26,6 @@ from aebnas.search.objectives import constraint_values, objective_values
 from aebnas.search.settings import SearchSettings
 from aebnas.search.thresholds import simulate_exits, tune_thresholds
 from aebnas.search.training import CandidateTraining, TrainedNetwork
-from aebnas.search.workers import CandidatePool
 from aebnas.space import Genome
 from aebnas.train import TrainerConfig
 
@@ -115,9 +112,10 @@ class CandidateEvaluator:
         self.settings = settings
         # trainer, device, seed, weights folder and supernet live here, the one copy training reads
         self.training = CandidateTraining(data, trainer, settings.exit_metric, device, seed, model_dir, supernet)
-        # Worker processes training candidates side by side (set by the runner for workers > 1); None: in-process.
-        self.pool: CandidatePool | None = None
-        self._pending: dict[str, Future[TrainedNetwork]] = {}  # network_key -> training under way in the pool
+        # Where new networks train side by side (aebnas.search.executors, set by the runner); None: in-process.
+        # Anything with ``submit(genome)`` returning an object whose ``result()`` gives the TrainedNetwork.
+        self.pool: Any = None
+        self._pending: dict[str, Any] = {}  # network_key -> training under way in the pool
         self.evaluations: list[Evaluation] = []
         self._by_key: dict[str, Evaluation] = {}
         self._networks: dict[str, TrainedNetwork] = {}
@@ -181,9 +179,9 @@ class CandidateEvaluator:
         if net is None:
             try:
                 net = self._train(genome)
-            except (OSError, BrokenProcessPool):
-                raise  # the machine, not the candidate: disk full, dataset gone, a worker killed -> stop, archive intact
-            except Exception as exc:  # diverged, out of memory, or a bug this genome triggers
+            except OSError:
+                raise  # the machine, not the candidate: disk full, dataset gone, the cluster lost -> stop, archive intact
+            except Exception as exc:  # diverged, out of memory, its workers killed, or a bug this genome triggers
                 return self._record(self._failed(genome, generation, exc), key)
             self._networks[genome.network_key] = net
         return self._record(self.score(genome, net, generation), key)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -31,12 +30,13 @@ from aebnas.nn import build_model
 from aebnas.search.archive import CsvLog, EvaluationArchive, write_csv_atomic, write_text_atomic
 from aebnas.search.baselines import UniformResampling, manual_genomes
 from aebnas.search.evaluator import LIST_FIELDS, CandidateEvaluator, Evaluation
+from aebnas.search.executors import ExecutorSettings, start_executor
 from aebnas.search.training import short_hash
-from aebnas.search.workers import CandidatePool
 from aebnas.search.objectives import objective_names
 from aebnas.search.operators import (GeneResetMutation, GenomeDuplicateElimination, GroupUniformCrossover,
                                      SpaceRepair, SpaceSampling)
 from aebnas.search.problem import EarlyExitProblem
+from aebnas.search.rundir_lock import RunDirLock
 from aebnas.search.settings import SearchSettings
 from aebnas.search.thresholds import confidence, simulate_exits
 from aebnas.space import Genome, GenomeError, SearchSpace
@@ -130,9 +130,15 @@ class _GenerationLog(Callback):
         self._checkpoint(algorithm, row["generation"])
         self.bar.write(f"gen {row['generation']:3d} | evals {row['evaluations']:4d} | pareto {row['pareto_size']:2d} | "
                        f"best acc {row['best_val_accuracy']:.4f} | min {_cost_text(self.cost, row[f'min_{self.cost}'])} | "
-                       f"HV {row['hypervolume']:.4f} | {row['elapsed_seconds']:.0f}s")
+                       f"HV {row['hypervolume']:.4f} | {row['elapsed_seconds']:.0f}s{self._workers_text()}")
         log.debug("generation %s", json.dumps(row))
         self.problem.generation += 1
+
+    def _workers_text(self) -> str:
+        """' | workers 2' with an executor: how many are connected (a lost one shows until it is replaced)."""
+        if self.evaluator.pool is None:
+            return ""
+        return f" | workers {self.evaluator.pool.busy()[1]}"
 
     def _checkpoint(self, algorithm, generation: int) -> None:
         """checkpoint.json: the population after this generation and pymoo's RNG state.
@@ -158,7 +164,8 @@ class _GenerationLog(Callback):
 def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, settings: SearchSettings,
                device: torch.device, run_dir: Path, seed: int = 0, progress: bool = True, resume: bool = False,
                config_record: dict[str, Any] | None = None, latency_table: LatencyTable | None = None,
-               method: str | None = None, supernet: SupernetConfig | None = None, workers: int = 1) -> SearchResult:
+               method: str | None = None, supernet: SupernetConfig | None = None, workers: int | None = None,
+               executor: ExecutorSettings | None = None) -> SearchResult:
     """Run NSGA-II and fill ``run_dir``; the library entry point behind ``aebnas-search``.
 
     Resuming replays the search from the start with the same seed: finished
@@ -168,8 +175,20 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
     ``config_record`` (the resolved config) is stored with the archive; a resume
     under another config is refused. With ``latency_table`` every candidate is
     also priced in milliseconds on that device (needed by ``avg_latency`` and
-    latency budgets). ``method`` (conf/method/) is recorded in summary.json.
+    latency budgets). ``method`` (conf/method/) is recorded in summary.json. ``executor`` (conf/executor/) says
+    where candidates train; ``workers=N`` is the shorthand for N at once on a local Dask cluster. Only one process
+    writes ``run_dir`` at a time (``RunDirLock``): a second one is refused at start.
     """
+    with RunDirLock(run_dir):
+        return _run_search(space, data, trainer, settings, device, Path(run_dir), seed, progress, resume,
+                           config_record, latency_table, method, supernet,
+                           (executor or ExecutorSettings()).with_workers(workers))
+
+
+def _run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, settings: SearchSettings,
+                device: torch.device, run_dir: Path, seed: int, progress: bool, resume: bool,
+                config_record: dict[str, Any] | None, latency_table: LatencyTable | None, method: str | None,
+                supernet: SupernetConfig | None, executor: ExecutorSettings) -> SearchResult:
     if settings.needs_latency and latency_table is None:
         raise ConfigError(f"search.objective={settings.objective} / search.max_expected_latency_ms need a latency "
                           "table: add hardware=<name> (see conf/hardware)")
@@ -213,8 +232,12 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
         bar.update(1)
         if fresh:
             archive.add(evaluator.key_of(ev), ev.to_record())
+            busy = {}
+            if evaluator.pool is not None:
+                working, connected = evaluator.pool.busy()
+                busy = {"busy": f"{working}/{connected}"}
             bar.set_postfix(gen=ev.generation, acc=f"{ev.val_accuracy:.3f}",
-                            cost=_cost_text(settings.cost_column, getattr(ev, settings.cost_column)))
+                            cost=_cost_text(settings.cost_column, getattr(ev, settings.cost_column)), **busy)
 
     evaluator.on_evaluated.append(on_evaluated)
     largest = space.largest()
@@ -233,8 +256,8 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
     )
     log.info("search space %s: %d genes, %.3e networks; largest static network %.2fM MACs",
              space.config.name, space.n_var, float(space.size), macs_ref / 1e6)
-    if workers > 1:
-        evaluator.pool = _start_pool(evaluator, trainer, device, workers, pop_size)
+    evaluator.pool = start_executor(executor, evaluator.training, pop_size)
+    n_workers = evaluator.pool.workers if evaluator.pool is not None else 1
     try:
         minimize(problem, algorithm, ("n_gen", generations), seed=seed, verbose=False, copy_algorithm=False,
                  callback=_GenerationLog(problem, run_dir, bar, start, cost_ref, archive, settings))
@@ -270,7 +293,8 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
         "largest_static_macs": macs_ref,
         "objectives": objective_names(settings),
         "candidate_init": trainer.init,
-        "workers": workers,
+        "executor": executor.name,
+        "workers": n_workers,
         "final_epochs": settings.final_epochs,
         "final_training_seconds": round(final_seconds, 2),
     }
@@ -292,23 +316,6 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
     except Exception as exc:  # a plot must never cost the results
         log.warning("could not draw pareto.png: %s", exc)
     return SearchResult(run_dir=run_dir, evaluations=evaluator.evaluations, pareto=pareto_rows, seconds=seconds)
-
-
-def _start_pool(evaluator: CandidateEvaluator, trainer: TrainerConfig, device: torch.device, workers: int,
-                pop_size: int) -> CandidatePool:
-    """The worker processes, with torch's threads split between them unless ``trainer.num_threads`` is set."""
-    threads = trainer.num_threads or max(1, torch.get_num_threads() // workers)
-    cores = os.cpu_count() or 1
-    if device.type == "cpu" and workers * threads > cores:
-        log.warning("workers=%d x %d thread(s) each is more than this machine's %d cores: they will slow each other "
-                    "down; use workers=%d or fewer", workers, threads, cores, max(1, cores // threads))
-    if workers > pop_size:
-        log.warning("workers=%d: at most pop_size=%d candidates are new at a time, the other workers stay idle",
-                    workers, pop_size)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()  # the workers have their own CUDA contexts; free what this process cached
-    log.info("training %d candidates at once in worker processes, %d torch thread(s) each", workers, threads)
-    return CandidatePool(evaluator.training, workers, threads)
 
 
 def _supernet_summary(info: SupernetInfo) -> dict[str, Any]:
