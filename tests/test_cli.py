@@ -37,6 +37,8 @@ def test_short_search_through_the_cli(tmp_path):
     (["dataset=cifar10", "dataset.data_dir=/nonexistent/cifar"], "dataset.data_dir: CIFAR-10 not found"),
     (["search.pop_size=1"], "search.pop_size: must be an integer >= 2"),
     (["workers=0"], "workers: must be in [1, inf], got 0"),
+    (["executor=dask", "executor.address=tcp://127.0.0.1:9", "executor.connect_timeout=1"],
+     "executor.address: no Dask scheduler answered at tcp://127.0.0.1:9 within 1 s"),
     (["space.thresholds=[0.5,1.5]"], "space.thresholds: choice 1.5 is outside (0, 1]"),
     (["search.initial_genomes=[k3e2/garbage]"], "search.initial_genomes[0]: genome text"),
     (["search.objective=aebnas"], "search.target_macs"),

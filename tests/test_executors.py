@@ -211,3 +211,76 @@ def test_a_long_candidate_reports_its_epochs_from_a_worker(tiny_space, synthetic
         name = short_hash(genome.network_key, 8)
         assert f"candidate {name}: epoch 1/2, loss" in err and f"candidate {name}: epoch 2/2, loss" in err
     assert "[worker " in err
+
+
+# --- the executor group: every option composes and is what the code builds ---
+
+def _executor(*overrides: str) -> ExecutorSettings:
+    from omegaconf import OmegaConf
+
+    from tests.conftest import compose_config
+
+    plain = OmegaConf.to_container(compose_config(list(overrides)), resolve=True)
+    return ExecutorSettings.from_dict(plain["executor"]).with_workers(plain["workers"])
+
+
+def test_the_executor_configs_compose():
+    assert _executor() == ExecutorSettings(name="local")
+    dask = _executor("executor=dask", "executor.n_workers=3")
+    assert (dask.name, dask.n_workers, dask.address, dask.retries) == ("dask", 3, None, 2)
+    joined = _executor("executor=dask", "executor.address=tcp://node7:8786")
+    assert joined.address == "tcp://node7:8786"
+    slurm = _executor("executor=slurm", "executor.partition=gpu", "executor.jobs=4", "executor.gpus_per_job=2")
+    assert (slurm.name, slurm.partition, slurm.jobs, slurm.gpus_per_job, slurm.walltime) == \
+        ("slurm", "gpu", 4, 2, "02:00:00")
+
+
+def test_workers_is_the_shorthand_for_a_local_dask_cluster():
+    assert _executor("workers=3") == replace(_executor("executor=dask"), n_workers=3)
+    assert _executor("workers=1") == ExecutorSettings(name="local")
+    assert _executor("experiment=quickstart").n_workers == 2  # the preset's workers: 2
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["executor.name=ray"], "executor.name: unknown executor 'ray'"),
+    (["executor=dask", "executor.address=node7"], "executor.address: expected a scheduler address"),
+    (["executor=dask", "executor.retries=-1"], "executor.retries: must be in [0, inf], got -1"),
+    (["executor=slurm", "workers=2"], "workers: executor=slurm sizes its workers with executor.jobs"),
+])
+def test_bad_executor_settings_name_the_field(overrides, message):
+    from aebnas.validation import ConfigError
+
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        _executor(*overrides)
+
+
+def test_gpu_workers_are_pinned_one_process_per_slot():
+    from aebnas.search.executors.dask_cluster import local_worker_specs
+
+    settings = ExecutorSettings(name="dask", gpus=(0, 1), candidates_per_gpu=2)
+    specs = local_worker_specs(settings, torch.device("cuda"), threads=4)
+    pinned = {name: spec["options"]["env"]["CUDA_VISIBLE_DEVICES"] for name, spec in specs.items()}
+    assert pinned == {"gpu0-0": "0", "gpu1-0": "1", "gpu0-1": "0", "gpu1-1": "1"}
+    assert all(spec["options"]["nthreads"] == 1 and spec["options"]["env"]["OMP_NUM_THREADS"] == "4"
+               for spec in specs.values())
+    assert len(local_worker_specs(replace(settings, n_workers=3), torch.device("cuda"), 1)) == 3
+    assert list(local_worker_specs(ExecutorSettings(name="dask", n_workers=2), CPU, 1)) == ["cpu-0", "cpu-1"]
+
+
+def test_the_slurm_cluster_is_built_without_submitting_a_job():
+    from aebnas.search.executors.dask_cluster import slurm_cluster
+
+    settings = _executor("executor=slurm", "executor.partition=gpu", "executor.gpus_per_job=2",
+                         "executor.candidates_per_gpu=2", "executor.walltime=01:30:00", "executor.cores_per_job=8",
+                         "executor.job_directives=['--account=nas']", "executor.job_prologue=['module load cuda']",
+                         "executor.dashboard_address=null")
+    cluster = slurm_cluster(settings, threads=2)
+    try:
+        script = cluster.job_script()
+        for line in ("#SBATCH -p gpu", "#SBATCH -t 01:30:00", "#SBATCH --gres=gpu:2", "#SBATCH --account=nas",
+                     "#SBATCH --cpus-per-task=8", "module load cuda", "export OMP_NUM_THREADS=2"):
+            assert line in script, script
+        assert "--nworkers 4" in script and "--nthreads 1" in script  # 2 GPUs x 2 candidates, one each
+        assert cluster.workers == {} and cluster.scheduler_info["workers"] == {}  # nothing submitted
+    finally:
+        cluster.close()

@@ -57,6 +57,11 @@ def search(cfg: DictConfig, run_dir: Path, user_overrides: list[str] | None = No
     resume = cfg.get("resume") not in (None, "")
     if resume:
         cfg, run_dir = resumed_config(cfg, user_overrides or [])
+    with RunDirLock(run_dir):  # before anything is loaded or written: a second process on this directory stops here
+        return _search(cfg, run_dir, resume)
+
+
+def _search(cfg: DictConfig, run_dir: Path, resume: bool) -> Path:
     plain = OmegaConf.to_container(cfg, resolve=True)
     space = SearchSpace(SpaceConfig.from_dict(plain["space"]))
     settings = SearchSettings.from_dict(plain["search"])
@@ -73,7 +78,7 @@ def search(cfg: DictConfig, run_dir: Path, user_overrides: list[str] | None = No
     data = load_dataset(plain["dataset"])
     shape = InputShape(data.resolution, data.in_channels, data.num_classes)
     latency_table = load_latency_table(plain.get("hardware"), space.config, shape, required=settings.needs_latency)
-    lock = RunDirLock(run_dir).acquire()  # before config.yaml: a second process on this directory writes nothing
+    run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     log.info("data %s: train %d, val %d, test %d, %d classes, %dx%dx%d; device %s",
@@ -84,7 +89,6 @@ def search(cfg: DictConfig, run_dir: Path, user_overrides: list[str] | None = No
                         progress=bool(plain.get("progress", True)), resume=resume, config_record=record,
                         latency_table=latency_table, method=(plain.get("method") or {}).get("name"),
                         supernet=supernet, executor=executor)
-    lock.release()
     best = max(result.pareto, key=lambda r: r["test_accuracy"], default=None)
     failed = sum(e.status != "ok" for e in result.evaluations)
     print(f"\n{len(result.evaluations)} candidates ({failed} failed) in {result.seconds:.0f}s; "
