@@ -268,6 +268,7 @@ def test_gpu_workers_are_pinned_one_process_per_slot():
 
 
 def test_the_slurm_cluster_is_built_without_submitting_a_job():
+    pytest.importorskip("dask_jobqueue")  # the [cluster] and [dev] extras
     from aebnas.search.executors.dask_cluster import slurm_cluster
 
     settings = _executor("executor=slurm", "executor.partition=gpu", "executor.gpus_per_job=2",
