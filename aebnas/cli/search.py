@@ -16,7 +16,7 @@ from aebnas.cli.common import (check_group_choices, check_overrides, config_dir,
 from aebnas.cost.latency import InputShape
 from aebnas.data import load_dataset
 from aebnas.search import SearchSettings, run_search
-from aebnas.search.executors import ExecutorSettings
+from aebnas.search.executors import ExecutorSettings, check_scheduler_reachable
 from aebnas.search.rundir_lock import RunDirLock
 from aebnas.search.runner import parse_initial_genomes
 from aebnas.space import SearchSpace, SpaceConfig
@@ -73,6 +73,7 @@ def _search(cfg: DictConfig, run_dir: Path, resume: bool) -> Path:
     workers = plain.get("workers")
     executor = ExecutorSettings.from_dict(plain.get("executor")).with_workers(
         None if workers is None else check_int(workers, "workers", lo=1))
+    check_scheduler_reachable(executor)
     if trainer.num_threads:
         torch.set_num_threads(trainer.num_threads)
     data = load_dataset(plain["dataset"])

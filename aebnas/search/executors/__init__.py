@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from aebnas.search.executors.settings import KINDS, ExecutorSettings
 
-__all__ = ["KINDS", "ExecutorSettings", "WorkerStartError", "ClusterLost", "start_executor"]
+__all__ = ["KINDS", "ExecutorSettings", "WorkerStartError", "ClusterLost", "check_scheduler_reachable",
+           "start_executor"]
 
 
 class WorkerStartError(RuntimeError):
@@ -29,3 +30,24 @@ def start_executor(settings: ExecutorSettings, training, pop_size: int):
     from aebnas.search.executors.dask_cluster import DaskExecutor
 
     return DaskExecutor.start(settings, training, pop_size)
+
+
+def unreachable_message(settings: ExecutorSettings, why: str) -> str:
+    return (f"executor.address: no Dask scheduler answered at {settings.address} within "
+            f"{settings.connect_timeout:g} s ({why}); start one (dask scheduler; dask worker {settings.address}) "
+            "or drop executor.address to start a local cluster")
+
+
+def check_scheduler_reachable(settings: ExecutorSettings) -> None:
+    """Before any data is loaded: the scheduler at ``executor.address`` accepts a connection, or one line says not."""
+    if settings.address is None:
+        return
+    import socket
+    from urllib.parse import urlsplit
+
+    where = urlsplit(settings.address)
+    try:
+        with socket.create_connection((where.hostname, where.port or 8786), timeout=settings.connect_timeout):
+            pass
+    except OSError as exc:
+        raise WorkerStartError(unreachable_message(settings, type(exc).__name__)) from None

@@ -34,7 +34,7 @@ from distributed import Client, Future, Nanny, Scheduler, SpecCluster, WorkerPlu
 from distributed.scheduler import KilledWorker
 
 from aebnas.nn.supernet import Supernet
-from aebnas.search.executors import ClusterLost, WorkerStartError
+from aebnas.search.executors import ClusterLost, WorkerStartError, unreachable_message
 from aebnas.search.executors.settings import ExecutorSettings
 from aebnas.search.training import CandidateTraining, TrainedNetwork, short_hash
 from aebnas.space import Genome
@@ -372,10 +372,7 @@ def _connect(settings: ExecutorSettings) -> Client:
     try:
         return Client(settings.address, timeout=settings.connect_timeout)
     except (OSError, TimeoutError) as exc:
-        raise WorkerStartError(
-            f"executor.address: no Dask scheduler answered at {settings.address} within "
-            f"{settings.connect_timeout:g} s ({type(exc).__name__}); start one (dask scheduler; dask worker "
-            f"{settings.address}) or drop executor.address to start a local cluster") from None
+        raise WorkerStartError(unreachable_message(settings, type(exc).__name__)) from None
 
 
 def _warn_about_size(settings: ExecutorSettings, device: torch.device, n: int, threads: int, pop_size: int) -> None:
