@@ -49,6 +49,7 @@ def _one_thread(fn):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_dask_workers_give_exactly_the_one_by_one_search(tiny_space, synthetic, tmp_path, monkeypatch):
     """Same candidates in the same order with the same metrics, Pareto set and test accuracies."""
     settings = SearchSettings(pop_size=4, generations=2, exit_metric="max_softmax")
@@ -68,6 +69,7 @@ def test_dask_workers_give_exactly_the_one_by_one_search(tiny_space, synthetic, 
     assert not multiprocessing.active_children()  # the cluster is shut down with the search
 
 
+@pytest.mark.slow
 def test_a_candidate_failing_on_a_worker_is_recorded_and_the_search_goes_on(tiny_space, synthetic, tmp_path):
     diverging = replace(TRAINER, lr=1e30)
     result = run_search(tiny_space, synthetic, diverging, SearchSettings(pop_size=2, generations=1), CPU,
@@ -175,6 +177,7 @@ def test_workers_that_cannot_start_give_one_clear_error(tmp_path):
     assert not multiprocessing.active_children()
 
 
+@pytest.mark.slow
 def test_workers_inherit_from_the_supernet_like_the_search_process(tiny_space, synthetic):
     """With trainer.init=supernet each worker gets a CPU copy of the supernet once: same evaluations as in-process."""
     from aebnas.nn.supernet import Supernet
@@ -198,6 +201,7 @@ def test_workers_inherit_from_the_supernet_like_the_search_process(tiny_space, s
         [(e.key, e.val_accuracy, e.head_accuracies) for e in alone]
 
 
+@pytest.mark.slow
 def test_a_long_candidate_reports_its_epochs_from_a_worker(tiny_space, synthetic, capfd):
     """A candidate training past epoch_log_seconds logs each epoch; from a worker the line reaches stderr."""
     evaluator = CandidateEvaluator(synthetic, replace(TRAINER, epochs=2), SearchSettings(exit_metric="max_softmax"), CPU)
