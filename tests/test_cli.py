@@ -3,11 +3,11 @@
 import os
 import subprocess
 import sys
-from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 
 from aebnas.analysis import load_run
+from aebnas.search.executors import ClusterLost
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
@@ -63,7 +63,7 @@ def test_bad_input_gets_one_line(tmp_path, args, fragment):
 
 @pytest.mark.parametrize("failure, fragment", [
     (OSError(28, "No space left on device"), "No space left on device"),
-    (BrokenProcessPool("A process in the process pool was terminated abruptly"), "BrokenProcessPool: A process"),
+    (ClusterLost("the Dask scheduler or this search's connection to it was lost"), "ClusterLost: the Dask scheduler"),
 ])
 def test_machine_failure_is_one_line_with_the_way_back(capsys, failure, fragment):
     from aebnas.cli.common import user_errors

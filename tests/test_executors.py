@@ -15,7 +15,7 @@ import torch
 
 from aebnas.analysis import load_run
 from aebnas.data import load_dataset
-from aebnas.search import SearchSettings, run_search
+from aebnas.search import SearchJob, SearchSettings, run_search
 from aebnas.search.evaluator import CandidateEvaluator
 from aebnas.search.executors import ExecutorSettings, WorkerStartError, start_executor
 from aebnas.search.executors.dask_cluster import DaskExecutor
@@ -53,13 +53,13 @@ def _one_thread(fn):
 def test_dask_workers_give_exactly_the_one_by_one_search(tiny_space, synthetic, tmp_path, monkeypatch):
     """Same candidates in the same order with the same metrics, Pareto set and test accuracies."""
     settings = SearchSettings(pop_size=4, generations=2, exit_metric="max_softmax")
-    alone = _one_thread(lambda: run_search(tiny_space, synthetic, TRAINER, settings, CPU, tmp_path / "alone",
-                                           progress=False))
+    alone = _one_thread(lambda: run_search(SearchJob(tiny_space, synthetic, TRAINER, settings, CPU, tmp_path / "alone",
+                                                     progress=False)))
     submitted = []
     real_submit = DaskExecutor.submit
     monkeypatch.setattr(DaskExecutor, "submit", lambda self, g: submitted.append(g.network_key) or real_submit(self, g))
-    pooled = run_search(tiny_space, synthetic, TRAINER, settings, CPU, tmp_path / "pooled", progress=False,
-                        executor=TWO)
+    pooled = run_search(SearchJob(tiny_space, synthetic, TRAINER, settings, CPU, tmp_path / "pooled", progress=False,
+                                  executor=TWO))
     assert len(alone.evaluations) == 8
     assert sorted(submitted) == sorted({e.network_key for e in alone.evaluations})  # each trained once, on a worker
     assert _comparable(pooled.evaluations) == _comparable(alone.evaluations)
@@ -72,8 +72,8 @@ def test_dask_workers_give_exactly_the_one_by_one_search(tiny_space, synthetic, 
 @pytest.mark.slow
 def test_a_candidate_failing_on_a_worker_is_recorded_and_the_search_goes_on(tiny_space, synthetic, tmp_path):
     diverging = replace(TRAINER, lr=1e30)
-    result = run_search(tiny_space, synthetic, diverging, SearchSettings(pop_size=2, generations=1), CPU,
-                        tmp_path / "run", progress=False, workers=2)  # the shorthand: a local Dask cluster of 2
+    result = run_search(SearchJob(tiny_space, synthetic, diverging, SearchSettings(pop_size=2, generations=1), CPU,
+                                  tmp_path / "run", progress=False, workers=2))  # the shorthand: a Dask cluster of 2
     assert [e.status for e in result.evaluations] == ["failed", "failed"]
     assert all(e.error.startswith("TrainingDiverged: loss became") for e in result.evaluations)
     assert result.pareto == []
@@ -160,15 +160,15 @@ def test_workers_that_cannot_start_give_one_clear_error(tmp_path):
     script.write_text(
         "import torch\n"
         "from aebnas.data import load_dataset\n"
-        "from aebnas.search import SearchSettings, run_search\n"
+        "from aebnas.search import SearchJob, SearchSettings, run_search\n"
         "from aebnas.space import SearchSpace\n"
         "from aebnas.train import TrainerConfig\n"
         "from tests.conftest import space_config\n"
         "data = load_dataset({'name': 'synthetic', 'num_classes': 2, 'num_samples': 60, 'resolution': 8, "
         "'channels': 1, 'val_size': 0.25, 'test_size': 0.25, 'seed': 0})\n"
-        f"run_search(SearchSpace(space_config('tiny')), data, TrainerConfig(epochs=1, device='cpu'), "
+        f"run_search(SearchJob(SearchSpace(space_config('tiny')), data, TrainerConfig(epochs=1, device='cpu'), "
         f"SearchSettings(pop_size=2, generations=1), torch.device('cpu'), {str(tmp_path / 'run')!r}, "
-        "progress=False, workers=2)\n")
+        "progress=False, workers=2))\n")
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode != 0
