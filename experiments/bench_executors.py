@@ -132,12 +132,12 @@ def stage_cluster_start(args, out_dir: Path) -> dict[str, Any]:
     from aebnas.search import SearchSettings
     from aebnas.search.evaluator import CandidateEvaluator
     from aebnas.search.executors import ExecutorSettings, start_executor
-    from aebnas.train import TrainerConfig, resolve_device
+    from aebnas.train import TrainerSettings, resolve_device
 
     with initialize_config_dir(version_base="1.3", config_dir=config_dir()):
         plain = OmegaConf.to_container(compose("config", overrides=QUICKSTART), resolve=True)
     data = load_dataset(plain["dataset"])
-    trainer = TrainerConfig.from_dict(plain["trainer"])
+    trainer = TrainerSettings.from_dict(plain["trainer"])
     evaluator = CandidateEvaluator(data, trainer, SearchSettings.from_dict(plain["search"]),
                                    resolve_device(trainer.device))
     settings = ExecutorSettings(name="dask", n_workers=2, threads=1, dashboard_address=None)

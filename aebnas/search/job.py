@@ -13,8 +13,8 @@ from aebnas.data import DataSplits
 from aebnas.search.executors import ExecutorSettings
 from aebnas.search.settings import SearchSettings
 from aebnas.space import SearchSpace
-from aebnas.train import TrainerConfig
-from aebnas.train.supernet import SupernetConfig
+from aebnas.train import TrainerSettings
+from aebnas.train.supernet import SupernetSettings
 
 
 @dataclass
@@ -31,7 +31,7 @@ class SearchJob:
 
     space: SearchSpace
     data: DataSplits
-    trainer: TrainerConfig
+    trainer: TrainerSettings
     settings: SearchSettings
     device: torch.device
     run_dir: Path
@@ -41,7 +41,7 @@ class SearchJob:
     config_record: dict[str, Any] | None = None
     latency_table: LatencyTable | None = None
     method: str | None = None
-    supernet: SupernetConfig | None = None
+    supernet: SupernetSettings | None = None
     workers: int | None = None
     executor: ExecutorSettings | None = None
 

@@ -2,75 +2,68 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
-from typing import Any, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
-from aebnas.validation import ConfigError, check_int, check_number, reject_unknown_keys
+from aebnas.config_checks import ConfigError, Settings, check_int, setting
 
 KINDS = ("local", "dask", "slurm")
 
 
+def _int_list(value: Any, name: str, error: type[Exception]) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise error(f"{name}: expected a list of GPU indices such as [0, 1], got {value!r}")
+    return tuple(check_int(v, f"{name}[]", lo=0, error=error) for v in value)
+
+
+def _text_list(value: Any, name: str, error: type[Exception]) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise error(f"{name}: expected a list of lines, got {value!r}")
+    return tuple(value)
+
+
 @dataclass(frozen=True)
-class ExecutorSettings:
-    """How candidates are trained (field meanings in conf/executor/*.yaml).
+class ExecutorSettings(Settings):
+    """Where candidates train (the Hydra ``executor`` group; docs/how-to/parallel-and-cluster.md)."""
 
-    ``local`` trains one candidate at a time in the search's process; ``dask`` starts a local Dask cluster
-    (or joins the scheduler at ``address``); ``slurm`` starts Dask workers as SLURM jobs (dask-jobqueue).
-    """
+    section: ClassVar[str] = "executor"
 
-    name: str = "local"
-    # dask (local cluster or address)
-    address: str | None = None
-    n_workers: int | None = None
-    threads: int | None = None
-    gpus: tuple[int, ...] | None = None
-    candidates_per_gpu: int = 1
-    retries: int = 2
-    connect_timeout: float = 10.0
-    dashboard_address: str | None = ":8787"
-    # slurm
-    partition: str | None = None
-    jobs: int = 1
-    gpus_per_job: int = 1
-    cores_per_job: int = 4
-    memory_per_job: str = "16GB"
-    walltime: str = "02:00:00"
-    job_directives: tuple[str, ...] = ()
-    job_prologue: tuple[str, ...] = ()
+    name: str = setting("local", choices=KINDS,
+                        help="local: one candidate at a time in the search's process; dask: Dask workers (a local "
+                             "cluster, or the scheduler at address); slurm: Dask workers as SLURM jobs.")
+    address: str | None = setting(None, help="dask: the running scheduler to join, e.g. tcp://host:8786 (null: start "
+                                             "a local cluster).")
+    n_workers: int | None = setting(None, lo=1, help="dask: worker processes (CPU; null: one per core / threads; "
+                                                     "GPU: the total, spread over gpus; null: gpus x "
+                                                     "candidates_per_gpu).")
+    threads: int | None = setting(None, lo=1, help="Torch threads per worker (null: trainer.num_threads, else this "
+                                                   "process's threads split between the workers).")
+    gpus: tuple[int, ...] | None = setting(None, check=_int_list, allowed="a list of GPU indices or null",
+                                           help="dask: GPUs the workers are pinned to (null: all visible).")
+    candidates_per_gpu: int = setting(1, lo=1, help="Worker processes (candidates at once) per GPU.")
+    retries: int = setting(2, lo=0, help="A candidate whose worker is killed while it trains goes to another "
+                                         "worker this many times, then is recorded as failed.")
+    connect_timeout: float = setting(10.0, lo=0.1, help="dask: seconds to reach the scheduler at address.")
+    dashboard_address: str | None = setting(":8787", help="Where the Dask dashboard listens (needs bokeh); null: "
+                                                          "none.")
+    partition: str | None = setting(None, help="slurm: the partition (null: the cluster's default).")
+    jobs: int = setting(1, lo=1, help="slurm: jobs of workers kept running.")
+    gpus_per_job: int = setting(1, lo=0, help="slurm: GPUs per job (--gres=gpu:N).")
+    cores_per_job: int = setting(4, lo=1, help="slurm: CPU cores per job.")
+    memory_per_job: str = setting("16GB", help="slurm: memory per job.")
+    walltime: str = setting("02:00:00", help="slurm: each job's time limit.")
+    job_directives: tuple[str, ...] = setting((), check=_text_list, allowed="a list of lines",
+                                              help="slurm: extra #SBATCH lines, e.g. ['--account=proj'].")
+    job_prologue: tuple[str, ...] = setting((), check=_text_list, allowed="a list of lines",
+                                            help="slurm: shell lines run before each worker starts.")
 
-    @classmethod
-    def from_dict(cls, cfg: Mapping[str, Any] | None) -> "ExecutorSettings":
-        """Validate types, ranges and combinations before any work starts."""
-        cfg = dict(cfg or {})
-        reject_unknown_keys(cfg, (f.name for f in fields(cls)), "executor")
-        for name in ("gpus", "job_directives", "job_prologue"):
-            value = cfg.get(name)
-            if value is not None and not isinstance(value, (list, tuple)):
-                raise ConfigError(f"executor.{name}: expected a list, got {value!r}")
-            if value is not None:
-                cfg[name] = tuple(value)
-        s = cls(**cfg)
-        if s.name not in KINDS:
-            raise ConfigError(f"executor.name: unknown executor {s.name!r}; choose one of {list(KINDS)}")
-        if s.n_workers is not None:
-            check_int(s.n_workers, "executor.n_workers", lo=1)
-        if s.threads is not None:
-            check_int(s.threads, "executor.threads", lo=1)
-        for i in s.gpus or ():
-            check_int(i, "executor.gpus[]", lo=0)
-        check_int(s.candidates_per_gpu, "executor.candidates_per_gpu", lo=1)
-        check_int(s.retries, "executor.retries", lo=0)
-        check_number(s.connect_timeout, "executor.connect_timeout", lo=0.1)
-        check_int(s.jobs, "executor.jobs", lo=1)
-        check_int(s.gpus_per_job, "executor.gpus_per_job", lo=0)
-        check_int(s.cores_per_job, "executor.cores_per_job", lo=1)
-        if s.address is not None and not (isinstance(s.address, str) and "://" in s.address):
+    def check_together(self) -> None:
+        if self.address is not None and "://" not in self.address:
             raise ConfigError(f"executor.address: expected a scheduler address such as tcp://host:8786, "
-                              f"got {s.address!r}")
-        if s.address is not None and s.name != "dask":
+                              f"got {self.address!r}")
+        if self.address is not None and self.name != "dask":
             raise ConfigError(f"executor.address: only executor=dask joins a running scheduler, not "
-                              f"executor={s.name}")
-        return s
+                              f"executor={self.name}")
 
     def with_workers(self, workers: int | None) -> "ExecutorSettings":
         """The ``workers=N`` shorthand: N > 1 candidates at once on a local Dask cluster, 1 in-process."""
