@@ -590,3 +590,24 @@ def test_array_split_validates_and_repr_is_short():
         ArraySplit(torch.zeros(3, 1, 4, 4), torch.zeros(3, dtype=torch.int64))
     with pytest.raises(ValueError):
         ArraySplit(torch.zeros(3, 1, 4, 4, dtype=torch.uint8), torch.zeros(2, dtype=torch.int64))
+
+
+# --------------------------------------------------------------------------- validation split size
+
+
+def test_a_val_split_too_small_to_rank_candidates_warns_with_the_fix(caplog):
+    base = {"name": "digits", "test_size": 0.2, "resolution": 8}  # 1797 images, 359 held out for test: 1438 left
+    with caplog.at_level("WARNING", logger="aebnas.data"):
+        small = load_dataset({**base, "val_size": 0.05})  # 5 % of 1438 images: 72 val images
+    assert len(small.val) == 72
+    [message] = [r.getMessage() for r in caplog.records if "dataset.val_size" in r.getMessage()]
+    assert "72 images" in message and "1.4 points" in message
+    # the fraction it names gives at least 100 images
+    assert "dataset.val_size=0.07" in message
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="aebnas.data"):
+        fixed = load_dataset({**base, "val_size": 0.07})
+    assert len(fixed.val) >= 100 and not [r for r in caplog.records if "dataset.val_size" in r.getMessage()]
+    with caplog.at_level("WARNING", logger="aebnas.data"):
+        load_dataset({**base, "val_size": 50})
+    assert any("dataset.val_size=100 or more" in r.getMessage() for r in caplog.records)

@@ -17,7 +17,7 @@ from aebnas.nn.elastic_heads import check_head, head_choices
 from aebnas.nn.supernet import Supernet, genome_heads, inherit_weights
 from aebnas.search import SearchJob, SearchSettings, run_search
 from aebnas.search.evaluator import CandidateEvaluator
-from aebnas.search.thresholds import confidence
+from aebnas.exits import confidence
 from aebnas.space import BranchLayer
 from aebnas.train import TrainerSettings, predict_logits
 from aebnas.train.losses import exit_loss_weights

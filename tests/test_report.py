@@ -203,3 +203,17 @@ def test_cli_versus_writes_the_differences_and_refuses_an_absent_baseline(runs, 
     err = capsys.readouterr().err.strip()
     assert "--versus: no run of method 'nachos' on d; its methods are aebnas, edanas" in err
     assert not (tmp_path / "rep2").exists()  # nothing half-written
+
+
+def test_pareto_utilities_by_hand():
+    """pymoo's sorting and hypervolume, on a staircase whose area is summed by hand; duplicates both stay."""
+    import numpy as np
+
+    from aebnas.analysis import hypervolume_2d, non_dominated_mask
+
+    F = np.array([[0.2, 0.25], [0.1, 0.5], [0.05, 0.75], [0.5, 0.6], [0.1, 0.5], [1.2, 0.1]])
+    assert non_dominated_mask(F).tolist() == [True, True, True, False, True, True]
+    # horizontal strips 0.25 high from y = 0.25 up: (1 - 0.2) + (1 - 0.1) + (1 - 0.05); the point beyond the
+    # reference and the dominated one add nothing
+    assert abs(hypervolume_2d(F, (1.0, 1.0)) - 0.25 * (0.8 + 0.9 + 0.95)) < 1e-12
+    assert hypervolume_2d(np.empty((0, 2)), (1.0, 1.0)) == 0.0 and not non_dominated_mask(np.empty((0, 2))).size

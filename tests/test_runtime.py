@@ -16,7 +16,7 @@ from aebnas.nn import build_model
 from aebnas.runtime import (AdaptiveModel, OperatingPointError, OperatingPoints, compute_operating_points,
                             reference_exits)
 from aebnas.runtime.operating_points import path_costs_with
-from aebnas.search.thresholds import METRICS, confidence
+from aebnas.exits import METRICS, confidence
 
 from tests.conftest import ROOT
 
@@ -169,7 +169,7 @@ def test_operating_points_are_a_front_on_real_logits(tiny_space):
 
 
 def test_torch_confidence_matches_the_numpy_rule():
-    from aebnas.runtime.adaptive import confidence_torch
+    from aebnas.exits import confidence_torch
 
     logits = np.random.default_rng(1).normal(size=(50, 7)) * 3
     for metric in METRICS:

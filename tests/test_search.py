@@ -72,7 +72,7 @@ def test_saved_pareto_model_rebuilds_and_reproduces_test_accuracy(finished_run, 
     metrics = json.loads((model_dir / "metrics.json").read_text())
     model = build_model(genome, metrics["num_classes"], metrics["in_channels"])
     model.load_state_dict(torch.load(model_dir / "model.pt"))
-    from aebnas.search.thresholds import confidence, simulate_exits
+    from aebnas.exits import confidence, simulate_exits
     from aebnas.train import predict_logits
 
     logits = predict_logits(model, synthetic.test, synthetic.mean, synthetic.std, torch.device("cpu"))
@@ -233,7 +233,7 @@ def _search_again_with_final_epochs(finished_run, tiny_space, synthetic, tmp_pat
 def test_final_epochs_train_the_pareto_networks_further(finished_run, tiny_space, synthetic, tmp_path):
     """search.final_epochs: the same search (same seed), then each Pareto network trained further from its
     candidate weights; the saved network is the trained one, and the search's figures are kept beside it."""
-    from aebnas.search.thresholds import confidence, simulate_exits
+    from aebnas.exits import confidence, simulate_exits
     from aebnas.train import predict_logits
 
     before, result = finished_run[0], _search_again_with_final_epochs(finished_run, tiny_space, synthetic, tmp_path)
@@ -301,7 +301,7 @@ def test_final_training_trains_a_network_once_and_retunes_its_thresholds(tiny_sp
     """Two threshold vectors of one network on the front: one final training; with tuning on, the thresholds
     are tuned again from the trained network's own val confidences."""
     from aebnas.search.evaluator import CandidateEvaluator
-    from aebnas.search.thresholds import confidence, tune_thresholds
+    from aebnas.exits import confidence, tune_thresholds
     from aebnas.search.training import CandidateTraining
     from aebnas.train import predict_logits
 

@@ -25,7 +25,7 @@ from aebnas.nn.blocks import se_channels
 from aebnas.nn.supernet import Supernet, backbone_identity, backbone_modules, inherit_weights
 from aebnas.search import SearchJob, SearchSettings, run_search
 from aebnas.search.evaluator import CandidateEvaluator
-from aebnas.search.thresholds import confidence
+from aebnas.exits import confidence
 from aebnas.space import SearchSpace, SpaceSettings
 from aebnas.train import TrainerSettings, predict_logits
 from aebnas.train.supernet import SupernetSettings, prepare_supernet, sandwich_backbones, sandwich_step

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from aebnas.search.thresholds import confidence, exit_indices, simulate_exits, tune_thresholds
+from aebnas.exits import confidence, exit_indices, simulate_exits, tune_thresholds
 
 
 def test_confidence_metrics_by_hand():

@@ -17,8 +17,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.patches import FancyBboxPatch  # noqa: E402
 
 from aebnas.space import Genome  # noqa: E402
-
-LAYER_NAMES = {"conv": "conv", "dwsep": "depthwise-separable conv", "ir": "inverted residual"}
+from aebnas.space.layer_kinds import layer_kind  # noqa: E402
 
 
 def load_genome(model_dir: str | Path) -> Genome:
@@ -42,7 +41,7 @@ def genome_table(genome: Genome) -> pd.DataFrame:
             rows.append({"part": f"exit after stage {s}", "width": "", "stride": "", "depth": 0,
                          "layers": "off", "threshold": ""})
             continue
-        layers = [("2x2 " + l.pool + "-pool, " if l.pool != "none" else "") + f"{LAYER_NAMES[l.type]} "
+        layers = [("2x2 " + l.pool + "-pool, " if l.pool != "none" else "") + f"{layer_kind(l.type).display_name} "
                   f"{l.width}ch k{l.kernel}" for l in e.layers]
         rows.append({"part": f"exit after stage {s}", "width": e.layers[-1].width, "stride": "",
                      "depth": len(e.layers), "layers": ", ".join(layers + ["global pool, linear"]),

@@ -1,35 +1,27 @@
-"""Pareto utilities on plain arrays and DataFrames (numpy only, no torch)."""
+"""Pareto utilities on plain arrays (pymoo's non-dominated sorting and hypervolume; no torch)."""
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
+from pymoo.indicators.hv import HV
+from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
 
 def non_dominated_mask(F: np.ndarray) -> np.ndarray:
     """Rows of ``F`` (all objectives minimised) that no other row dominates; exact duplicates all stay."""
     F = np.asarray(F, dtype=float)
-    n = len(F)
-    mask = np.ones(n, dtype=bool)
-    for i in range(n):
-        if not mask[i]:
-            continue
-        dominated_by = np.all(F <= F[i], axis=1) & np.any(F < F[i], axis=1)
-        if dominated_by.any():
-            mask[i] = False
+    mask = np.zeros(len(F), dtype=bool)
+    if len(F):
+        mask[NonDominatedSorting().do(F, only_non_dominated_front=True)] = True
     return mask
 
 
-def hypervolume_2d(F: np.ndarray, reference: tuple[float, float]) -> float:
-    """Area dominated by a 2-objective (minimised) set up to ``reference``."""
+def hypervolume_2d(F: np.ndarray, reference: Sequence[float]) -> float:
+    """Volume (an area for two objectives) dominated by a minimised set up to ``reference``; points that do not
+    dominate the reference add nothing."""
     F = np.asarray(F, dtype=float)
-    F = F[np.all(F < np.asarray(reference), axis=1)]
-    if len(F) == 0:
-        return 0.0
-    F = F[non_dominated_mask(F)]
-    F = F[np.argsort(F[:, 0])]
-    area, prev_y = 0.0, reference[1]
-    for x, y in F:
-        if y < prev_y:
-            area += (reference[0] - x) * (prev_y - y)
-            prev_y = y
-    return float(area)
+    ref = np.asarray(reference, dtype=float)
+    F = F[np.all(F < ref, axis=1)] if len(F) else F
+    return float(HV(ref_point=ref)(F)) if len(F) else 0.0

@@ -223,16 +223,12 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 
 def to_latex(table: pd.DataFrame) -> str:
-    header, body = _display(table, r"$\pm$")
-
-    def esc(text: str) -> str:
-        return text.replace("_", r"\_").replace("&", r"\&").replace("%", r"\%")
-
-    lines = [r"\begin{tabular}{ll" + "r" * (len(header) - 2) + "}", r"\toprule",
-             " & ".join(esc(h) for h in header) + r" \\", r"\midrule"]
-    lines += [" & ".join(esc(c) if "$" not in c else c for c in row) + r" \\" for row in body]
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines) + "\n"
+    """A booktabs tabular (pandas' Styler writes and escapes it); ± becomes ``$\\pm$`` after escaping."""
+    header, body = _display(table, "±")
+    styler = pd.DataFrame(body, columns=header).style.hide(axis="index")
+    styler = styler.format(escape="latex").format_index(escape="latex", axis=1)
+    tex = styler.to_latex(column_format="ll" + "r" * (len(header) - 2), hrules=True)
+    return tex.replace("±", r"$\pm$")
 
 
 def fronts_by_dataset(per_run: pd.DataFrame, runs: dict[str, Run]) -> dict[str, dict[str, pd.DataFrame]]:

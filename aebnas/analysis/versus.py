@@ -30,6 +30,7 @@ Reads the per-run table of :func:`aebnas.analysis.report.collect`; no torch.
 from __future__ import annotations
 
 import math
+import warnings
 
 import pandas as pd
 from scipy import stats
@@ -39,13 +40,6 @@ from aebnas.analysis.report import DIGITS, HEADERS, ReportError, markdown_table,
 COMPARED = ("val_accuracy_at_target", "test_accuracy_at_target", "test_accuracy_of_val_choice", "hypervolume")
 
 
-def _two_sided_p(diff: float, se: float, dof: float) -> float:
-    """Two-sided p of a t statistic diff / se; NaN where the error is zero (no spread, no test)."""
-    if se == 0:
-        return float("nan")
-    return float(2 * stats.t.sf(abs(diff) / se, dof))
-
-
 def _figures(mine: pd.DataFrame, base: pd.DataFrame, pairs: pd.DataFrame | None,
              metric: str) -> dict[str, float | int]:
     m, b = mine[metric].dropna(), base[metric].dropna()
@@ -53,15 +47,20 @@ def _figures(mine: pd.DataFrame, base: pd.DataFrame, pairs: pd.DataFrame | None,
     if len(m) and len(b):
         diff = float(m.mean() - b.mean())
         if len(m) > 1 and len(b) > 1:
-            vm, vb = m.var(ddof=1) / len(m), b.var(ddof=1) / len(b)
-            se = math.sqrt(vm + vb)
-            if se:  # Welch-Satterthwaite degrees of freedom are 0/0 without spread
-                p = _two_sided_p(diff, se, (vm + vb) ** 2 / (vm ** 2 / (len(m) - 1) + vb ** 2 / (len(b) - 1)))
-    d = (pairs[metric] - pairs[f"{metric}_base"]).dropna() if pairs is not None else pd.Series(dtype=float)
+            se = math.sqrt(m.var(ddof=1) / len(m) + b.var(ddof=1) / len(b))
+            if se:  # without spread there is no test (the Welch-Satterthwaite degrees of freedom are 0/0)
+                with warnings.catch_warnings():  # equal samples: scipy warns of cancellation in a zero difference
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    p = float(stats.ttest_ind(m, b, equal_var=False).pvalue)
+    both = (pairs if pairs is not None else pd.DataFrame(columns=[metric, f"{metric}_base"], dtype=float))[
+        [metric, f"{metric}_base"]].dropna()
+    d = both[metric] - both[f"{metric}_base"]
     complete = len(d) == len(m) == len(b) >= 2  # every run with the figure is in a pair
     paired_se = float(d.std(ddof=1) / math.sqrt(len(d))) if complete else float("nan")
-    return {"diff": diff, "se": se, "p": p, "paired_se": paired_se,
-            "paired_p": _two_sided_p(float(d.mean()), paired_se, len(d) - 1) if complete else float("nan"),
+    paired_p = float("nan")
+    if complete and paired_se:
+        paired_p = float(stats.ttest_rel(both[metric], both[f"{metric}_base"]).pvalue)
+    return {"diff": diff, "se": se, "p": p, "paired_se": paired_se, "paired_p": paired_p,
             "won": int((d > 0).sum()), "paired": len(d), "n": len(m), "n_base": len(b)}
 
 

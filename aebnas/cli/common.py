@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import os
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, ContextManager, Mapping
 
 from aebnas.cli.config_schema import register_schemas
+from aebnas.cli.errors import BASE_USER_ERRORS, one_line_errors
 from aebnas.cost.latency import InputShape, LatencyTable, LatencyTableError
 from aebnas.cost.profiler import HardwareSettings
 from aebnas.data import DatasetError
 from aebnas.runtime.export_run import ExportCheckError
 from aebnas.search.executors import WorkerStartError
 from aebnas.search.rundir_lock import RunDirBusy
-from aebnas.space import GenomeError, SpaceSettings
+from aebnas.space import SpaceSettings
 from aebnas.config_checks import ConfigError
 
 register_schemas()  # every entry point composes through this module: the groups' ``base`` defaults must exist
@@ -112,25 +112,9 @@ def load_latency_table(hardware: Mapping[str, Any] | None, space: SpaceSettings,
     return table
 
 
-USER_ERRORS = (ConfigError, DatasetError, GenomeError, FileNotFoundError, FileExistsError, WorkerStartError,
-               ExportCheckError, RunDirBusy)
+USER_ERRORS = BASE_USER_ERRORS + (DatasetError, WorkerStartError, ExportCheckError, RunDirBusy)
 
 
-@contextmanager
-def user_errors(prog: str) -> Iterator[None]:
-    """Turn a user-facing error into ``prog: error: <one line>`` and exit status 2, no traceback."""
-    try:
-        yield
-    except USER_ERRORS as exc:
-        if os.environ.get("AEBNAS_TRACEBACK"):
-            raise
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"{prog}: error: {message}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as exc:  # disk full, data gone, the cluster lost: the archive is intact
-        if os.environ.get("AEBNAS_TRACEBACK"):
-            raise
-        print(f"{prog}: error: the machine failed, not a candidate ({type(exc).__name__}: {exc}); finished "
-              "evaluations are safe in the run's archive.sqlite: fix the cause and continue with resume=<run dir>",
-              file=sys.stderr)
-        sys.exit(3)
+def user_errors(prog: str) -> ContextManager[None]:
+    """Turn a user-facing error of any room into ``prog: error: <one line>`` and exit status 2, no traceback."""
+    return one_line_errors(prog, USER_ERRORS)

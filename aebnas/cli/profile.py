@@ -19,7 +19,7 @@ from aebnas.cli.common import (check_group_choices, check_overrides, config_dir,
 from aebnas.cost.latency import InputShape
 from aebnas.cost.latency_check import validate_table
 from aebnas.cost.profiler import HardwareSettings, ProfileSettings, profile_space
-from aebnas.search.archive import write_text_atomic
+from aebnas.atomic_write import write_text_atomic
 from aebnas.space import SearchSpace, SpaceSettings
 from aebnas.config_checks import ConfigError
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from aebnas.analysis.plots import plot_fronts
 from aebnas.analysis.report import aggregate, collect, find_runs, fronts_by_dataset, to_latex, to_markdown
 from aebnas.analysis.versus import versus, versus_markdown
-from aebnas.cli.common import user_errors
-from aebnas.search.archive import write_text_atomic
+from aebnas.cli.errors import one_line_errors
+from aebnas.atomic_write import write_text_atomic
 from aebnas.config_checks import ConfigError
 
 PROG = "aebnas-report"
@@ -67,7 +67,7 @@ def report(run_dirs: list[str], out: Path, target_macs: float | None = None, mac
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    with user_errors(PROG):
+    with one_line_errors(PROG):
         out = Path(args.out) if args.out else Path(args.run_dirs[0]) / "report"
         markdown = report(args.run_dirs, out, args.target_macs, args.macs_ref, args.versus)
     try:

@@ -92,8 +92,11 @@ def _search(cfg: DictConfig, run_dir: Path, resume: bool) -> Path:
                                   supernet=supernet, executor=executor))
     best = max(result.pareto, key=lambda r: r["test_accuracy"], default=None)
     failed = sum(e.status != "ok" for e in result.evaluations)
-    print(f"\n{len(result.evaluations)} candidates ({failed} failed) in {result.seconds:.0f}s; "
-          f"Pareto set: {len(result.pareto)} networks")
+    n = len(result.pareto)
+    after = (f", each then trained {settings.final_epochs} more epoch{'' if settings.final_epochs == 1 else 's'} "
+             f"(figures below are after that training)" if settings.final_epochs and n else "")
+    print(f"\n{len(result.evaluations)} candidate{'' if len(result.evaluations) == 1 else 's'} ({failed} failed) "
+          f"in {result.seconds:.0f}s; Pareto set: {n} network{'' if n == 1 else 's'}{after}")
     for r in result.pareto:
         latency = (f"E[lat] {r['expected_latency_ms']:.3f}ms (static {r['static_latency_ms']:.3f}ms)  "
                    if latency_table is not None else "")

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aebnas.atomic_write import write_text_atomic
 from aebnas.cost.expected import path_costs
 from aebnas.cost.ops import NetworkOps, network_ops, space_ops
 from aebnas.space import Genome, SpaceSettings
@@ -86,11 +87,7 @@ class LatencyTable:
 
     def save(self, path: Path) -> None:
         """Atomic write: an interrupted save never leaves a truncated table."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1))
-        tmp.replace(path)
+        write_text_atomic(path, json.dumps(self.to_json(), indent=1))
 
     @classmethod
     def load(cls, path: Path) -> "LatencyTable":

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from aebnas.cost.expected import path_costs
 from aebnas.nn.blocks import se_channels
 from aebnas.space import BranchLayer
+from aebnas.space.layer_kinds import layer_kind
 
 
 def conv_out(size: int, kernel: int, stride: int) -> int:
@@ -43,18 +44,11 @@ def mbconv_macs(size: int, c_in: int, c_out: int, kernel: int, expansion: int, s
 
 
 def branch_layer_macs(layer: BranchLayer, size: int, c_in: int, ir_expansion: int) -> tuple[int, int]:
-    """MACs of one exit-branch layer (after its optional pooling) and its output resolution."""
+    """MACs of one exit-branch layer (after its optional pooling) and its output resolution (every layer kind
+    keeps the resolution it gets)."""
     if layer.pool != "none":  # pooling comes first in an exit layer
         size = pool_out(size)
-    if layer.type == "conv":
-        macs = conv_macs(size, c_in, layer.width, layer.kernel)
-    elif layer.type == "dwsep":
-        macs = conv_macs(size, c_in, c_in, layer.kernel, groups=c_in) + conv_macs(size, c_in, layer.width, 1)
-    elif layer.type == "ir":
-        macs, size = mbconv_macs(size, c_in, layer.width, layer.kernel, ir_expansion, 1, False)
-    else:
-        raise ValueError(f"exit layer type '{layer.type}' is unknown")
-    return macs, size
+    return layer_kind(layer.type).macs(size, c_in, layer.width, layer.kernel, ir_expansion), size
 
 
 @dataclass(frozen=True)

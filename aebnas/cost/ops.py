@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 from aebnas.cost.macs import NetworkCost, branch_layer_macs, conv_macs, conv_out, mbconv_macs, pool_out
 from aebnas.space import BranchLayer, Genome, SpaceSettings
 from aebnas.space.genome import parse_layers
+from aebnas.space.layer_kinds import layer_kind
 
 OP_KINDS = ("stem", "mbconv", "exit_layer", "classifier", "final_conv")
 
@@ -32,7 +33,7 @@ class Op:
     kernel: int = 1
     stride: int = 1
     expansion: int = 1
-    layer_type: str = ""     # exit layers: conv | dwsep | ir
+    layer_type: str = ""     # exit layers: a registered layer kind (aebnas.space.layer_kinds)
     pool: str = "none"       # exit layers: 2x2 pooling applied before the layer
     activation: str = ""
     squeeze_excite: bool = False
@@ -44,7 +45,7 @@ class Op:
                  f"r{self.resolution}", f"c{self.c_in}-{self.c_out}"]
         if self.kind in ("stem", "mbconv", "exit_layer"):
             parts.append(f"k{self.kernel}")
-        if self.kind == "mbconv" or (self.kind == "exit_layer" and self.layer_type == "ir"):
+        if self.kind == "mbconv" or (self.kind == "exit_layer" and layer_kind(self.layer_type).expands):
             parts.append(f"e{self.expansion}")
         if self.kind in ("stem", "mbconv"):
             parts.append(f"s{self.stride}")
@@ -179,7 +180,7 @@ def _mbconv(space: SpaceSettings, stage: int, block: int, size: int, c_prev: int
 
 
 def _exit_layer(space: SpaceSettings, layer: BranchLayer, size: int, c_in: int) -> Op:
-    expansion = space.branch.ir_expansion if layer.type == "ir" else 1
+    expansion = space.branch.ir_expansion if layer_kind(layer.type).expands else 1
     return Op("exit_layer", size, c_in, layer.width, layer.kernel, 1, expansion, layer.type, layer.pool,
               space.activation)
 

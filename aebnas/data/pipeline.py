@@ -9,6 +9,9 @@ pay to resize data they discard.
 
 from __future__ import annotations
 
+import logging
+import math
+
 import torch
 
 from .config import DataSettings
@@ -16,7 +19,28 @@ from .errors import DatasetError
 from .splits import ArraySplit, DataSplits, RawDataset, carve, subset_indices
 from .transforms import channel_stats, convert_channels, pad_to, resize
 
-__all__ = ["build_splits"]
+__all__ = ["MIN_RANKING_VAL", "build_splits", "small_val_warning"]
+
+log = logging.getLogger(__name__)
+
+#: Below this many validation images one image moves val accuracy by a point or more, finer than the
+#: differences between candidates a search has to rank.
+MIN_RANKING_VAL = 100
+
+
+def small_val_warning(n_val: int, pool: int, val_size: int | float) -> str | None:
+    """The warning for a validation split too small to rank candidates by, naming the ``dataset.val_size`` that fixes it."""
+    if n_val >= MIN_RANKING_VAL:
+        return None
+    if pool < 2 * MIN_RANKING_VAL:
+        fix = (f"the dataset has only {pool} images to share between train and val: add data, "
+               f"or give dataset.val_size={min(MIN_RANKING_VAL, pool // 2)} and accept a coarse ranking")
+    elif isinstance(val_size, float):
+        fix = f"set dataset.val_size={math.ceil(MIN_RANKING_VAL / pool * 100) / 100:g} (or a count such as {MIN_RANKING_VAL})"
+    else:
+        fix = f"set dataset.val_size={MIN_RANKING_VAL} or more"
+    return (f"dataset.val_size: the validation split has {n_val} images, so one image moves val accuracy by "
+            f"{100 / max(n_val, 1):.1f} points and the search cannot rank candidates that close; {fix}")
 
 
 def _split(raw: RawDataset, cfg: DataSettings) -> tuple[ArraySplit, ArraySplit, ArraySplit]:
@@ -30,6 +54,9 @@ def _split(raw: RawDataset, cfg: DataSettings) -> tuple[ArraySplit, ArraySplit, 
         test = ArraySplit(raw.test_x, raw.test_y)
     keep, held = carve(len(pool), cfg.val_size, generator, "val_size")
     val, train = pool[held], pool[keep]
+    warning = small_val_warning(len(val), len(pool), cfg.val_size)
+    if warning:
+        log.warning(warning)
     subset = subset_indices(len(train), cfg.max_train_samples, generator)
     if subset is not None:
         train = train[subset]

@@ -6,8 +6,8 @@ the supernet trains, at every exit position, one head that holds the largest
 choice of every branch gene, and a candidate's head is a slice of it, as its
 backbone is:
 
-* layer type: each layer slot keeps one module per type (conv, dwsep, ir);
-  types are not sizes, so they share nothing;
+* layer type: each layer slot keeps one module per layer kind (conv, dwsep,
+  ir, any registered kind); kinds are not sizes, so they share nothing;
 * width: the first ``width`` output channels (and, in the next slot, inputs);
 * kernel: the centre of the largest kernel;
 * pooling: parameter-free, applied in front of the slice;
@@ -27,10 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aebnas.nn.blocks import ConvBNAct, MBConv
-from aebnas.nn.slicing import copy_conv_bn, sliced_conv_bn_act
 from aebnas.space import BranchLayer, SpaceSettings
 from aebnas.space.genome import parse_layers
+from aebnas.space.layer_kinds import layer_kind, layer_kind_names
 
 HeadLayers = tuple[BranchLayer, ...]
 Heads = Mapping[int, HeadLayers]   # exit stage (1-based) -> its branch layers
@@ -73,52 +72,26 @@ def _pool(x: torch.Tensor, pool: str) -> torch.Tensor:
 
 
 class ElasticBranchLayer(nn.Module):
-    """One layer slot of an exit head at its largest: a module per layer type, largest width and kernel."""
+    """One layer slot of an exit head at its largest: a module per layer kind (named after it), largest width and
+    kernel; each kind slices its own module (``aebnas.space.layer_kinds``)."""
 
     def __init__(self, c_in: int, choices: SlotChoices, activation: str, ir_expansion: int):
         super().__init__()
         self.c_in, self.choices, self.ir_expansion = c_in, choices, ir_expansion
         w, k = max(choices.widths), max(choices.kernels)
-        if "conv" in choices.types:
-            self.conv = ConvBNAct(c_in, w, k, activation=activation)
-        if "dwsep" in choices.types:
-            self.dwsep = nn.Sequential(ConvBNAct(c_in, c_in, k, groups=c_in, activation=activation),
-                                       ConvBNAct(c_in, w, 1, activation=activation))
-        if "ir" in choices.types:
-            self.ir = MBConv(c_in, w, k, ir_expansion, 1, squeeze_excite=False, activation=activation)
+        for name in layer_kind_names():  # table order, so module creation (and seeded init) ignores choice order
+            if name in choices.types:
+                self.add_module(name, layer_kind(name).build_elastic(c_in, w, k, activation, ir_expansion))
 
     def forward(self, x: torch.Tensor, layer: BranchLayer) -> torch.Tensor:
         x = _pool(x, layer.pool)
-        if layer.type == "conv":
-            return sliced_conv_bn_act(x, self.conv, layer.width, layer.kernel)
-        if layer.type == "dwsep":
-            y = sliced_conv_bn_act(x, self.dwsep[0], x.shape[1], layer.kernel, depthwise=True)
-            return sliced_conv_bn_act(y, self.dwsep[1], layer.width, 1)
-        body = list(self.ir.body)
-        hidden = x.shape[1] * self.ir_expansion
-        y = sliced_conv_bn_act(x, body.pop(0), hidden, 1) if self.ir_expansion != 1 else x
-        y = sliced_conv_bn_act(y, body.pop(0), hidden, layer.kernel, depthwise=True)
-        project = body.pop(0)  # 1x1, no activation: the slice of its input columns is the hidden width
-        y = sliced_conv_bn_act(y, project, layer.width, 1)
-        return x + y if x.shape[1] == layer.width else y  # the residual of an MBConv with stride 1
+        return layer_kind(layer.type).forward_slice(getattr(self, layer.type), x, layer.width, layer.kernel,
+                                                    self.ir_expansion)
 
     @torch.no_grad()
     def copy_into(self, modules: Sequence[nn.Module], layer: BranchLayer) -> None:
         """Copy the slice for ``layer`` into the candidate's modules of that layer (pooling excluded)."""
-        if layer.type == "conv":
-            (dst,) = modules
-            copy_conv_bn(dst, self.conv)
-        elif layer.type == "dwsep":
-            dw, pw = modules
-            copy_conv_bn(dw, self.dwsep[0], depthwise=True)
-            copy_conv_bn(pw, self.dwsep[1])
-        else:
-            (dst,) = modules
-            dst_body, src_body = list(dst.body), list(self.ir.body)
-            if self.ir_expansion != 1:
-                copy_conv_bn(dst_body.pop(0), src_body.pop(0))
-            copy_conv_bn(dst_body.pop(0), src_body.pop(0), depthwise=True)
-            copy_conv_bn(dst_body.pop(0), src_body.pop(0))
+        layer_kind(layer.type).copy_slice(getattr(self, layer.type), modules, self.ir_expansion)
 
 
 class ElasticExitHead(nn.Module):
@@ -147,7 +120,7 @@ class ElasticExitHead(nn.Module):
         """Copy the slice for ``layers`` into ``head``, a module built by ``nn.network.build_exit_head``."""
         modules = [m for m in head if not isinstance(m, (nn.MaxPool2d, nn.AvgPool2d))]
         for slot, layer in zip(self.slots, layers):
-            n = 2 if layer.type == "dwsep" else 1
+            n = layer_kind(layer.type).n_modules
             slot.copy_into(modules[:n], layer)
             modules = modules[n:]
         (classifier,) = modules

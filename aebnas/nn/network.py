@@ -13,6 +13,7 @@ from torch import nn
 
 from aebnas.nn.blocks import Classifier, ConvBNAct, MBConv
 from aebnas.space import BranchLayer, Genome, SpaceSettings
+from aebnas.space.layer_kinds import layer_kind
 
 
 def build_stage(space: SpaceSettings, stage_index: int, blocks, c_in: int) -> nn.Sequential:
@@ -27,23 +28,12 @@ def build_stage(space: SpaceSettings, stage_index: int, blocks, c_in: int) -> nn
 
 def build_branch_layer(layer: BranchLayer, c_in: int, activation: str, ir_expansion: int) -> list[nn.Module]:
     """Optional 2x2 pooling first (it shrinks what the layer pays for), then the layer."""
-    act = activation
     mods: list[nn.Module] = []
     if layer.pool == "max":
         mods.append(nn.MaxPool2d(2, ceil_mode=True))
     elif layer.pool == "avg":
         mods.append(nn.AvgPool2d(2, ceil_mode=True))
-    if layer.type == "conv":
-        mods.append(ConvBNAct(c_in, layer.width, layer.kernel, activation=act))
-    elif layer.type == "dwsep":
-        mods += [ConvBNAct(c_in, c_in, layer.kernel, groups=c_in, activation=act),
-                 ConvBNAct(c_in, layer.width, 1, activation=act)]
-    elif layer.type == "ir":
-        mods.append(MBConv(c_in, layer.width, layer.kernel, ir_expansion, 1,
-                           squeeze_excite=False, activation=act))
-    else:  # the genome parser already refuses other types
-        raise ValueError(f"exit layer type '{layer.type}' is unknown")
-    return mods
+    return mods + layer_kind(layer.type).build(c_in, layer.width, layer.kernel, activation, ir_expansion)
 
 
 def build_exit_head(layers: tuple[BranchLayer, ...], c_in: int, num_classes: int, space: SpaceSettings) -> nn.Sequential:

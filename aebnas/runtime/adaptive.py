@@ -1,6 +1,6 @@
 """Adaptive inference: run the backbone segment by segment and let confident samples leave.
 
-The decision rule is the one the search simulated (:mod:`aebnas.search.thresholds`):
+The decision rule is the one the search simulated (:mod:`aebnas.exits`):
 a sample leaves at the first enabled exit whose confidence reaches that exit's
 threshold, at the final classifier otherwise. Here it is applied for real: after
 each exit the samples that left are removed from the batch (batch compaction),
@@ -27,7 +27,7 @@ from torch import nn
 from aebnas.cost import NetworkCost, network_cost
 from aebnas.nn import EarlyExitNet, build_model, fold_batchnorm
 from aebnas.runtime.operating_points import OperatingPoint, OperatingPoints
-from aebnas.search.thresholds import METRICS, confidence, exit_indices
+from aebnas.exits import METRICS, confidence, confidence_torch, exit_indices
 from aebnas.space import Genome
 from aebnas.config_checks import ConfigError
 
@@ -81,20 +81,6 @@ def _check_thresholds(thresholds: Sequence[float | None], n_early: int) -> tuple
         else:
             out.append(float(t))
     return tuple(out)
-
-
-def confidence_torch(logits: torch.Tensor, metric: str) -> torch.Tensor:
-    """The metrics of :func:`aebnas.search.thresholds.confidence` in torch ops, on the logits' device and in
-    float64 as there: the adaptive model decides without sending logits to the host, and a scripted graph can
-    hold them. A test holds the two together to 1e-12."""
-    p = torch.softmax(logits.double(), dim=-1)
-    if metric == "max_softmax":
-        return p.max(dim=-1).values
-    if metric == "margin":
-        top2 = torch.topk(p, 2, dim=-1).values
-        return top2[..., 0] - top2[..., 1]
-    h = -(p * torch.log(torch.clamp(p, min=1e-12, max=1.0))).sum(dim=-1)
-    return 1.0 - h / math.log(p.shape[-1])
 
 
 class AdaptiveModel(nn.Module):

@@ -21,7 +21,6 @@ onnxruntime).
 from __future__ import annotations
 
 import math
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable, Sequence
@@ -29,8 +28,10 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from aebnas.atomic_write import atomic_path
 from aebnas.nn import EarlyExitNet, fold_batchnorm
-from aebnas.runtime.adaptive import AdaptiveModel, confidence_torch
+from aebnas.exits import confidence_torch
+from aebnas.runtime.adaptive import AdaptiveModel
 
 
 class _AllExits(nn.Module):
@@ -175,11 +176,8 @@ def _save_whole(path: Path, write: Callable[[Path], None]) -> None:
 
     The file keeps its own name there: torch.export.save names the archive's root after it.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".tmp-export-", dir=path.parent) as tmp_dir:
-        tmp = Path(tmp_dir) / path.name
+    with atomic_path(path, keep_name=True) as tmp:
         write(tmp)
-        tmp.replace(path)
 
 
 class ExportableAdaptive(nn.Module):

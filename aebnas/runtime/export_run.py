@@ -25,7 +25,7 @@ from aebnas.runtime.export import (export_adaptive, export_onnx_all_exits, expor
                                    script_adaptive)
 from aebnas.runtime.operating_points import path_costs_with
 from aebnas.runtime.run_network import RunChoiceSettings, load_run_network, operating_point_setting, point_label
-from aebnas.search.archive import write_text_atomic
+from aebnas.atomic_write import write_text_atomic
 from aebnas.config_checks import ConfigError, setting
 
 log = logging.getLogger("aebnas.runtime")

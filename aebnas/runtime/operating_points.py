@@ -3,7 +3,7 @@
 A network's thresholds trade accuracy for cost. Given its per-exit logits on
 the validation split, every threshold vector's accuracy and expected MACs
 follow without running the network again (the rule of
-:mod:`aebnas.search.thresholds`), so the whole trade-off curve is computed once,
+:mod:`aebnas.exits`), so the whole trade-off curve is computed once,
 stored beside the model, and a runtime picks a point from it by name, by an
 accuracy floor or by a cost budget, and may switch between batches.
 
@@ -23,8 +23,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from aebnas.cost import NetworkCost, expected_cost
-from aebnas.search.archive import write_text_atomic
-from aebnas.search.thresholds import METRICS, confidence, exit_indices
+from aebnas.atomic_write import write_text_atomic
+from aebnas.exits import METRICS, confidence, exit_indices
 from aebnas.config_checks import ConfigError
 
 FILE_NAME = "operating_points.json"

@@ -27,7 +27,7 @@ from aebnas.nn import EarlyExitNet
 from aebnas.runtime.adaptive import AdaptiveModel
 from aebnas.runtime.operating_points import NAMES, path_costs_with
 from aebnas.runtime.run_network import RunChoiceSettings, load_run_network, point_label
-from aebnas.search.archive import write_text_atomic
+from aebnas.atomic_write import write_text_atomic
 from aebnas.config_checks import check_int, setting
 
 log = logging.getLogger("aebnas.runtime")

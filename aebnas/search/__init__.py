@@ -1,4 +1,4 @@
-"""The search loop: pymoo problem, operators, candidate evaluator, thresholds, the runner."""
+"""The search loop: pymoo problem, operators, candidate evaluator, the runner."""
 
 from aebnas.search.evaluator import CandidateEvaluator, Evaluation
 from aebnas.search.job import SearchJob

@@ -1,8 +1,8 @@
-"""Run-directory tables: an append-only CSV log and atomic whole-file writes.
+"""Run-directory tables: an append-only CSV log and the durable evaluation archive.
 
 Each appended row is one finished evaluation, flushed before the next starts,
 so a killed run leaves only complete rows. Whole tables (pareto.csv) are
-written to a temporary file and renamed, so no half-written result appears.
+written with :mod:`aebnas.atomic_write`, so no half-written result appears.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 
 class CsvLog:
@@ -32,27 +32,6 @@ class CsvLog:
             writer.writerow(row)
             f.flush()
             os.fsync(f.fileno())
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write to a temporary sibling and rename: readers see the old file or the new one, never half."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def write_csv_atomic(path: Path, rows: Iterable[Mapping[str, Any]], columns: list[str] | None = None) -> None:
-    rows = list(rows)
-    path = Path(path)
-    if columns is None:
-        columns = list(rows[0]) if rows else []
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
 
 
 class EvaluationArchive:

@@ -35,7 +35,7 @@ from aebnas.data import DataSplits
 from aebnas.nn.supernet import Supernet
 from aebnas.search.objectives import constraint_values, objective_values
 from aebnas.search.settings import SearchSettings
-from aebnas.search.thresholds import simulate_exits, tune_thresholds
+from aebnas.exits import simulate_exits, tune_thresholds
 from aebnas.search.training import CandidateTraining, TrainedNetwork
 from aebnas.space import Genome
 from aebnas.train import TrainerSettings

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from aebnas.atomic_write import atomic_path, write_csv_atomic, write_text_atomic
 from aebnas.cost import expected_cost
+from aebnas.exits import confidence, simulate_exits
 from aebnas.nn import build_model
-from aebnas.search.archive import write_csv_atomic, write_text_atomic
 from aebnas.search.evaluator import LIST_FIELDS, CandidateEvaluator, Evaluation
-from aebnas.search.thresholds import confidence, simulate_exits
 from aebnas.search.training import short_hash
 from aebnas.space import Genome, SearchSpace
 from aebnas.train import predict_logits
@@ -53,7 +53,8 @@ def _finalise_pareto(front: list[Evaluation], evaluator: CandidateEvaluator, spa
     models_dir = run_dir / "models"
     shutil.rmtree(models_dir, ignore_errors=True)  # a resumed run writes them anew; none may be left from before
     if settings.final_epochs and front:
-        log.info("final training: %d Pareto network(s), %d epoch(s) each", len(front), settings.final_epochs)
+        log.info("final training: %d Pareto network%s, %d epoch%s each", len(front), "" if len(front) == 1 else "s",
+                 settings.final_epochs, "" if settings.final_epochs == 1 else "s")
     rows = []
     for rank, searched in enumerate(tqdm(front, desc="final training", unit="net",
                                          disable=not (progress and settings.final_epochs))):
@@ -110,8 +111,8 @@ def _save_model(model: torch.nn.Module, genome: Genome, row: dict[str, Any], eva
     """``out``: the weights, the genome and the metrics with everything needed to rebuild and feed the network."""
     data, settings = evaluator.data, evaluator.settings
     out.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), out / "model.pt.tmp")
-    (out / "model.pt.tmp").replace(out / "model.pt")
+    with atomic_path(out / "model.pt") as tmp:
+        torch.save(model.state_dict(), tmp)
     write_text_atomic(out / "genome.json", genome.dumps())
     metrics = {k: (json.loads(v) if k in ("test_exit_rates", *LIST_FIELDS) else v)
                for k, v in row.items() if k not in ("constraints",)}

@@ -54,17 +54,17 @@ class GroupUniformCrossover(Crossover):
 
 
 class GeneResetMutation(Mutation):
-    """Each gene, with probability ``gene_prob``, takes one of its *other* choices uniformly."""
+    """Each gene, with probability ``gene_prob`` (pymoo's per-variable probability; 1 / number of genes when
+    not given), takes one of its *other* choices uniformly."""
 
     def __init__(self, space: SearchSpace, gene_prob: float | None = None):
-        super().__init__(prob=1.0)
+        super().__init__(prob=1.0, prob_var=gene_prob)
         self.space = space
-        self.gene_prob = gene_prob if gene_prob is not None else 1.0 / space.n_var
 
     def _do(self, problem, X, *args, random_state=None, **kwargs):
         X = np.array(X, dtype=np.int64, copy=True)
         n_choices = self.space.xu - self.space.xl + 1
-        mutate = (random_state.random(X.shape) < self.gene_prob) & (n_choices > 1)
+        mutate = (random_state.random(X.shape) < self.get_prob_var(problem)) & (n_choices > 1)
         # shift by 1..n-1 modulo n: uniform over the other choices
         shift = 1 + np.floor(random_state.random(X.shape) * (n_choices - 1)).astype(np.int64)
         X[mutate] = ((X - self.space.xl + shift) % n_choices + self.space.xl)[mutate]

@@ -13,7 +13,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from aebnas.search.archive import CsvLog, EvaluationArchive, write_csv_atomic, write_text_atomic
+from aebnas.atomic_write import write_csv_atomic, write_text_atomic
+from aebnas.search.archive import CsvLog, EvaluationArchive
 from aebnas.search.evaluator import CandidateEvaluator, Evaluation
 from aebnas.config_checks import ConfigError
 

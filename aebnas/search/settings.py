@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 
 from aebnas.config_checks import ConfigError, Settings, parse_settings, setting, to_plain
-from aebnas.search.thresholds import METRICS
+from aebnas.exits import METRICS
 
 log = logging.getLogger("aebnas")
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from aebnas.atomic_write import atomic_path
 from aebnas.cost import NetworkCost, network_cost
 from aebnas.data import DataSplits
 from aebnas.nn import build_model, count_parameters
 from aebnas.nn.supernet import Supernet, inherit_weights
-from aebnas.search.thresholds import confidence
+from aebnas.exits import confidence
 from aebnas.space import Genome
 from aebnas.train import TrainerSettings, candidate_cudnn, fit, predict_logits, recalibrate_batchnorm
 
@@ -134,9 +134,8 @@ class CandidateTraining:
         if self.model_dir is not None:
             self.model_dir.mkdir(parents=True, exist_ok=True)
             path = self.model_dir / f"{short_hash(genome.network_key)}{name_suffix}.pt"
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")  # worker processes never share a temp file
-            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-            tmp.replace(path)
+            with atomic_path(path) as tmp:  # worker processes never share a temp file
+                torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
             model_file = str(path)
         cost = network_cost(genome, data.num_classes, data.in_channels, data.resolution)
         return TrainedNetwork(conf.astype(np.float32), correct, cost, count_parameters(model),

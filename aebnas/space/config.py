@@ -13,8 +13,9 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, ClassVar, Mapping, Sequence
 
 from aebnas.config_checks import ConfigError, Settings, check_int, parse_settings, setting
+from aebnas.space.layer_kinds import layer_kind_names
 
-LAYER_TYPES = ("conv", "dwsep", "ir")
+LAYER_TYPES = ("conv", "dwsep", "ir")  # the default branch choices; any registered layer kind may be chosen
 POOL_TYPES = ("none", "max", "avg")
 ACTIVATIONS = ("relu", "hswish")
 
@@ -38,8 +39,8 @@ class BranchChoices(Settings):
 
     depths: tuple[int, ...] = setting((1, 2), check=lambda v, n, e: _int_choices(v, n),
                                       allowed="distinct positive integers", help="Layers an exit branch may have.")
-    layer_types: tuple[str, ...] = setting(LAYER_TYPES, check=lambda v, n, e: _str_choices(v, n, LAYER_TYPES),
-                                           allowed="some of " + " | ".join(LAYER_TYPES),
+    layer_types: tuple[str, ...] = setting(LAYER_TYPES, check=lambda v, n, e: _str_choices(v, n, layer_kind_names()),
+                                           allowed="registered layer kinds (" + " | ".join(LAYER_TYPES) + " shipped)",
                                            help="Layer types of a branch: conv, dwsep (depthwise-separable), ir "
                                                 "(inverted residual).")
     widths: tuple[int, ...] = setting((16, 32, 64), check=lambda v, n, e: _int_choices(v, n),
@@ -215,9 +216,9 @@ def _exit_heads(value: Any, exit_stages: tuple[int, ...], stages: tuple[StageSpe
         except GenomeError as exc:
             raise SpaceConfigError(f"space.exit_heads: {exc}") from None
         for layer in layers:
-            if layer.type not in LAYER_TYPES or layer.width < 1 or layer.kernel % 2 == 0:
+            if layer.type not in layer_kind_names() or layer.width < 1 or layer.kernel % 2 == 0:
                 raise SpaceConfigError(f"space.exit_heads: layer {layer.to_text()!r} after stage {stage} needs a type "
-                                       f"in {list(LAYER_TYPES)}, a positive width and an odd kernel")
+                                       f"in {list(layer_kind_names())}, a positive width and an odd kernel")
     return heads
 
 

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from aebnas.atomic_write import atomic_path
 from aebnas.data import DataSplits
 from aebnas.nn.elastic_heads import Heads, head_choices
 from aebnas.nn.supernet import Backbone, Supernet, backbone_identity, exit_identity
@@ -329,11 +330,9 @@ def prepare_supernet(space: SearchSpace, data: DataSplits, cfg: SupernetSettings
     info = SupernetInfo(path=str(path), key=key, cached=False, train_seconds=round(seconds, 3), steps=steps,
                         images_per_second=round(cfg.epochs * len(data.train) / seconds, 1), final_loss=final_loss,
                         exits=cfg.exits)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # jobs of a sweep may train the same supernet at once
-    torch.save({"identity": identity, "info": asdict(info),
-                "state_dict": {k: v.detach().cpu() for k, v in supernet.state_dict().items()}}, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:  # jobs of a sweep may train the same supernet at once: each has its own tmp
+        torch.save({"identity": identity, "info": asdict(info),
+                    "state_dict": {k: v.detach().cpu() for k, v in supernet.state_dict().items()}}, tmp)
     log.info("supernet trained in %.0fs (%d steps, %.0f images/s per subnet pass x%d)", seconds, steps,
              info.images_per_second, 2 + cfg.random_subnets)
     return supernet, info
