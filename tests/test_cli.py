@@ -3,11 +3,11 @@
 import os
 import subprocess
 import sys
-from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 
 from aebnas.analysis import load_run
+from aebnas.search.executors import ClusterLost
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
@@ -37,6 +37,8 @@ def test_short_search_through_the_cli(tmp_path):
     (["dataset=cifar10", "dataset.data_dir=/nonexistent/cifar"], "dataset.data_dir: CIFAR-10 not found"),
     (["search.pop_size=1"], "search.pop_size: must be an integer >= 2"),
     (["workers=0"], "workers: must be in [1, inf], got 0"),
+    (["executor=dask", "executor.address=tcp://127.0.0.1:9", "executor.connect_timeout=1"],
+     "executor.address: no Dask scheduler answered at tcp://127.0.0.1:9 within 1 s"),
     (["space.thresholds=[0.5,1.5]"], "space.thresholds: choice 1.5 is outside (0, 1]"),
     (["search.initial_genomes=[k3e2/garbage]"], "search.initial_genomes[0]: genome text"),
     (["search.objective=aebnas"], "search.target_macs"),
@@ -61,7 +63,7 @@ def test_bad_input_gets_one_line(tmp_path, args, fragment):
 
 @pytest.mark.parametrize("failure, fragment", [
     (OSError(28, "No space left on device"), "No space left on device"),
-    (BrokenProcessPool("A process in the process pool was terminated abruptly"), "BrokenProcessPool: A process"),
+    (ClusterLost("the Dask scheduler or this search's connection to it was lost"), "ClusterLost: the Dask scheduler"),
 ])
 def test_machine_failure_is_one_line_with_the_way_back(capsys, failure, fragment):
     from aebnas.cli.common import user_errors

@@ -7,13 +7,14 @@ from omegaconf import OmegaConf
 
 from aebnas.cli.common import config_dir
 from aebnas.search import SearchSettings
+from aebnas.search.executors import ExecutorSettings
 from aebnas.space import SearchSpace, SpaceSettings
 from aebnas.train import TrainerSettings
 from tests.conftest import compose_config
 
 CONF = Path(config_dir())
 GROUPS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml"))
-          for g in ("dataset", "space", "search", "trainer", "experiment", "method")}
+          for g in ("dataset", "space", "search", "trainer", "experiment", "method", "executor")}
 
 
 def _validate(cfg):
@@ -21,6 +22,7 @@ def _validate(cfg):
     SearchSpace(SpaceSettings.from_dict(plain["space"]))
     SearchSettings.from_dict(plain["search"])
     TrainerSettings.from_dict(plain["trainer"])
+    ExecutorSettings.from_dict(plain["executor"]).with_workers(plain["workers"])
     assert plain["dataset"]["name"] in GROUPS["dataset"]
     return plain
 

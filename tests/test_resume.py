@@ -1,5 +1,5 @@
 """A search killed with SIGKILL mid-generation, twice, then resumed, ends exactly like an uninterrupted one
-(the first run trains in two worker processes, which must die with it; the others in-process)."""
+(the first run trains on two Dask worker processes, which must die with it; the others in-process)."""
 
 import json
 import os
@@ -94,7 +94,7 @@ def test_killed_twice_then_resumed_equals_uninterrupted(tmp_path):
     done = _start(tmp_path / "log2", f"resume={run}")
     out, err = done.communicate(timeout=300)
     assert done.returncode == 0, err[-2000:]
-    assert "training 2 candidates at once" in out + err  # the saved run's workers=2, kept without an override
+    assert "executor=dask: 2 worker(s)" in out + err  # the saved run's workers=2, kept without an override
 
     clean = tmp_path / "clean"
     proc = _start(clean, *ARGS)

@@ -15,7 +15,8 @@ from aebnas.cost.latency import InputShape, LatencyTable, LatencyTableError
 from aebnas.cost.profiler import HardwareSettings
 from aebnas.data import DatasetError
 from aebnas.runtime.export_run import ExportCheckError
-from aebnas.search.workers import WorkerStartError
+from aebnas.search.executors import WorkerStartError
+from aebnas.search.rundir_lock import RunDirBusy
 from aebnas.space import SpaceSettings
 from aebnas.config_checks import ConfigError
 
@@ -151,7 +152,7 @@ def report_table(used: TableInUse) -> None:
         print(f"warning: {used.warning}", file=sys.stderr, flush=True)
 
 
-USER_ERRORS = BASE_USER_ERRORS + (DatasetError, WorkerStartError, ExportCheckError)
+USER_ERRORS = BASE_USER_ERRORS + (DatasetError, WorkerStartError, ExportCheckError, RunDirBusy)
 
 
 def user_errors(prog: str) -> ContextManager[None]:

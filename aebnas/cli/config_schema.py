@@ -17,6 +17,7 @@ from aebnas.cost.profiler import HardwareSettings, ProfileSettings
 from aebnas.data.config import DataSettings
 from aebnas.runtime.export_run import ExportSettings
 from aebnas.runtime.stream import StreamSettings
+from aebnas.search.executors import ExecutorSettings
 from aebnas.search.settings import SearchSettings
 from aebnas.train.supernet import SupernetSettings
 from aebnas.train.trainer import TrainerSettings
@@ -28,6 +29,7 @@ GROUP_SCHEMAS: dict[str, type[Settings]] = {
     "trainer": TrainerSettings,
     "supernet": SupernetSettings,
     "hardware": HardwareSettings,
+    "executor": ExecutorSettings,
 }
 
 #: A primary config (conf/<name>.yaml, an entry point's own) -> the settings its top level is read into.

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -30,7 +29,7 @@ def one_line_errors(prog: str, errors: tuple[type[BaseException], ...] = BASE_US
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"{prog}: error: {message}", file=sys.stderr)
         sys.exit(2)
-    except (OSError, BrokenProcessPool) as exc:  # disk full, data gone, a worker killed: the archive is intact
+    except OSError as exc:  # disk full, data gone, the Dask cluster lost: the archive is intact
         if os.environ.get("AEBNAS_TRACEBACK"):
             raise
         print(f"{prog}: error: the machine failed, not a candidate ({type(exc).__name__}: {exc}); finished "

@@ -17,6 +17,8 @@ from aebnas.cost.latency import InputShape, LatencyTable
 from aebnas.data import load_dataset
 from aebnas.search import SearchJob, SearchSettings, run_search
 from aebnas.search.algorithms import parse_initial_genomes
+from aebnas.search.executors import ExecutorSettings, check_scheduler_reachable
+from aebnas.search.rundir_lock import RunDirLock
 from aebnas.space import SearchSpace, SpaceSettings
 from aebnas.train import TrainerSettings, resolve_device
 from aebnas.train.supernet import SupernetSettings
@@ -26,7 +28,7 @@ log = logging.getLogger("aebnas")
 
 
 # How a run is carried out, not what it computes: free to change when resuming.
-IGNORED_FOR_IDENTITY = ("resume", "progress", "workers")
+IGNORED_FOR_IDENTITY = ("resume", "progress", "workers", "executor")
 
 
 def resumed_config(cfg: DictConfig, user_overrides: list[str]) -> tuple[DictConfig, Path]:
@@ -38,13 +40,13 @@ def resumed_config(cfg: DictConfig, user_overrides: list[str]) -> tuple[DictConf
     saved = OmegaConf.load(saved_path)
     overridden = [o.split("=", 1)[0].lstrip("+~") for o in user_overrides]
     for key in overridden:
-        if key in IGNORED_FOR_IDENTITY or isinstance(OmegaConf.select(cfg, key), DictConfig) or key == "experiment":
+        if key.split(".")[0] in IGNORED_FOR_IDENTITY or isinstance(OmegaConf.select(cfg, key), DictConfig) or key == "experiment":
             continue  # group choices (experiment=, dataset=) are not values; what they set is in the saved config
         now, then = OmegaConf.select(cfg, key), OmegaConf.select(saved, key)
         if now != then:
             raise ConfigError(f"resume: {key} was {then!r} in '{run_dir}', not {now!r}; resume without changing it")
     for key in IGNORED_FOR_IDENTITY:  # the saved run's way of running, unless this command line says otherwise
-        if key in overridden or key not in saved:
+        if any(o.split(".")[0] == key for o in overridden) or key not in saved:
             saved[key] = cfg.get(key)
     saved.resume = str(run_dir)
     return saved, run_dir
@@ -55,6 +57,11 @@ def search(cfg: DictConfig, run_dir: Path, user_overrides: list[str] | None = No
     resume = cfg.get("resume") not in (None, "")
     if resume:
         cfg, run_dir = resumed_config(cfg, user_overrides or [])
+    with RunDirLock(run_dir):  # before anything is loaded or written: a second process on this directory stops here
+        return _search(cfg, run_dir, resume)
+
+
+def _search(cfg: DictConfig, run_dir: Path, resume: bool) -> Path:
     plain = OmegaConf.to_container(cfg, resolve=True)
     space = SearchSpace(SpaceSettings.from_dict(plain["space"]))
     settings = SearchSettings.from_dict(plain["search"])
@@ -63,7 +70,10 @@ def search(cfg: DictConfig, run_dir: Path, user_overrides: list[str] | None = No
     supernet = SupernetSettings.from_dict(plain["supernet"]) if trainer.init == "supernet" else None
     device = resolve_device(trainer.device)
     check_int(plain.get("seed"), "seed", lo=0)
-    workers = check_int(plain.get("workers", 1), "workers", lo=1)
+    workers = plain.get("workers")
+    executor = ExecutorSettings.from_dict(plain.get("executor")).with_workers(
+        None if workers is None else check_int(workers, "workers", lo=1))
+    check_scheduler_reachable(executor)
     if trainer.num_threads:
         torch.set_num_threads(trainer.num_threads)
     data = load_dataset(plain["dataset"])
@@ -86,7 +96,7 @@ def search(cfg: DictConfig, run_dir: Path, user_overrides: list[str] | None = No
     result = run_search(SearchJob(space, data, trainer, settings, device, run_dir, seed=plain["seed"],
                                   progress=bool(plain.get("progress", True)), resume=resume, config_record=record,
                                   latency_table=latency_table, method=(plain.get("method") or {}).get("name"),
-                                  supernet=supernet, workers=workers))
+                                  supernet=supernet, executor=executor))
     best = max(result.pareto, key=lambda r: r["test_accuracy"], default=None)
     failed = sum(e.status != "ok" for e in result.evaluations)
     n = len(result.pareto)

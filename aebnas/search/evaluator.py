@@ -23,8 +23,6 @@ import json
 import logging
 import math
 import time
-from concurrent.futures import Future
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -39,7 +37,6 @@ from aebnas.search.objectives import constraint_values, objective_values
 from aebnas.search.settings import SearchSettings
 from aebnas.exits import simulate_exits, tune_thresholds
 from aebnas.search.training import CandidateTraining, TrainedNetwork
-from aebnas.search.workers import CandidatePool
 from aebnas.space import Genome
 from aebnas.train import TrainerSettings
 
@@ -126,9 +123,10 @@ class CandidateEvaluator:
         self.settings = settings
         # trainer, device, seed, weights folder and supernet live here, the one copy training reads
         self.training = CandidateTraining(data, trainer, settings.exit_metric, device, seed, model_dir, supernet)
-        # Worker processes training candidates side by side (set by the runner for workers > 1); None: in-process.
-        self.pool: CandidatePool | None = None
-        self._pending: dict[str, Future[TrainedNetwork]] = {}  # network key -> training under way in the pool
+        # Where new networks train side by side (aebnas.search.executors, set by the runner); None: in-process.
+        # Anything with ``submit(genome)`` returning an object whose ``result()`` gives the TrainedNetwork.
+        self.pool: Any = None
+        self._pending: dict[str, Any] = {}  # network key -> training under way in the pool
         self.evaluations: list[Evaluation] = []
         self._by_candidate_key: dict[str, Evaluation] = {}
         self._networks: dict[str, TrainedNetwork] = {}  # network key -> its trained network
@@ -193,9 +191,9 @@ class CandidateEvaluator:
         if net is None:
             try:
                 net = self._train(genome)
-            except (OSError, BrokenProcessPool):
-                raise  # the machine, not the candidate: disk full, dataset gone, a worker killed -> stop, archive intact
-            except Exception as exc:  # diverged, out of memory, or a bug this genome triggers
+            except OSError:
+                raise  # the machine, not the candidate: disk full, dataset gone, the cluster lost -> stop, archive intact
+            except Exception as exc:  # diverged, out of memory, its workers killed, or a bug this genome triggers
                 return self._record(self._failed(genome, generation, exc), candidate_key)
             self._networks[genome.network_key] = net
         return self._record(self.score(genome, net, generation), candidate_key)

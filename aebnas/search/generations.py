@@ -38,8 +38,14 @@ class GenerationLog(Callback):
         lowest = cost_text(self.cost, row[f"min_{self.cost}"])
         self.bar.write(f"gen {row['generation']:3d} | evals {row['evaluations']:4d} | pareto {row['pareto_size']:2d} | "
                        f"best acc {row['best_val_accuracy']:.4f} | min {lowest} | "
-                       f"HV {row['hypervolume']:.4f} | {row['elapsed_seconds']:.0f}s")
+                       f"HV {row['hypervolume']:.4f} | {row['elapsed_seconds']:.0f}s{self._workers_text()}")
         log.debug("generation %s", json.dumps(row))
+
+    def _workers_text(self) -> str:
+        """' | workers 2' with an executor: how many are connected (a lost one shows until it is replaced)."""
+        if self.evaluator.pool is None:
+            return ""
+        return f" | workers {self.evaluator.pool.busy()[1]}"
 
     def summary_row(self, generation: int) -> dict:
         """The search so far: evaluations, failures, the front's size and hypervolume, the best of each objective."""

@@ -10,6 +10,7 @@ import torch
 
 from aebnas.cost.latency import LatencyTable
 from aebnas.data import DataSplits
+from aebnas.search.executors import ExecutorSettings
 from aebnas.search.settings import SearchSettings
 from aebnas.space import SearchSpace
 from aebnas.train import TrainerSettings
@@ -24,7 +25,8 @@ class SearchJob:
     resume under another config is refused; ``latency_table`` prices every
     candidate in milliseconds on that device (needed by ``avg_latency`` and
     latency budgets); ``method`` (conf/method/) is recorded in summary.json;
-    ``workers`` > 1 trains candidates side by side in worker processes.
+    ``executor`` (conf/executor/) says where candidates train, one at a time in this process by default;
+    ``workers=N`` is the shorthand for N at once on a local Dask cluster (``executor_settings`` resolves both).
     """
 
     space: SearchSpace
@@ -40,7 +42,12 @@ class SearchJob:
     latency_table: LatencyTable | None = None
     method: str | None = None
     supernet: SupernetSettings | None = None
-    workers: int = 1
+    workers: int | None = None
+    executor: ExecutorSettings | None = None
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
+
+    @property
+    def executor_settings(self) -> ExecutorSettings:
+        return (self.executor or ExecutorSettings()).with_workers(self.workers)

@@ -33,6 +33,7 @@ from aebnas.search.job import SearchJob
 from aebnas.search.objectives import objective_names
 from aebnas.search.problem import EarlyExitProblem
 from aebnas.search.rundir import RunDirectory
+from aebnas.search.rundir_lock import RunDirLock
 from aebnas.train.supernet import SupernetSettings, SupernetInfo, prepare_supernet
 from aebnas.config_checks import ConfigError
 
@@ -54,7 +55,13 @@ def run_search(job: SearchJob) -> SearchResult:
 
     With ``job.resume`` the search is replayed from the start with the same seed:
     finished evaluations come from the archive instead of being trained again.
+    Only one process writes a run directory at a time (``RunDirLock``): a second one is refused at start.
     """
+    with RunDirLock(job.run_dir):
+        return _run_search(job)
+
+
+def _run_search(job: SearchJob) -> SearchResult:
     settings = job.settings
     if settings.needs_latency and job.latency_table is None:
         raise ConfigError(f"search.objective={settings.objective} / search.max_expected_latency_ms need a latency "
@@ -65,12 +72,13 @@ def run_search(job: SearchJob) -> SearchResult:
     evaluator, supernet_info = _evaluator(job, run)
     plan = build_algorithm(job.space, settings, evaluator.candidate_key)
     bar = tqdm(total=plan.candidates, desc="candidates", unit="cand", disable=not job.progress, dynamic_ncols=True)
-    evaluator.on_evaluated.append(lambda ev, fresh: _progress(bar, ev, fresh, settings.cost_column))
+    evaluator.on_evaluated.append(lambda ev, fresh: _progress(bar, ev, fresh, settings.cost_column, evaluator.pool))
     refs = _cost_references(job)
     log.info("search space %s: %d genes, %.3e networks; largest static network %.2fM MACs",
              job.space.config.name, job.space.n_var, float(job.space.size), refs["largest_static_macs"] / 1e6)
     cost_ref = refs["largest_static_macs" if settings.cost_column == "expected_macs" else "largest_static_latency_ms"]
-    with training_pool(evaluator, job.workers, plan.batch_size):
+    with training_pool(evaluator, job.executor_settings, plan.batch_size) as pool:
+        workers = pool.workers if pool is not None else 1
         minimize(EarlyExitProblem(job.space, evaluator, settings), plan.algorithm, plan.termination, seed=job.seed,
                  verbose=False, copy_algorithm=False,
                  callback=GenerationLog(run, evaluator, job.space, bar, start, settings.cost_column, cost_ref))
@@ -79,7 +87,7 @@ def run_search(job: SearchJob) -> SearchResult:
     front = pareto_evaluations(evaluator.evaluations, settings.cost_column)
     pareto_rows, final_seconds = finish_search(front, evaluator, job.space, run.path, job.progress)
     seconds = time.perf_counter() - start - final_seconds  # the search's own time; the answer's training apart
-    run.close(_summary(job, evaluator, pareto_rows, seconds, final_seconds, refs, supernet_info))
+    run.close(_summary(job, evaluator, pareto_rows, seconds, final_seconds, refs, supernet_info, workers))
     draw_pareto(run.path, f"{job.data.name}: accuracy vs {_cost_name(job)}", settings.cost_column)
     return SearchResult(run_dir=run.path, evaluations=evaluator.evaluations, pareto=pareto_rows, seconds=seconds)
 
@@ -97,11 +105,16 @@ def _evaluator(job: SearchJob, run: RunDirectory) -> tuple[CandidateEvaluator, S
     return evaluator, supernet_info
 
 
-def _progress(bar: tqdm, ev: Evaluation, fresh: bool, cost_column: str) -> None:
+def _progress(bar: tqdm, ev: Evaluation, fresh: bool, cost_column: str, pool: Any) -> None:
+    """One more candidate on the bar; a fresh one shows its numbers, and with an executor how many workers are busy."""
     bar.update(1)
     if fresh:
+        busy = {}
+        if pool is not None:
+            working, connected = pool.busy()
+            busy = {"busy": f"{working}/{connected}"}
         bar.set_postfix(gen=ev.generation, acc=f"{ev.val_accuracy:.3f}",
-                        cost=cost_text(cost_column, getattr(ev, cost_column)))
+                        cost=cost_text(cost_column, getattr(ev, cost_column)), **busy)
 
 
 def _cost_references(job: SearchJob) -> dict[str, float | None]:
@@ -119,7 +132,8 @@ def _cost_name(job: SearchJob) -> str:
 
 
 def _summary(job: SearchJob, evaluator: CandidateEvaluator, pareto_rows: list[dict[str, Any]], seconds: float,
-             final_seconds: float, refs: dict[str, float | None], supernet_info: SupernetInfo | None) -> dict:
+             final_seconds: float, refs: dict[str, float | None], supernet_info: SupernetInfo | None,
+             workers: int = 1) -> dict:
     """summary.json: what ran, what it cost and what it found."""
     summary = {
         "method": job.method,
@@ -133,7 +147,8 @@ def _summary(job: SearchJob, evaluator: CandidateEvaluator, pareto_rows: list[di
         "largest_static_macs": refs["largest_static_macs"],
         "objectives": objective_names(job.settings),
         "candidate_init": job.trainer.init,
-        "workers": job.workers,
+        "executor": job.executor_settings.name,
+        "workers": workers,
         "final_epochs": job.settings.final_epochs,
         "final_training_seconds": round(final_seconds, 2),
     }

@@ -1,7 +1,7 @@
 """One candidate's training: genome -> trained network -> what the evaluator keeps of it.
 
 Kept apart from the evaluator so that the same code runs in the search's own
-process and in worker processes (``aebnas.search.workers``): a ``CandidateTraining``
+process and on Dask workers (``aebnas.search.executors``): a ``CandidateTraining``
 holds everything training depends on besides the genome, and pickles.
 """
 
