@@ -109,13 +109,19 @@ class _GenerationLog(Callback):
         self.cost = settings.cost_column
 
     def notify(self, algorithm):
+        self.record(self.problem.generation)
+        self._checkpoint(algorithm, self.problem.generation - 1)
+
+    def record(self, generation: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """generations.csv's row for the search so far (``extra``: an algorithm's own columns), the
+        evaluations.csv view and the progress line; then the next generation is counted."""
         evals = self.evaluator.evaluations
         ok = [e for e in evals if e.status == "ok"]  # a failed candidate's placeholder metrics are no record
         front = pareto_evaluations(evals, self.cost)
         pts = (np.array([[1.0 - e.val_accuracy, getattr(e, self.cost) / self.cost_ref] for e in front]) if front
                else np.zeros((0, 2)))
         row = {
-            "generation": self.problem.generation,
+            "generation": generation,
             "evaluations": len(evals),
             "trained_networks": len({e.network_key for e in evals}),
             "pareto_size": len(front),
@@ -124,15 +130,18 @@ class _GenerationLog(Callback):
             f"min_{self.cost}": min((getattr(e, self.cost) for e in ok), default=float("nan")),
             "hypervolume": hypervolume_2d(pts, (1.0, 1.0)),
             "elapsed_seconds": round(time.perf_counter() - self.start, 3),
+            **(extra or {}),
         }
         self.csv.append(row)
         write_evaluations_view(self.archive, self.run_dir)
-        self._checkpoint(algorithm, row["generation"])
+        surrogate = (f" | {row['predictor']} tau {row['predictor_tau']}" if extra and row.get("predictor_tau")
+                     is not None else "")
         self.bar.write(f"gen {row['generation']:3d} | evals {row['evaluations']:4d} | pareto {row['pareto_size']:2d} | "
                        f"best acc {row['best_val_accuracy']:.4f} | min {_cost_text(self.cost, row[f'min_{self.cost}'])} | "
-                       f"HV {row['hypervolume']:.4f} | {row['elapsed_seconds']:.0f}s")
+                       f"HV {row['hypervolume']:.4f} | {row['elapsed_seconds']:.0f}s{surrogate}")
         log.debug("generation %s", json.dumps(row))
-        self.problem.generation += 1
+        self.problem.generation = generation + 1
+        return row
 
     def _checkpoint(self, algorithm, generation: int) -> None:
         """checkpoint.json: the population after this generation and pymoo's RNG state.
@@ -206,7 +215,7 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
     if resume:
         log.info("resuming %s: %d finished evaluations are replayed, not re-run", run_dir, len(archive))
         (run_dir / "generations.csv").unlink(missing_ok=True)  # rebuilt identically by the replay
-    total = pop_size * generations
+    total = settings.budget if settings.algorithm == "msunas" else pop_size * generations
     bar = tqdm(total=total, desc="candidates", unit="cand", disable=not progress, dynamic_ncols=True)
 
     def on_evaluated(ev: Evaluation, fresh: bool) -> None:
@@ -235,9 +244,16 @@ def run_search(space: SearchSpace, data: DataSplits, trainer: TrainerConfig, set
              space.config.name, space.n_var, float(space.size), macs_ref / 1e6)
     if workers > 1:
         evaluator.pool = _start_pool(evaluator, trainer, device, workers, pop_size)
+    generation_log = _GenerationLog(problem, run_dir, bar, start, cost_ref, archive, settings)
     try:
-        minimize(problem, algorithm, ("n_gen", generations), seed=seed, verbose=False, copy_algorithm=False,
-                 callback=_GenerationLog(problem, run_dir, bar, start, cost_ref, archive, settings))
+        if settings.algorithm == "msunas":
+            from aebnas.search.msunas import Featurizer, run_msunas
+
+            featurizer = Featurizer(space, data.num_classes, data.in_channels, data.resolution, latency_table)
+            run_msunas(space, evaluator, settings, featurizer, seed, run_dir, generation_log.record, initial)
+        else:
+            minimize(problem, algorithm, ("n_gen", generations), seed=seed, verbose=False, copy_algorithm=False,
+                     callback=generation_log)
     except BaseException:  # Ctrl-C, a machine failure: stop the workers now, not after their candidates
         if evaluator.pool is not None:
             evaluator.pool.close(abort=True)
