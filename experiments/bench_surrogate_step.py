@@ -32,7 +32,7 @@ class ArchiveOnly:
         self.evaluations = evaluations
 
     @staticmethod
-    def key_of(ev: Evaluation) -> str:
+    def candidate_key_of(ev: Evaluation) -> str:
         return ev.key
 
     @staticmethod

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from aebnas.nn import build_model
 from aebnas.nn.elastic_heads import check_head, head_choices
 from aebnas.nn.supernet import Supernet, genome_heads, inherit_weights
-from aebnas.search import SearchSettings, run_search
+from aebnas.search import SearchJob, SearchSettings, run_search
 from aebnas.search.evaluator import CandidateEvaluator
 from aebnas.search.thresholds import confidence
 from aebnas.space import BranchLayer
@@ -288,8 +288,8 @@ def test_search_with_joint_heads_records_them(small_synthetic, tmp_path):
                             bn_calibration_images=64, eval_batch_size=256)
     settings = SearchSettings(pop_size=2, generations=1, exit_metric="max_softmax")
     sn_cfg = SupernetConfig(epochs=2, batch_size=48, random_subnets=1, exits="joint", cache_dir=str(tmp_path / "c"))
-    result = run_search(space, small_synthetic, trainer, settings, CPU, tmp_path / "run", seed=0, progress=False,
-                        supernet=sn_cfg)
+    result = run_search(SearchJob(space, small_synthetic, trainer, settings, CPU, tmp_path / "run", seed=0,
+                                  progress=False, supernet=sn_cfg))
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["supernet"]["exit_heads"] == "joint" and summary["failed"] == 0
     assert Path(summary["supernet"]["path"]).is_file()

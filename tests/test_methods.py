@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from aebnas.analysis import load_run
 from aebnas.cost import network_cost
-from aebnas.search import SearchSettings, run_search
+from aebnas.search import SearchJob, SearchSettings, run_search
 from aebnas.search.baselines import UniformResampling, manual_genomes
 from aebnas.space import GenomeError, SearchSpace, SpaceConfig, SpaceConfigError
 from aebnas.train import TrainerConfig
@@ -114,8 +114,8 @@ def _population(X):
 def test_random_and_manual_runs_keep_their_budgets(tiny_space, small_synthetic, tmp_path):
     trainer = TrainerConfig(epochs=1, batch_size=64, device="cpu", crop_padding=1)
     settings = SearchSettings(pop_size=3, generations=2, algorithm="random", exit_metric="max_softmax")
-    run_search(tiny_space, small_synthetic, trainer, settings, torch.device("cpu"), tmp_path / "random", progress=False,
-               method="random")
+    run_search(SearchJob(tiny_space, small_synthetic, trainer, settings, torch.device("cpu"), tmp_path / "random",
+                         progress=False, method="random"))
     run = load_run(tmp_path / "random")
     assert len(run.evaluations) == 6 and run.evaluations["key"].is_unique
     assert list(run.evaluations["generation"]) == [1, 1, 1, 2, 2, 2]
@@ -123,7 +123,8 @@ def test_random_and_manual_runs_keep_their_budgets(tiny_space, small_synthetic, 
 
     manual_space = SearchSpace(SpaceConfig.from_dict(_compose("method=manual")["space"]))
     settings = SearchSettings(pop_size=40, generations=9, algorithm="manual", exit_metric="max_softmax")
-    run_search(manual_space, small_synthetic, trainer, settings, torch.device("cpu"), tmp_path / "manual", progress=False)
+    run_search(SearchJob(manual_space, small_synthetic, trainer, settings, torch.device("cpu"), tmp_path / "manual",
+                         progress=False))
     run = load_run(tmp_path / "manual")
     assert sorted(run.evaluations["key"]) == sorted(g.to_text() for g in manual_genomes(manual_space))
     assert run.summary["evaluations"] == 6 and run.summary["trained_networks"] == 1

@@ -104,7 +104,7 @@ class _Archive:
     def __init__(self, evaluations):
         self.evaluations = evaluations
 
-    key_of = staticmethod(lambda ev: ev.key)
+    candidate_key_of = staticmethod(lambda ev: ev.key)
     candidate_key = staticmethod(lambda genome: genome.key)
 
 
@@ -191,7 +191,7 @@ def test_msunas_run_in_process(tiny_space, small_synthetic, tmp_path, monkeypatc
     """Every output file, per-iteration predictor columns, the budget, and a failing candidate isolated."""
     import aebnas.search.training as training_module
     from aebnas.analysis import load_run
-    from aebnas.search import run_search
+    from aebnas.search import SearchJob, run_search
     from aebnas.train import TrainerConfig
 
     real_fit, calls = training_module.fit, {"n": 0}
@@ -207,8 +207,8 @@ def test_msunas_run_in_process(tiny_space, small_synthetic, tmp_path, monkeypatc
                                          "per_iteration": 2, "inner_pop_size": 10, "inner_generations": 3,
                                          "exit_metric": "max_softmax", "predictor": "trees"})
     trainer = TrainerConfig(epochs=1, batch_size=64, device="cpu")
-    result = run_search(tiny_space, small_synthetic, trainer, settings, torch.device("cpu"), tmp_path / "run", seed=0,
-                        progress=False)
+    result = run_search(SearchJob(tiny_space, small_synthetic, trainer, settings, torch.device("cpu"),
+                                  tmp_path / "run", seed=0, progress=False))
     run = load_run(result.run_dir)
     assert len(run.evaluations) == 10 and run.summary["algorithm"] == "msunas" and run.summary["failed"] == 1
     for name in ("archive.sqlite", "evaluations.csv", "generations.csv", "predictions.csv", "pareto.csv",

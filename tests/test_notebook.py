@@ -5,7 +5,7 @@ import pytest
 import torch
 from nbclient import NotebookClient
 
-from aebnas.search import SearchSettings, run_search
+from aebnas.search import SearchJob, SearchSettings, run_search
 from aebnas.train import TrainerConfig
 from tests.conftest import ROOT
 
@@ -15,7 +15,8 @@ def test_notebook_executes_on_a_tiny_run(tiny_space, small_synthetic, tmp_path, 
     settings = SearchSettings(pop_size=3, generations=1, exit_metric="max_softmax",
                               initial_genomes=("k3e2/k3e2/k3e2/k3e2/k3e2|t0.5:avg-conv8k3|off|t0.9:conv16k3|off",))
     trainer = TrainerConfig(epochs=1, batch_size=64, device="cpu", crop_padding=1)
-    run_search(tiny_space, small_synthetic, trainer, settings, torch.device("cpu"), tmp_path / "run", progress=False)
+    run_search(SearchJob(tiny_space, small_synthetic, trainer, settings, torch.device("cpu"), tmp_path / "run",
+                         progress=False))
     monkeypatch.setenv("AEBNAS_RUN_DIRS", str(tmp_path))
     nb = nbformat.read(ROOT / "notebooks" / "pareto_fronts.ipynb", as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit the notebook without outputs"

@@ -271,14 +271,15 @@ DATASET = {"name": "synthetic", "num_classes": 3, "num_samples": 240, "resolutio
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_space):
     from aebnas.data import load_dataset
-    from aebnas.search import SearchSettings, run_search
+    from aebnas.search import SearchJob, SearchSettings, run_search
     from aebnas.train import TrainerConfig
 
     run_dir = tmp_path_factory.mktemp("run")
     settings = SearchSettings(pop_size=2, generations=1, exit_metric="max_softmax",
                               initial_genomes=("k3e2/k3e2/k3e2/k3e2/k3e2|t0.9:conv8k3|off|t0.8:avg-conv8k3|off",))
     trainer = TrainerConfig(epochs=1, batch_size=64, device="cpu", crop_padding=1, num_threads=1)
-    run_search(tiny_space, load_dataset(DATASET), trainer, settings, torch.device("cpu"), run_dir, progress=False)
+    run_search(SearchJob(tiny_space, load_dataset(DATASET), trainer, settings, torch.device("cpu"), run_dir,
+                         progress=False))
     (run_dir / "config.yaml").write_text(yaml.safe_dump({"dataset": DATASET}))
     return run_dir
 

@@ -9,7 +9,7 @@ import torch
 from aebnas.analysis import load_run, non_dominated_mask
 from aebnas.data import load_dataset
 from aebnas.nn import build_model
-from aebnas.search import SearchSettings, run_search
+from aebnas.search import SearchJob, SearchSettings, run_search
 from aebnas.search.operators import GeneResetMutation, GroupUniformCrossover
 from aebnas.space import Genome
 from aebnas.train import TrainerConfig
@@ -27,7 +27,8 @@ def finished_run(tmp_path_factory, tiny_space, synthetic):
     seed_genome = "k3e2/k3e2/k3e2/k3e2/k3e2|t0.9:conv8k3|off|off|off"
     settings = SearchSettings(pop_size=4, generations=2, exit_metric="max_softmax", initial_genomes=(seed_genome,))
     trainer = TrainerConfig(epochs=1, batch_size=64, device="cpu", crop_padding=1)
-    result = run_search(tiny_space, synthetic, trainer, settings, torch.device("cpu"), run_dir, seed=0, progress=False)
+    result = run_search(SearchJob(tiny_space, synthetic, trainer, settings, torch.device("cpu"), run_dir, seed=0,
+                                  progress=False))
     return result, seed_genome
 
 
@@ -116,15 +117,16 @@ def test_operators_keep_genes_in_range_and_groups_whole(tiny_space):
 def test_existing_run_dir_is_refused(finished_run, tiny_space, synthetic):
     result, _ = finished_run
     with pytest.raises(FileExistsError, match="run dir"):
-        run_search(tiny_space, synthetic, TrainerConfig(epochs=1, device="cpu"), SearchSettings(pop_size=2, generations=1),
-                   torch.device("cpu"), result.run_dir, progress=False)
+        run_search(SearchJob(tiny_space, synthetic, TrainerConfig(epochs=1, device="cpu"),
+                             SearchSettings(pop_size=2, generations=1), torch.device("cpu"), result.run_dir,
+                             progress=False))
 
 
 def test_diverging_candidates_are_recorded_and_no_feasible_front_still_loads(tiny_space, synthetic, tmp_path):
     """lr=1e12 makes every candidate diverge: the search completes, rows say failed, pareto.csv is empty."""
     trainer = TrainerConfig(epochs=1, batch_size=64, lr=1e12, momentum=0.0, device="cpu")
-    result = run_search(tiny_space, synthetic, trainer, SearchSettings(pop_size=2, generations=1),
-                        torch.device("cpu"), tmp_path / "run", progress=False)
+    result = run_search(SearchJob(tiny_space, synthetic, trainer, SearchSettings(pop_size=2, generations=1),
+                        torch.device("cpu"), tmp_path / "run", progress=False))
     run = load_run(result.run_dir)
     assert list(run.evaluations["status"]) == ["failed", "failed"]
     assert run.evaluations["error"].str.startswith("TrainingDiverged").all()
@@ -170,7 +172,8 @@ def test_injected_failures_are_isolated_and_infrastructure_errors_stop(tiny_spac
     monkeypatch.setattr(training_module, "fit", flaky_fit)
     trainer = TrainerConfig(epochs=1, batch_size=64, device="cpu")
     settings = SearchSettings(pop_size=4, generations=2, exit_metric="max_softmax")
-    result = run_search(tiny_space, synthetic, trainer, settings, torch.device("cpu"), tmp_path / "a", progress=False)
+    result = run_search(SearchJob(tiny_space, synthetic, trainer, settings, torch.device("cpu"), tmp_path / "a",
+                                  progress=False))
     run = load_run(result.run_dir)
     failed = run.evaluations[run.evaluations["status"] == "failed"]
     assert list(failed["error"]) == ["RuntimeError: injected: shape mismatch in candidate",
@@ -188,14 +191,15 @@ def test_injected_failures_are_isolated_and_infrastructure_errors_stop(tiny_spac
 
     monkeypatch.setattr(training_module, "fit", disk_full_on_third)
     with pytest.raises(OSError, match="No space left"):
-        run_search(tiny_space, synthetic, trainer, settings, torch.device("cpu"), tmp_path / "b", progress=False)
+        run_search(SearchJob(tiny_space, synthetic, trainer, settings, torch.device("cpu"), tmp_path / "b",
+                             progress=False))
     import sqlite3
 
     with sqlite3.connect(tmp_path / "b" / "archive.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0] == 2
     monkeypatch.setattr(training_module, "fit", real_fit)
-    resumed = run_search(tiny_space, synthetic, trainer, settings, torch.device("cpu"), tmp_path / "b",
-                         progress=False, resume=True)
+    resumed = run_search(SearchJob(tiny_space, synthetic, trainer, settings, torch.device("cpu"), tmp_path / "b",
+                         progress=False, resume=True))
     assert len(load_run(resumed.run_dir).evaluations) == 8
 
 
@@ -222,8 +226,8 @@ def _search_again_with_final_epochs(finished_run, tiny_space, synthetic, tmp_pat
     settings = SearchSettings(pop_size=4, generations=2, exit_metric="max_softmax", initial_genomes=(finished_run[1],),
                               final_epochs=2)
     trainer = TrainerConfig(epochs=1, batch_size=64, device="cpu", crop_padding=1)
-    return run_search(tiny_space, synthetic, trainer, settings, torch.device("cpu"), tmp_path / "run", seed=0,
-                      progress=False)
+    return run_search(SearchJob(tiny_space, synthetic, trainer, settings, torch.device("cpu"), tmp_path / "run", seed=0,
+                      progress=False))
 
 
 def test_final_epochs_train_the_pareto_networks_further(finished_run, tiny_space, synthetic, tmp_path):

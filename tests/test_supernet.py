@@ -23,7 +23,7 @@ from aebnas.data import ArraySplit, load_dataset
 from aebnas.nn import build_model
 from aebnas.nn.blocks import se_channels
 from aebnas.nn.supernet import Supernet, backbone_identity, backbone_modules, inherit_weights
-from aebnas.search import SearchSettings, run_search
+from aebnas.search import SearchJob, SearchSettings, run_search
 from aebnas.search.evaluator import CandidateEvaluator
 from aebnas.search.thresholds import confidence
 from aebnas.space import SearchSpace, SpaceConfig
@@ -631,8 +631,8 @@ def test_search_with_supernet_init_trains_then_reuses_the_supernet(small_synthet
     sn_cfg = SupernetConfig(epochs=1, batch_size=48, random_subnets=1, cache_dir=str(tmp_path / "cache"))
 
     def search(run_dir):
-        result = run_search(space, small_synthetic, trainer, settings, CPU, run_dir, seed=0, progress=False,
-                            supernet=sn_cfg)
+        result = run_search(SearchJob(space, small_synthetic, trainer, settings, CPU, run_dir, seed=0, progress=False,
+                            supernet=sn_cfg))
         return result, json.loads((run_dir / "summary.json").read_text())
 
     result, summary = search(tmp_path / "run1")

@@ -13,7 +13,7 @@ import torch
 
 from aebnas.analysis import load_run
 from aebnas.data import load_dataset
-from aebnas.search import SearchSettings, run_search
+from aebnas.search import SearchJob, SearchSettings, run_search
 from aebnas.search.evaluator import CandidateEvaluator
 from aebnas.search.training import short_hash
 from aebnas.search.workers import CandidatePool
@@ -41,13 +41,14 @@ def test_two_workers_give_exactly_the_one_by_one_search(tiny_space, synthetic, t
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # what each worker uses: the same arithmetic, so the same numbers
     try:
-        alone = run_search(tiny_space, synthetic, TRAINER, settings, CPU, tmp_path / "alone", progress=False)
+        alone = run_search(SearchJob(tiny_space, synthetic, TRAINER, settings, CPU, tmp_path / "alone", progress=False))
     finally:
         torch.set_num_threads(threads)
     submitted = []
     real_submit = CandidatePool.submit
     monkeypatch.setattr(CandidatePool, "submit", lambda self, g: submitted.append(g.network_key) or real_submit(self, g))
-    pooled = run_search(tiny_space, synthetic, TRAINER, settings, CPU, tmp_path / "pooled", progress=False, workers=2)
+    pooled = run_search(SearchJob(tiny_space, synthetic, TRAINER, settings, CPU, tmp_path / "pooled", progress=False,
+                                  workers=2))
     assert len(alone.evaluations) == 8
     assert sorted(submitted) == sorted({e.network_key for e in alone.evaluations})  # each trained once, in a worker
     assert _comparable(pooled) == _comparable(alone)
@@ -58,8 +59,8 @@ def test_two_workers_give_exactly_the_one_by_one_search(tiny_space, synthetic, t
 
 def test_a_candidate_failing_in_a_worker_is_recorded_and_the_search_goes_on(tiny_space, synthetic, tmp_path):
     diverging = replace(TRAINER, lr=1e30)
-    result = run_search(tiny_space, synthetic, diverging, SearchSettings(pop_size=2, generations=1), CPU,
-                        tmp_path / "run", progress=False, workers=2)
+    result = run_search(SearchJob(tiny_space, synthetic, diverging, SearchSettings(pop_size=2, generations=1), CPU,
+                        tmp_path / "run", progress=False, workers=2))
     assert [e.status for e in result.evaluations] == ["failed", "failed"]
     assert all(e.error.startswith("TrainingDiverged: loss became") for e in result.evaluations)
     assert result.pareto == []
@@ -95,15 +96,15 @@ def test_workers_that_cannot_start_give_one_clear_error(tmp_path):
     script.write_text(
         "import torch\n"
         "from aebnas.data import load_dataset\n"
-        "from aebnas.search import SearchSettings, run_search\n"
+        "from aebnas.search import SearchJob, SearchSettings, run_search\n"
         "from aebnas.space import SearchSpace\n"
         "from aebnas.train import TrainerConfig\n"
         "from tests.conftest import space_config\n"
         "data = load_dataset({'name': 'synthetic', 'num_classes': 2, 'num_samples': 60, 'resolution': 8, "
         "'channels': 1, 'val_size': 0.25, 'test_size': 0.25, 'seed': 0})\n"
-        f"run_search(SearchSpace(space_config('tiny')), data, TrainerConfig(epochs=1, device='cpu'), "
+        f"run_search(SearchJob(SearchSpace(space_config('tiny')), data, TrainerConfig(epochs=1, device='cpu'), "
         f"SearchSettings(pop_size=2, generations=1), torch.device('cpu'), {str(tmp_path / 'run')!r}, "
-        "progress=False, workers=2)\n")
+        "progress=False, workers=2))\n")
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode != 0

@@ -15,8 +15,8 @@ from aebnas.cli.common import (check_group_choices, check_overrides, config_dir,
                                require_config_dir, user_errors)
 from aebnas.cost.latency import InputShape
 from aebnas.data import load_dataset
-from aebnas.search import SearchSettings, run_search
-from aebnas.search.runner import parse_initial_genomes
+from aebnas.search import SearchJob, SearchSettings, run_search
+from aebnas.search.algorithms import parse_initial_genomes
 from aebnas.space import SearchSpace, SpaceConfig
 from aebnas.train import TrainerConfig, resolve_device
 from aebnas.train.supernet import SupernetConfig
@@ -76,10 +76,10 @@ def search(cfg: DictConfig, run_dir: Path, user_overrides: list[str] | None = No
              data.name, len(data.train), len(data.val), len(data.test), data.num_classes,
              data.in_channels, data.resolution, data.resolution, device)
     record = {k: v for k, v in plain.items() if k not in IGNORED_FOR_IDENTITY}
-    result = run_search(space, data, trainer, settings, device, run_dir, seed=plain["seed"],
-                        progress=bool(plain.get("progress", True)), resume=resume, config_record=record,
-                        latency_table=latency_table, method=(plain.get("method") or {}).get("name"),
-                        supernet=supernet, workers=workers)
+    result = run_search(SearchJob(space, data, trainer, settings, device, run_dir, seed=plain["seed"],
+                                  progress=bool(plain.get("progress", True)), resume=resume, config_record=record,
+                                  latency_table=latency_table, method=(plain.get("method") or {}).get("name"),
+                                  supernet=supernet, workers=workers))
     best = max(result.pareto, key=lambda r: r["test_accuracy"], default=None)
     failed = sum(e.status != "ok" for e in result.evaluations)
     print(f"\n{len(result.evaluations)} candidates ({failed} failed) in {result.seconds:.0f}s; "

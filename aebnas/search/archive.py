@@ -74,10 +74,10 @@ class EvaluationArchive:
                          "id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT UNIQUE NOT NULL, data TEXT NOT NULL)")
         self._db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
 
-    def add(self, key: str, data: Mapping[str, Any]) -> None:
+    def add(self, candidate_key: str, data: Mapping[str, Any]) -> None:
         import json
 
-        self._db.execute("INSERT INTO evaluations (key, data) VALUES (?, ?)", (key, json.dumps(data)))
+        self._db.execute("INSERT INTO evaluations (key, data) VALUES (?, ?)", (candidate_key, json.dumps(data)))
 
     def rows(self) -> list[dict[str, Any]]:
         import json

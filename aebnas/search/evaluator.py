@@ -4,6 +4,17 @@ Training is by far the costliest step, and thresholds do not change weights, so
 trained networks are cached by ``Genome.network_key``: two genomes that differ
 only in thresholds share one training run, and their exit behaviour is then
 computed from the cached per-exit confidences without running the network.
+
+Three identities, named apart throughout the search package:
+
+- the genome text (``Genome.key``, ``Evaluation.key``): a network with its
+  thresholds, as evaluated (tuned thresholds when tuning is on);
+- the network key (``Genome.network_key``, ``Evaluation.network_key``): the
+  architecture without thresholds, the unit that is trained (weights, seeds);
+- the candidate key (``candidate_key``, ``candidate_key_of``): what counts as
+  one candidate, the genome text, or the network key under threshold tuning
+  (thresholds are then the evaluator's, not the genome's). Duplicates, the
+  evaluation cache and archive.sqlite's rows are keyed by it.
 """
 
 from __future__ import annotations
@@ -43,8 +54,8 @@ LIST_FIELDS = ("exit_stages", "thresholds", "path_macs", "exit_rates", "exit_acc
 class Evaluation:
     """One evaluated candidate; ``to_row`` gives its line in evaluations.csv."""
 
-    key: str
-    network_key: str
+    key: str  # the genome text as evaluated (thresholds included)
+    network_key: str  # the architecture alone: one training run
     generation: int
     val_accuracy: float
     expected_macs: float
@@ -117,12 +128,12 @@ class CandidateEvaluator:
         self.training = CandidateTraining(data, trainer, settings.exit_metric, device, seed, model_dir, supernet)
         # Worker processes training candidates side by side (set by the runner for workers > 1); None: in-process.
         self.pool: CandidatePool | None = None
-        self._pending: dict[str, Future[TrainedNetwork]] = {}  # network_key -> training under way in the pool
+        self._pending: dict[str, Future[TrainedNetwork]] = {}  # network key -> training under way in the pool
         self.evaluations: list[Evaluation] = []
-        self._by_key: dict[str, Evaluation] = {}
-        self._networks: dict[str, TrainedNetwork] = {}
-        self._archived: dict[str, Evaluation] = {}
-        self._final_networks: dict[str, TrainedNetwork] = {}  # network_key -> its final training (final_training)
+        self._by_candidate_key: dict[str, Evaluation] = {}
+        self._networks: dict[str, TrainedNetwork] = {}  # network key -> its trained network
+        self._archived: dict[str, Evaluation] = {}  # candidate key -> an earlier process's evaluation
+        self._final_networks: dict[str, TrainedNetwork] = {}  # network key -> its final training (final_training)
         # callbacks(evaluation, fresh): fresh is True only for a newly computed evaluation (to be archived)
         self.on_evaluated: list[Callable[[Evaluation, bool], None]] = []
 
@@ -133,18 +144,18 @@ class CandidateEvaluator:
         them, so per-generation logs of a resumed run match an uninterrupted one.
         """
         for ev in evaluations:
-            self._archived[self.key_of(ev)] = ev
+            self._archived[self.candidate_key_of(ev)] = ev
 
-    def key_of(self, ev: Evaluation) -> str:
+    def candidate_key_of(self, ev: Evaluation) -> str:
         """The candidate key an evaluation answers for (the same rule as ``candidate_key``)."""
-        return self._pick_key(ev.key, ev.network_key)
+        return self._candidate_key(ev.key, ev.network_key)
 
     def candidate_key(self, genome: Genome) -> str:
         """Identity of a candidate: the genome text, or the network alone when tuning overwrites thresholds."""
-        return self._pick_key(genome.key, genome.network_key)
+        return self._candidate_key(genome.key, genome.network_key)
 
-    def _pick_key(self, key: str, network_key: str) -> str:
-        return network_key if self.settings.threshold_tuning else key
+    def _candidate_key(self, genome_text: str, network_key: str) -> str:
+        return network_key if self.settings.threshold_tuning else genome_text
 
     @property
     def failures(self) -> list[Evaluation]:
@@ -164,19 +175,20 @@ class CandidateEvaluator:
         return [self.evaluate(genome, generation) for genome in genomes]
 
     def _needs_training(self, genome: Genome) -> bool:
-        key = self.candidate_key(genome)
-        return not (key in self._by_key or key in self._archived or genome.network_key in self._networks
+        candidate_key = self.candidate_key(genome)
+        return not (candidate_key in self._by_candidate_key or candidate_key in self._archived
+                    or genome.network_key in self._networks
                     or genome.network_key in self._pending)
 
     def evaluate(self, genome: Genome, generation: int = 0) -> Evaluation:
         """Metrics and objectives of one genome (cached by candidate key)."""
-        key = self.candidate_key(genome)
-        if key in self._by_key:
+        candidate_key = self.candidate_key(genome)
+        if candidate_key in self._by_candidate_key:
             for cb in self.on_evaluated:
-                cb(self._by_key[key], False)
-            return self._by_key[key]
-        if key in self._archived:
-            return self._record(self._archived.pop(key), key, fresh=False)
+                cb(self._by_candidate_key[candidate_key], False)
+            return self._by_candidate_key[candidate_key]
+        if candidate_key in self._archived:
+            return self._record(self._archived.pop(candidate_key), candidate_key, fresh=False)
         net = self._networks.get(genome.network_key)
         if net is None:
             try:
@@ -184,9 +196,9 @@ class CandidateEvaluator:
             except (OSError, BrokenProcessPool):
                 raise  # the machine, not the candidate: disk full, dataset gone, a worker killed -> stop, archive intact
             except Exception as exc:  # diverged, out of memory, or a bug this genome triggers
-                return self._record(self._failed(genome, generation, exc), key)
+                return self._record(self._failed(genome, generation, exc), candidate_key)
             self._networks[genome.network_key] = net
-        return self._record(self.score(genome, net, generation), key)
+        return self._record(self.score(genome, net, generation), candidate_key)
 
     def score(self, genome: Genome, net: TrainedNetwork, generation: int = 0) -> Evaluation:
         """A trained network's metrics under ``genome``'s thresholds (tuned from its val confidences when tuning
@@ -230,9 +242,9 @@ class CandidateEvaluator:
         ev.constraints = constraint_values(self.settings, ev.expected_macs, ev.expected_latency_ms)
         return ev
 
-    def _record(self, ev: Evaluation, key: str, fresh: bool = True) -> Evaluation:
+    def _record(self, ev: Evaluation, candidate_key: str, fresh: bool = True) -> Evaluation:
         self.evaluations.append(ev)
-        self._by_key[key] = ev
+        self._by_candidate_key[candidate_key] = ev
         for cb in self.on_evaluated:
             cb(ev, fresh)
         return ev

@@ -21,11 +21,12 @@ import logging
 import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 from pymoo.algorithms.moo.nsga2 import NSGA2
+from pymoo.core.algorithm import Algorithm
+from pymoo.core.population import Population
 from pymoo.core.problem import Problem
 from pymoo.optimize import minimize
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
@@ -35,7 +36,6 @@ from threadpoolctl import threadpool_limits
 
 from aebnas.cost import network_cost
 from aebnas.cost.latency import LatencyTable
-from aebnas.search.archive import CsvLog, write_text_atomic
 from aebnas.search.evaluator import CandidateEvaluator, Evaluation
 from aebnas.search.objectives import constraint_values, n_constraints, objective_values
 from aebnas.search.operators import GeneResetMutation, GenomeDuplicateElimination, GroupUniformCrossover, SpaceRepair
@@ -274,7 +274,7 @@ def _propose(space: SearchSpace, evaluator: CandidateEvaluator, settings: Search
     minimize(problem, algorithm, ("n_gen", settings.inner_generations), seed=_seed(seed, iteration, 3),
              verbose=False, copy_algorithm=False)
 
-    evaluated = {evaluator.key_of(e) for e in evaluator.evaluations}
+    evaluated = {evaluator.candidate_key_of(e) for e in evaluator.evaluations}
     pool: dict[str, tuple[Genome, np.ndarray, float, dict[str, float]]] = {}
     for genome, f, c, pred in problem.seen.values():
         key = evaluator.candidate_key(genome)
@@ -323,40 +323,65 @@ def out_of_sample(step: Step, evaluations: Sequence[Evaluation], cost_column: st
             "cost_predictor_mae": round(float(np.mean(np.abs(cost[:, 0] - cost[:, 1]) / np.abs(cost[:, 1]))), 5)}
 
 
-def run_msunas(space: SearchSpace, evaluator: CandidateEvaluator, settings: SearchSettings, featurizer: Featurizer,
-               seed: int, run_dir: Path, record_generation: Callable[[int, dict[str, Any]], None],
-               initial: Sequence[Genome] = ()) -> None:
-    """The surrogate-assisted loop until ``settings.budget`` candidates are evaluated.
+class MSuNAS(Algorithm):
+    """The surrogate loop as a pymoo algorithm: the sampled networks are its first generation, each iteration's
+    chosen ones the next, so pymoo's evaluator scores them through the search's problem (the same evaluation
+    backend as NSGA-II) and the per-generation callback logs each iteration.
 
-    ``record_generation(generation, extra_columns)`` writes generations.csv's row
-    (the runner's, shared with NSGA-II); predictions.csv gets each trained
-    network's predicted and measured objectives, checkpoint.json the last
-    iteration's choices.
+    ``generation_columns`` holds the predictor columns of the last iteration's generations.csv row and
+    ``prediction_rows`` each network it trained with its predicted and measured objectives (predictions.csv).
     """
-    budget = settings.budget
-    predictions_path = run_dir / "predictions.csv"
-    predictions_path.unlink(missing_ok=True)  # a resumed run rebuilds it by replay
-    predictions = CsvLog(predictions_path)
-    empty = {c: None for c in SURROGATE_COLUMNS}
-    doe = doe_genomes(space, settings.doe_size, np.random.default_rng(_seed(seed, 0)), evaluator.candidate_key, initial)
-    evaluator.evaluate_all(doe, generation=1)
-    record_generation(1, empty)
-    iteration = 1
-    while len(evaluator.evaluations) < budget:
-        iteration += 1
-        k = min(settings.per_iteration, budget - len(evaluator.evaluations))
-        step = propose(space, evaluator, settings, featurizer, seed, iteration, k)
-        evaluations = evaluator.evaluate_all(step.selected, generation=iteration)
-        quality = out_of_sample(step, evaluations, settings.cost_column)
-        record_generation(iteration, {**empty, **{c: step.info.get(c) for c in SURROGATE_COLUMNS}, **quality})
-        for p, e in zip(step.predicted, evaluations):
-            predictions.append({"generation": iteration, "key": e.key, "status": e.status,
-                                "predicted_val_accuracy": p["val_accuracy"], "val_accuracy": e.val_accuracy,
-                                f"predicted_{settings.cost_column}": p[settings.cost_column],
-                                settings.cost_column: getattr(e, settings.cost_column),
-                                "predictor": step.info["predictor"], "cost_predictor": step.info["cost_predictor"]})
-        write_text_atomic(run_dir / "checkpoint.json", json.dumps({
-            "algorithm": "msunas", "generation": iteration, "evaluations": len(evaluator.evaluations),
-            "selected": [g.key for g in step.selected], **{k_: v for k_, v in step.info.items()},
-            **quality}, default=float))
-        log.debug("msunas iteration %d: %s", iteration, json.dumps(step.info, default=float))
+
+    def __init__(self, space: SearchSpace, settings: SearchSettings, candidate_key: Callable[[Genome], str],
+                 initial: Sequence[Genome] = (), **kwargs):
+        super().__init__(**kwargs)
+        self.space, self.settings, self.candidate_key, self.initial = space, settings, candidate_key, list(initial)
+        self.seed_: int = 0
+        self.step: Step | None = None
+        self.generation_columns: dict[str, Any] = {}
+        self.prediction_rows: list[dict[str, Any]] = []
+
+    @property
+    def iterations(self) -> int:
+        """Generations in all: the sampling, then enough iterations of per_iteration to spend the budget."""
+        s = self.settings
+        return 1 + -(-(s.budget - s.doe_size) // s.per_iteration)
+
+    def _setup(self, problem, seed=None, **kwargs):
+        self.seed_ = 0 if seed is None else int(seed)
+        evaluator = problem.evaluator
+        data = evaluator.data
+        self.featurizer = Featurizer(self.space, data.num_classes, data.in_channels, data.resolution,
+                                     evaluator.latency_table)
+
+    def _population(self, genomes: Sequence[Genome]) -> Population:
+        return Population.new(X=np.array([self.space.encode(g) for g in genomes]).reshape(-1, self.space.n_var))
+
+    def _initialize_infill(self):
+        rng = np.random.default_rng(_seed(self.seed_, 0))
+        self.generation_columns = {c: None for c in SURROGATE_COLUMNS}
+        return self._population(doe_genomes(self.space, self.settings.doe_size, rng, self.candidate_key,
+                                            self.initial))
+
+    def _initialize_advance(self, infills=None, **kwargs):
+        self.prediction_rows = []
+
+    def _infill(self):
+        evaluator = self.problem.evaluator
+        k = min(self.settings.per_iteration, self.settings.budget - len(evaluator.evaluations))
+        self.step = propose(self.space, evaluator, self.settings, self.featurizer, self.seed_, self.n_iter + 1, k)
+        return self._population(self.step.selected)
+
+    def _advance(self, infills=None, **kwargs):
+        evaluator, step, column = self.problem.evaluator, self.step, self.settings.cost_column
+        self.pop = Population.merge(self.pop, infills)
+        by_key = {evaluator.candidate_key_of(e): e for e in evaluator.evaluations}
+        evaluations = [by_key[self.candidate_key(g)] for g in step.selected]
+        quality = out_of_sample(step, evaluations, column)
+        self.generation_columns = {**{c: step.info.get(c) for c in SURROGATE_COLUMNS}, **quality}
+        self.prediction_rows = [{"generation": self.n_iter + 1, "key": e.key, "status": e.status,
+                                 "predicted_val_accuracy": p["val_accuracy"], "val_accuracy": e.val_accuracy,
+                                 f"predicted_{column}": p[column], column: getattr(e, column),
+                                 "predictor": step.info["predictor"], "cost_predictor": step.info["cost_predictor"]}
+                                for p, e in zip(step.predicted, evaluations)]
+        log.debug("msunas iteration %d: %s", self.n_iter + 1, json.dumps(step.info, default=float))
