@@ -24,9 +24,9 @@ from aebnas.data import DataSplits, load_dataset
 from aebnas.nn.supernet import Supernet
 from aebnas.search import SearchSettings
 from aebnas.search.evaluator import CandidateEvaluator
-from aebnas.space import Genome, SearchSpace, SpaceConfig
-from aebnas.train import TrainerConfig, resolve_device
-from aebnas.train.supernet import SupernetConfig
+from aebnas.space import Genome, SearchSpace, SpaceSettings
+from aebnas.train import TrainerSettings, resolve_device
+from aebnas.train.supernet import SupernetSettings
 
 DEFAULT_OVERRIDES = ("experiment=fashion_mnist_gpu",)
 
@@ -37,8 +37,8 @@ class Setup:
     config: dict[str, Any]
     space: SearchSpace
     data: DataSplits
-    trainer: TrainerConfig
-    supernet: SupernetConfig
+    trainer: TrainerSettings
+    supernet: SupernetSettings
     settings: SearchSettings
     device: torch.device
     seed: int
@@ -50,13 +50,13 @@ def load_setup(overrides: Sequence[str]) -> Setup:
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     plain = OmegaConf.to_container(cfg, resolve=True)
-    trainer = TrainerConfig.from_dict(plain["trainer"])
+    trainer = TrainerSettings.from_dict(plain["trainer"])
     device = resolve_device(trainer.device)
     if trainer.num_threads:
         torch.set_num_threads(trainer.num_threads)
     data = load_dataset(plain["dataset"])
-    return Setup(overrides, plain, SearchSpace(SpaceConfig.from_dict(plain["space"])), data, trainer,
-                 SupernetConfig.from_dict(plain["supernet"]), SearchSettings.from_dict(plain["search"]), device,
+    return Setup(overrides, plain, SearchSpace(SpaceSettings.from_dict(plain["space"])), data, trainer,
+                 SupernetSettings.from_dict(plain["supernet"]), SearchSettings.from_dict(plain["search"]), device,
                  int(plain["seed"]))
 
 
@@ -70,7 +70,7 @@ def sample_genomes(space: SearchSpace, n: int, seed: int) -> list[Genome]:
     return list(genomes.values())
 
 
-def evaluate_genomes(setup: Setup, genomes: Sequence[Genome], trainer: TrainerConfig,
+def evaluate_genomes(setup: Setup, genomes: Sequence[Genome], trainer: TrainerSettings,
                      supernet: Supernet | None = None, seed: int | None = None,
                      label: str = "candidate",
                      on_row: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:

@@ -31,10 +31,10 @@ from bench_common import evaluate_genomes, load_setup, machine, sample_genomes, 
 
 from aebnas.cli.common import user_errors
 from aebnas.nn.elastic_heads import Heads
-from aebnas.space import Exit, Genome, SearchSpace, SpaceConfig
+from aebnas.space import Exit, Genome, SearchSpace, SpaceSettings
 from aebnas.space.genome import parse_layers
 from aebnas.train.supernet import prepare_supernet, sample_heads
-from aebnas.validation import ConfigError
+from aebnas.config_checks import ConfigError
 
 DEFAULT_OVERRIDES = ("experiment=fashion_mnist_supernet_cpu",)
 
@@ -79,7 +79,7 @@ def main() -> None:
     if setup.space.config.exit_heads:
         raise ConfigError("space.exit_heads: the overrides must leave the heads searched; the fixed head is "
                           "--fixed-head")
-    fixed_space = SearchSpace(SpaceConfig.from_dict({**setup.config["space"], "exit_heads": args.fixed_head}))
+    fixed_space = SearchSpace(SpaceSettings.from_dict({**setup.config["space"], "exit_heads": args.fixed_head}))
     # one fixed design per position: more head samples would train the same head again (supernet.head_samples)
     kinds = {"searched": setup, "fixed": replace(setup, space=fixed_space, supernet=replace(setup.supernet,
                                                                                            head_samples=1))}

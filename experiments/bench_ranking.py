@@ -31,7 +31,7 @@ from bench_common import DEFAULT_OVERRIDES, evaluate_genomes, load_setup, machin
 
 from aebnas.cli.common import user_errors
 from aebnas.train.supernet import prepare_supernet
-from aebnas.validation import ConfigError
+from aebnas.config_checks import ConfigError
 
 SCORES = ("static_val_accuracy", "val_accuracy")
 

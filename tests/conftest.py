@@ -12,7 +12,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from aebnas.cli.common import config_dir
-from aebnas.space import SearchSpace, SpaceConfig
+from aebnas.space import SearchSpace, SpaceSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,8 +27,8 @@ def pytest_unconfigure(config) -> None:
     shutil.rmtree(os.environ.pop("AEBNAS_CACHE_DIR", ""), ignore_errors=True)
 
 
-def space_config(name: str) -> SpaceConfig:
-    return SpaceConfig.from_dict(yaml.safe_load((ROOT / "aebnas" / "conf" / "space" / f"{name}.yaml").read_text()))
+def space_config(name: str) -> SpaceSettings:
+    return SpaceSettings.from_dict(yaml.safe_load((ROOT / "aebnas" / "conf" / "space" / f"{name}.yaml").read_text()))
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +56,7 @@ HAND_SPACE = {
 @pytest.fixture(scope="session")
 def hand_space() -> SearchSpace:
     """A space fixed in the tests (not read from conf/), for hand-computed numbers that must not drift."""
-    return SearchSpace(SpaceConfig.from_dict(HAND_SPACE))
+    return SearchSpace(SpaceSettings.from_dict(HAND_SPACE))
 
 
 def compose_config(overrides=(), hydra: bool = False):

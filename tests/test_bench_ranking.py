@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from aebnas.validation import ConfigError
+from aebnas.config_checks import ConfigError
 from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "experiments"))

@@ -7,8 +7,8 @@ from omegaconf import OmegaConf
 
 from aebnas.cli.common import config_dir
 from aebnas.search import SearchSettings
-from aebnas.space import SearchSpace, SpaceConfig
-from aebnas.train import TrainerConfig
+from aebnas.space import SearchSpace, SpaceSettings
+from aebnas.train import TrainerSettings
 from tests.conftest import compose_config
 
 CONF = Path(config_dir())
@@ -18,9 +18,9 @@ GROUPS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml"))
 
 def _validate(cfg):
     plain = OmegaConf.to_container(cfg, resolve=True)
-    SearchSpace(SpaceConfig.from_dict(plain["space"]))
+    SearchSpace(SpaceSettings.from_dict(plain["space"]))
     SearchSettings.from_dict(plain["search"])
-    TrainerConfig.from_dict(plain["trainer"])
+    TrainerSettings.from_dict(plain["trainer"])
     assert plain["dataset"]["name"] in GROUPS["dataset"]
     return plain
 
@@ -35,7 +35,7 @@ def test_paper_presets_have_paper_settings():
         plain = _validate(compose_config([f"experiment={name}"]))
         assert plain["dataset"]["name"] == name
         assert plain["space"]["name"] == "mbv3_32"
-        assert plain["search"]["pop_size"] == 40 and plain["search"]["objective"] == "aebnas"
+        assert plain["search"]["pop_size"] == 40 and plain["search"]["objective"] == "macs_target"
         assert plain["trainer"]["epochs"] == 5
         if name != "fashion_mnist":
             assert plain["dataset"]["val_size"] == 5000

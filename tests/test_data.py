@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from aebnas.data import (
     ArraySplit,
@@ -101,25 +100,37 @@ def test_conf_file_lists_every_key(name):
     path = CONF_DIR / f"{name}.yaml"
     text = path.read_text()
     assert text.startswith("# ") and len(text.splitlines()[0]) > 10
-    cfg = yaml.safe_load(text)
+    cfg = _composed(name)  # the preset over the schema's defaults
     assert cfg["name"] == name
     assert set(cfg) == set(KNOWN_KEYS)
 
 
+def _composed(name: str) -> dict:
+    """The ``dataset`` section a run with ``dataset=<name>`` gets."""
+    from omegaconf import OmegaConf
+
+    from tests.conftest import compose_config
+
+    return OmegaConf.to_container(compose_config([f"dataset={name}"]).dataset)
+
+
 def test_conf_values_match_the_brief():
-    digits = yaml.safe_load((CONF_DIR / "digits.yaml").read_text())
+    digits = _composed("digits")
     assert (digits["resolution"], digits["val_size"], digits["test_size"]) == (16, 0.15, 0.2)
-    fm = yaml.safe_load((CONF_DIR / "fashion_mnist.yaml").read_text())
+    fm = _composed("fashion_mnist")
     assert fm["data_dir"] == str(REAL_FASHION) and fm["resolution"] == 32 and fm["pad_to_resolution"] is True
     assert fm["channels"] == 1 and fm["val_size"] == 5000
     for name in ("cifar10", "cifar100", "svhn"):
-        cfg = yaml.safe_load((CONF_DIR / f"{name}.yaml").read_text())
+        cfg = _composed(name)
         assert (cfg["val_size"], cfg["data_dir"], cfg["download"]) == (5000, "./data", False)
 
 
 def test_digits_conf_loads_as_omegaconf_dictconfig():
     omegaconf = pytest.importorskip("omegaconf")
-    cfg = omegaconf.OmegaConf.load(CONF_DIR / "digits.yaml")
+    from tests.conftest import compose_config
+
+    cfg = compose_config(["dataset=digits"]).dataset
+    assert isinstance(cfg, omegaconf.DictConfig)
     d = load_dataset(cfg)
     _check_splits(d)
     assert d.resolution == 16 and (len(d.train), len(d.val), len(d.test)) == (1222, 216, 359)
@@ -130,7 +141,7 @@ def test_digits_conf_loads_as_omegaconf_dictconfig():
 
 @pytest.fixture(scope="module")
 def digits() -> DataSplits:
-    return load_dataset(yaml.safe_load((CONF_DIR / "digits.yaml").read_text()))
+    return load_dataset(_composed("digits"))
 
 
 def test_digits_shapes_and_sizes(digits):
@@ -184,7 +195,7 @@ def test_channels_max_train_samples_and_hflip_override():
 
 
 def test_synthetic_is_deterministic_and_learnable():
-    cfg = yaml.safe_load((CONF_DIR / "synthetic.yaml").read_text())
+    cfg = _composed("synthetic")
     d = load_dataset(cfg)
     _check_splits(d)
     assert (d.num_classes, d.in_channels, d.resolution) == (10, 3, 32)
@@ -300,7 +311,7 @@ def test_svhn_reads_mat_files(svhn_dir, monkeypatch):
     import torchvision.datasets
 
     root, train, test = svhn_dir
-    d = load_dataset(dict(yaml.safe_load((CONF_DIR / "svhn.yaml").read_text()), data_dir=str(root), val_size=4))
+    d = load_dataset(dict(_composed("svhn"), data_dir=str(root), val_size=4))
     _check_splits(d)
     assert (len(d.train), len(d.val), len(d.test)) == (20, 4, 8)
     assert (d.num_classes, d.in_channels, d.resolution, d.hflip) == (10, 3, 32, False)
@@ -346,7 +357,7 @@ def _write_fashion(folder: Path, compress: bool) -> tuple[np.ndarray, np.ndarray
 
 def test_fashion_mnist_flat_gz_dir_padded_to_32(tmp_path):
     train, test = _write_fashion(tmp_path, compress=True)
-    cfg = dict(yaml.safe_load((CONF_DIR / "fashion_mnist.yaml").read_text()), data_dir=str(tmp_path), val_size=8)
+    cfg = dict(_composed("fashion_mnist"), data_dir=str(tmp_path), val_size=8)
     d = load_dataset(cfg)
     _check_splits(d)
     assert (len(d.train), len(d.val), len(d.test)) == (32, 8, 12)
@@ -407,7 +418,7 @@ def test_fashion_mnist_missing_dir(tmp_path):
 
 @pytest.mark.skipif(not REAL_FASHION.is_dir(), reason=f"{REAL_FASHION} not installed")
 def test_real_fashion_mnist_from_debian_package():
-    d = load_dataset(yaml.safe_load((CONF_DIR / "fashion_mnist.yaml").read_text()))
+    d = load_dataset(_composed("fashion_mnist"))
     _check_splits(d)
     assert (len(d.train), len(d.val), len(d.test)) == (60000 - 5000, 5000, 10000)
     assert (d.num_classes, d.in_channels, d.resolution) == (10, 1, 32)

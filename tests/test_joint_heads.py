@@ -19,9 +19,9 @@ from aebnas.search import SearchJob, SearchSettings, run_search
 from aebnas.search.evaluator import CandidateEvaluator
 from aebnas.search.thresholds import confidence
 from aebnas.space import BranchLayer
-from aebnas.train import TrainerConfig, predict_logits
+from aebnas.train import TrainerSettings, predict_logits
 from aebnas.train.losses import exit_loss_weights
-from aebnas.train.supernet import (SupernetConfig, prepare_supernet, sample_head_set, sample_heads, sandwich_backbones,
+from aebnas.train.supernet import (SupernetSettings, prepare_supernet, sample_head_set, sample_heads, sandwich_backbones,
                                    sandwich_heads, sandwich_step, supernet_identity)
 from aebnas.train.trainer import recalibrate_batchnorm
 from tests.test_supernet import (_one_thread, make_space, make_tiny_batch,  # noqa: F401  (fixture re-used)
@@ -162,7 +162,7 @@ def test_joint_sandwich_step_is_the_weighted_exit_loss_by_hand():
     rng = np.random.default_rng(1)
     backbones = sandwich_backbones(space, rng, 1)
     heads = sandwich_heads(space, rng, 1)
-    cfg = SupernetConfig(random_subnets=1, distill=True, label_smoothing=0.1, exit_weights="linear")
+    cfg = SupernetSettings(random_subnets=1, distill=True, label_smoothing=0.1, exit_weights="linear")
     loss, got = _grads(supernet, x, y, backbones, heads, cfg)
     # by hand: the largest subnet's weighted CE over its 4 exits and final classifier, then each other subnet's
     # weighted KL of every output to the largest subnet's final soft predictions
@@ -192,13 +192,13 @@ def test_fresh_supernet_identity_is_what_it_was_before_joint_heads(small_synthet
     """Caches trained before supernet.exits existed must keep their keys: a fresh identity holds exactly the
     fields it held then, and none of the joint ones."""
     space = make_space("tiny")
-    identity = supernet_identity(small_synthetic, space, SupernetConfig(), TrainerConfig(exit_weights="linear"), 0)
+    identity = supernet_identity(small_synthetic, space, SupernetSettings(), TrainerSettings(exit_weights="linear"), 0)
     assert set(identity) == {"format", "data", "space", "supernet", "trainer", "seed"}
     assert set(identity["supernet"]) == {"epochs", "batch_size", "lr", "weight_decay", "label_smoothing",
                                          "random_subnets", "distill"}
     assert set(identity["trainer"]) == {"optimizer", "momentum", "nesterov", "crop_padding", "amp"}
-    joint = supernet_identity(small_synthetic, space, SupernetConfig(exits="joint", exit_weights=(0.5, 1)),
-                              TrainerConfig(exit_weights="linear"), 0)
+    joint = supernet_identity(small_synthetic, space, SupernetSettings(exits="joint", exit_weights=(0.5, 1)),
+                              TrainerSettings(exit_weights="linear"), 0)
     assert joint["supernet"]["exits"] == "joint" and joint["supernet"]["exit_weights"] == [0.5, 1.0]
     assert "exit_weights" not in joint["trainer"]  # candidates' fine-tuning weights do not shape the supernet
     assert joint["exit_space"]["stage_widths"] == [8, 16, 16, 24, 32]
@@ -214,7 +214,7 @@ def test_joint_sandwich_step_on_cuda_with_bf16_and_channels_last():
     x = torch.randn(16, 1, 16, 16, generator=gen).to(dev).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 3, (16,), generator=gen).to(dev)
     rng = np.random.default_rng(0)
-    loss = sandwich_step(supernet, x, y, sandwich_backbones(space, rng, 2), SupernetConfig(), True,
+    loss = sandwich_step(supernet, x, y, sandwich_backbones(space, rng, 2), SupernetSettings(), True,
                          sandwich_heads(space, rng, 2))
     assert torch.isfinite(loss)
     grads = [p.grad for n, p in supernet.named_parameters() if n.startswith("exit_heads.") and p.grad is not None]
@@ -223,8 +223,8 @@ def test_joint_sandwich_step_on_cuda_with_bf16_and_channels_last():
 
 def test_joint_supernet_has_its_own_cache_key_and_fresh_keys_stay(small_synthetic, tmp_path):
     data, space = small_synthetic, make_space("tiny")
-    trainer = TrainerConfig(device="cpu", crop_padding=1)
-    cfg = SupernetConfig(epochs=1, batch_size=48, random_subnets=0, cache_dir=str(tmp_path))
+    trainer = TrainerSettings(device="cpu", crop_padding=1)
+    cfg = SupernetSettings(epochs=1, batch_size=48, random_subnets=0, cache_dir=str(tmp_path))
 
     def key(cfg=cfg, space=space, trainer=trainer):
         return prepare_supernet(space, data, cfg, trainer, CPU, progress=False)[1]
@@ -250,11 +250,11 @@ def test_joint_supernet_has_its_own_cache_key_and_fresh_keys_stay(small_syntheti
 
 def test_bad_exits_mode_names_the_field():
     with pytest.raises(ValueError, match=r"supernet\.exits: expected fresh or joint"):
-        SupernetConfig.from_dict({"exits": "shared"})
+        SupernetSettings.from_dict({"exits": "shared"})
     with pytest.raises(ValueError, match=r"supernet\.exit_weights: unknown scheme 'deep'"):
-        SupernetConfig.from_dict({"exit_weights": "deep"})
+        SupernetSettings.from_dict({"exit_weights": "deep"})
     with pytest.raises(ValueError, match=r"supernet\.exit_weights: a list must hold non-negative"):
-        SupernetConfig.from_dict({"exit_weights": [-0.2, 1.0]})
+        SupernetSettings.from_dict({"exit_weights": [-0.2, 1.0]})
 
 
 def test_untuned_candidate_exits_score_the_inherited_supernet_heads(small_synthetic):
@@ -264,7 +264,7 @@ def test_untuned_candidate_exits_score_the_inherited_supernet_heads(small_synthe
     torch.manual_seed(0)
     supernet = Supernet(space.config, data.num_classes, data.in_channels, exits=True)
     randomise_batchnorm(supernet)
-    trainer = TrainerConfig(epochs=0, init="supernet", device="cpu", bn_calibration_images=64, eval_batch_size=256)
+    trainer = TrainerSettings(epochs=0, init="supernet", device="cpu", bn_calibration_images=64, eval_batch_size=256)
     ev = CandidateEvaluator(data, trainer, SearchSettings(exit_metric="max_softmax"), CPU, supernet=supernet)
     g = space.parse("k3e2-k5e3/k5e2/k3e4/k3e2-k3e2/k5e3|t0.8:avg-ir16k5|off|t0.6:conv8k3+dwsep16k3|off")
     ev.evaluate(g)
@@ -284,10 +284,10 @@ def test_untuned_candidate_exits_score_the_inherited_supernet_heads(small_synthe
 
 def test_search_with_joint_heads_records_them(small_synthetic, tmp_path):
     space = make_space("tiny")
-    trainer = TrainerConfig(epochs=0, batch_size=48, device="cpu", crop_padding=1, init="supernet",
+    trainer = TrainerSettings(epochs=0, batch_size=48, device="cpu", crop_padding=1, init="supernet",
                             bn_calibration_images=64, eval_batch_size=256)
     settings = SearchSettings(pop_size=2, generations=1, exit_metric="max_softmax")
-    sn_cfg = SupernetConfig(epochs=2, batch_size=48, random_subnets=1, exits="joint", cache_dir=str(tmp_path / "c"))
+    sn_cfg = SupernetSettings(epochs=2, batch_size=48, random_subnets=1, exits="joint", cache_dir=str(tmp_path / "c"))
     result = run_search(SearchJob(space, small_synthetic, trainer, settings, CPU, tmp_path / "run", seed=0,
                                   progress=False, supernet=sn_cfg))
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -320,7 +320,7 @@ def test_head_samples_share_their_exit_weight_and_the_backbone_pass():
     rng = np.random.default_rng(2)
     backbones = sandwich_backbones(space, rng, 1)
     one = sandwich_heads(space, rng, 1)
-    cfg = SupernetConfig(random_subnets=1, distill=False, label_smoothing=0.0, exit_weights=[0.5, 1.0], head_samples=2)
+    cfg = SupernetSettings(random_subnets=1, distill=False, label_smoothing=0.0, exit_weights=[0.5, 1.0], head_samples=2)
     loss1, g1 = _grads(supernet, x, y, backbones, one, cfg)
     loss2, g2 = _grads(supernet, x, y, backbones, [[h, h] for (h,) in one], cfg)
     assert loss1.item() == pytest.approx(loss2.item())
@@ -344,13 +344,13 @@ def test_head_samples_share_their_exit_weight_and_the_backbone_pass():
 
 def test_head_samples_enter_the_joint_key_only_when_not_one(small_synthetic):
     space = make_space("tiny")
-    joint = SupernetConfig(exits="joint")
-    base = supernet_identity(small_synthetic, space, joint, TrainerConfig(), 0)
+    joint = SupernetSettings(exits="joint")
+    base = supernet_identity(small_synthetic, space, joint, TrainerSettings(), 0)
     assert "head_samples" not in base["supernet"]  # joint supernets cached before the option keep their keys
-    three = supernet_identity(small_synthetic, space, replace(joint, head_samples=3), TrainerConfig(), 0)
+    three = supernet_identity(small_synthetic, space, replace(joint, head_samples=3), TrainerSettings(), 0)
     assert three["supernet"]["head_samples"] == 3
     with pytest.raises(ValueError, match=r"supernet\.head_samples: 3 head samples need trained heads; set "
                                          r"supernet\.exits=joint"):
-        SupernetConfig.from_dict({"head_samples": 3})
+        SupernetSettings.from_dict({"head_samples": 3})
     with pytest.raises(ValueError, match=r"supernet\.head_samples"):
-        SupernetConfig.from_dict({"exits": "joint", "head_samples": 0})
+        SupernetSettings.from_dict({"exits": "joint", "head_samples": 0})

@@ -14,8 +14,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from aebnas.cost import expected_cost, network_cost, network_ops, space_ops
 from aebnas.cost.latency import InputShape, LatencyTable, LatencyTableError, OpLatency
 from aebnas.cost.latency_check import validate_table
-from aebnas.cost.profiler import HardwareConfig, op_module, profile_space
-from aebnas.validation import ConfigError
+from aebnas.cost.profiler import HardwareSettings, op_module, profile_space
+from aebnas.config_checks import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 HAND_GENOME = "k3e2/k3e2/k3e2/k3e2/k3e2|t0.9:conv8k3|off|off|off"
@@ -70,10 +70,10 @@ def test_space_operators_cover_every_sampled_genome(request, space_name, res, ch
 
 @pytest.mark.parametrize("exit_heads", ["conv16k1+avg-conv16k1", "growing"])
 def test_fixed_exit_heads_need_only_their_own_operators(exit_heads):
-    from aebnas.space import SearchSpace, SpaceConfig
+    from aebnas.space import SearchSpace, SpaceSettings
     from tests.conftest import space_config
 
-    cfg = SpaceConfig.from_dict({**space_config("tiny").to_dict(), "exit_heads": exit_heads})
+    cfg = SpaceSettings.from_dict({**space_config("tiny").to_dict(), "exit_heads": exit_heads})
     needed = space_ops(cfg, 10, 1, 8)
     searched = space_ops(space_config("tiny"), 10, 1, 8)
     assert sum(o.kind == "exit_layer" for o in needed.values()) < sum(o.kind == "exit_layer" for o in searched.values())
@@ -106,7 +106,7 @@ def test_profiling_resumes_where_it_was_interrupted(tiny_space, tmp_path):
     path = tmp_path / "table.json"
     shape = InputShape(8, 1, 10)
     n_ops = len(space_ops(tiny_space.config, 10, 1, 8))
-    hw = HardwareConfig.from_dict(FAST)
+    hw = HardwareSettings.from_dict(FAST)
     first: list[str] = []
 
     def interrupt_after_50(sig):
@@ -129,7 +129,7 @@ def test_profiling_resumes_where_it_was_interrupted(tiny_space, tmp_path):
     assert all(entry.count == 1 for entry in table.ops.values())
 
     with pytest.raises(LatencyTableError, match="measured with batch_size=1, this profile runs with batch_size=4"):
-        profile_space(tiny_space.config, shape, HardwareConfig.from_dict({**FAST, "batch_size": 4}), path,
+        profile_space(tiny_space.config, shape, HardwareSettings.from_dict({**FAST, "batch_size": 4}), path,
                       progress=False)
 
 
@@ -173,12 +173,12 @@ def test_table_files_round_trip_and_bad_files_are_named(tmp_path):
 ])
 def test_bad_hardware_config_names_the_field(cfg, fragment):
     with pytest.raises(ConfigError, match=fragment):
-        HardwareConfig.from_dict(cfg)
+        HardwareSettings.from_dict(cfg)
 
 
 def test_validation_measures_every_exit_path_and_compares(tiny_space, tmp_path):
     shape = InputShape(8, 1, 10)
-    hw = HardwareConfig.from_dict({**FAST, "repeats": 2, "passes": 2})
+    hw = HardwareSettings.from_dict({**FAST, "repeats": 2, "passes": 2})
     table = profile_space(tiny_space.config, shape, hw, tmp_path / "t.json", progress=False)
     assert all(entry.count == 4 for entry in table.ops.values())  # 2 calls in each of 2 passes
     result = validate_table(table, tiny_space, hw, n_networks=4, seed=1, progress=False)
@@ -280,8 +280,8 @@ def test_profile_cli_fills_a_table_then_validates_it(tmp_path):
 
 @pytest.mark.parametrize("path", sorted((ROOT / "aebnas" / "conf" / "hardware").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_shipped_hardware_config_is_valid_and_named_after_its_file(path):
-    import yaml
+    from tests.conftest import compose_config
 
-    cfg = yaml.safe_load(path.read_text())
-    hw = HardwareConfig.from_dict(cfg)
+    cfg = compose_config([f"hardware={path.stem}"]).hardware  # the preset over the schema's defaults
+    hw = HardwareSettings.from_dict(cfg)
     assert hw.name == path.stem  # the table directory and the config name are the same word

@@ -6,7 +6,7 @@ import torch
 from nbclient import NotebookClient
 
 from aebnas.search import SearchJob, SearchSettings, run_search
-from aebnas.train import TrainerConfig
+from aebnas.train import TrainerSettings
 from tests.conftest import ROOT
 
 
@@ -14,7 +14,7 @@ from tests.conftest import ROOT
 def test_notebook_executes_on_a_tiny_run(tiny_space, small_synthetic, tmp_path, monkeypatch):
     settings = SearchSettings(pop_size=3, generations=1, exit_metric="max_softmax",
                               initial_genomes=("k3e2/k3e2/k3e2/k3e2/k3e2|t0.5:avg-conv8k3|off|t0.9:conv16k3|off",))
-    trainer = TrainerConfig(epochs=1, batch_size=64, device="cpu", crop_padding=1)
+    trainer = TrainerSettings(epochs=1, batch_size=64, device="cpu", crop_padding=1)
     run_search(SearchJob(tiny_space, small_synthetic, trainer, settings, torch.device("cpu"), tmp_path / "run",
                          progress=False))
     monkeypatch.setenv("AEBNAS_RUN_DIRS", str(tmp_path))

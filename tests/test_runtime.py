@@ -272,12 +272,12 @@ DATASET = {"name": "synthetic", "num_classes": 3, "num_samples": 240, "resolutio
 def tiny_run(tmp_path_factory, tiny_space):
     from aebnas.data import load_dataset
     from aebnas.search import SearchJob, SearchSettings, run_search
-    from aebnas.train import TrainerConfig
+    from aebnas.train import TrainerSettings
 
     run_dir = tmp_path_factory.mktemp("run")
     settings = SearchSettings(pop_size=2, generations=1, exit_metric="max_softmax",
                               initial_genomes=("k3e2/k3e2/k3e2/k3e2/k3e2|t0.9:conv8k3|off|t0.8:avg-conv8k3|off",))
-    trainer = TrainerConfig(epochs=1, batch_size=64, device="cpu", crop_padding=1, num_threads=1)
+    trainer = TrainerSettings(epochs=1, batch_size=64, device="cpu", crop_padding=1, num_threads=1)
     run_search(SearchJob(tiny_space, load_dataset(DATASET), trainer, settings, torch.device("cpu"), run_dir,
                          progress=False))
     (run_dir / "config.yaml").write_text(yaml.safe_dump({"dataset": DATASET}))
@@ -363,15 +363,20 @@ def test_stream_settings_refused_in_one_line(tiny_run, tmp_path, capsys, overrid
                          {"run": str(tiny_run), "progress": False, "num_threads": 1, "n_images": 10, **overrides})
 
 
+def _shipped(config_name: str):
+    """conf/<config_name>.yaml as the entry point composes it (over its schema's defaults), without hydra's section."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "aebnas" / "conf")):
+        return compose(config_name)
+
+
 def _refused_in_one_line(cli, config_name: str, result_file: str, capsys, tmp_path, fragment: str, settings: dict):
     """``cli``'s job on conf/<config_name>.yaml merged with ``settings``: exit 2, one line naming the field,
     and no result file."""
-    from omegaconf import OmegaConf
-
     from aebnas.cli.common import user_errors
 
-    cfg = OmegaConf.load(ROOT / "aebnas" / "conf" / f"{config_name}.yaml")
-    del cfg["hydra"]
+    cfg = _shipped(config_name)
     cfg.merge_with(settings)
     with pytest.raises(SystemExit) as info:
         with user_errors(cli.PROG):
@@ -387,8 +392,6 @@ def test_stream_of_a_run_whose_data_moved_reads_it_from_data_dir(tmp_path, capsy
     the files are now. Without it, the one-line missing-files error; with it, the stream runs."""
     import shutil
 
-    from omegaconf import OmegaConf
-
     from aebnas.cli.common import user_errors
     from aebnas.cli.search import search
     from aebnas.cli.stream import PROG, stream
@@ -401,8 +404,7 @@ def test_stream_of_a_run_whose_data_moved_reads_it_from_data_dir(tmp_path, capsy
                            "trainer.epochs=1", "trainer.device=cpu", "trainer.batch_size=16", "progress=false"]),
            tmp_path / "run")
     shutil.move(tmp_path / "then", tmp_path / "now")
-    cfg = OmegaConf.load(ROOT / "aebnas" / "conf" / "stream.yaml")
-    del cfg["hydra"]
+    cfg = _shipped("stream")
     cfg.merge_with({"run": str(tmp_path / "run"), "progress": False, "num_threads": 1, "n_images": 8,
                     "batch_size": 4, "warmup": 1, "operating_point_table": False})
     with pytest.raises(SystemExit) as info:

@@ -12,7 +12,7 @@ from aebnas.nn import build_model
 from aebnas.search import SearchJob, SearchSettings, run_search
 from aebnas.search.operators import GeneResetMutation, GroupUniformCrossover
 from aebnas.space import Genome
-from aebnas.train import TrainerConfig
+from aebnas.train import TrainerSettings
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def finished_run(tmp_path_factory, tiny_space, synthetic):
     run_dir = tmp_path_factory.mktemp("run")
     seed_genome = "k3e2/k3e2/k3e2/k3e2/k3e2|t0.9:conv8k3|off|off|off"
     settings = SearchSettings(pop_size=4, generations=2, exit_metric="max_softmax", initial_genomes=(seed_genome,))
-    trainer = TrainerConfig(epochs=1, batch_size=64, device="cpu", crop_padding=1)
+    trainer = TrainerSettings(epochs=1, batch_size=64, device="cpu", crop_padding=1)
     result = run_search(SearchJob(tiny_space, synthetic, trainer, settings, torch.device("cpu"), run_dir, seed=0,
                                   progress=False))
     return result, seed_genome
@@ -85,7 +85,7 @@ def test_saved_pareto_model_rebuilds_and_reproduces_test_accuracy(finished_run, 
 def test_threshold_only_changes_reuse_the_trained_network(tiny_space, synthetic, tmp_path):
     from aebnas.search.evaluator import CandidateEvaluator
 
-    ev = CandidateEvaluator(synthetic, TrainerConfig(epochs=1, batch_size=64, device="cpu"),
+    ev = CandidateEvaluator(synthetic, TrainerSettings(epochs=1, batch_size=64, device="cpu"),
                             SearchSettings(exit_metric="max_softmax"), torch.device("cpu"), seed=0)
     g = tiny_space.parse("k3e2/k3e2/k3e2/k3e2/k3e2|t0.9:conv8k3|off|off|t0.5:conv8k3")
     a = ev.evaluate(g)
@@ -95,7 +95,7 @@ def test_threshold_only_changes_reuse_the_trained_network(tiny_space, synthetic,
     assert sum(b.exit_rates[:2]) >= sum(a.exit_rates[:2])  # lower thresholds let more samples out early
     assert len(ev._networks) == 1 and len(ev.evaluations) == 2
     # tuning picks from the space's threshold choices
-    tuned = CandidateEvaluator(synthetic, TrainerConfig(epochs=1, batch_size=64, device="cpu"),
+    tuned = CandidateEvaluator(synthetic, TrainerSettings(epochs=1, batch_size=64, device="cpu"),
                                SearchSettings(exit_metric="max_softmax", threshold_tuning=True), torch.device("cpu"))
     assert set(tuned.evaluate(g).thresholds) <= set(tiny_space.config.thresholds)
 
@@ -117,14 +117,14 @@ def test_operators_keep_genes_in_range_and_groups_whole(tiny_space):
 def test_existing_run_dir_is_refused(finished_run, tiny_space, synthetic):
     result, _ = finished_run
     with pytest.raises(FileExistsError, match="run dir"):
-        run_search(SearchJob(tiny_space, synthetic, TrainerConfig(epochs=1, device="cpu"),
+        run_search(SearchJob(tiny_space, synthetic, TrainerSettings(epochs=1, device="cpu"),
                              SearchSettings(pop_size=2, generations=1), torch.device("cpu"), result.run_dir,
                              progress=False))
 
 
 def test_diverging_candidates_are_recorded_and_no_feasible_front_still_loads(tiny_space, synthetic, tmp_path):
     """lr=1e12 makes every candidate diverge: the search completes, rows say failed, pareto.csv is empty."""
-    trainer = TrainerConfig(epochs=1, batch_size=64, lr=1e12, momentum=0.0, device="cpu")
+    trainer = TrainerSettings(epochs=1, batch_size=64, lr=1e12, momentum=0.0, device="cpu")
     result = run_search(SearchJob(tiny_space, synthetic, trainer, SearchSettings(pop_size=2, generations=1),
                         torch.device("cpu"), tmp_path / "run", progress=False))
     run = load_run(result.run_dir)
@@ -138,7 +138,7 @@ def test_threshold_tuning_makes_threshold_genes_one_candidate(tiny_space, synthe
     from aebnas.search.evaluator import CandidateEvaluator
     from aebnas.search.operators import GenomeDuplicateElimination
 
-    ev = CandidateEvaluator(synthetic, TrainerConfig(epochs=1, batch_size=64, device="cpu"),
+    ev = CandidateEvaluator(synthetic, TrainerSettings(epochs=1, batch_size=64, device="cpu"),
                             SearchSettings(exit_metric="max_softmax", threshold_tuning=True), torch.device("cpu"))
     g = tiny_space.parse("k3e2/k3e2/k3e2/k3e2/k3e2|t0.9:conv8k3|off|off|t0.5:conv8k3")
     a = ev.evaluate(g)
@@ -170,7 +170,7 @@ def test_injected_failures_are_isolated_and_infrastructure_errors_stop(tiny_spac
         return real_fit(model, *args, **kwargs)
 
     monkeypatch.setattr(training_module, "fit", flaky_fit)
-    trainer = TrainerConfig(epochs=1, batch_size=64, device="cpu")
+    trainer = TrainerSettings(epochs=1, batch_size=64, device="cpu")
     settings = SearchSettings(pop_size=4, generations=2, exit_metric="max_softmax")
     result = run_search(SearchJob(tiny_space, synthetic, trainer, settings, torch.device("cpu"), tmp_path / "a",
                                   progress=False))
@@ -214,7 +214,7 @@ def test_out_of_memory_fails_the_candidate_and_empties_the_cache(tiny_space, syn
     emptied = []
     monkeypatch.setattr(training_module, "fit", out_of_memory)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
-    ev = CandidateEvaluator(synthetic, TrainerConfig(epochs=1, device="cpu"), SearchSettings(exit_metric="max_softmax"),
+    ev = CandidateEvaluator(synthetic, TrainerSettings(epochs=1, device="cpu"), SearchSettings(exit_metric="max_softmax"),
                             torch.device("cpu"))
     result = ev.evaluate(tiny_space.smallest())
     assert result.status == "failed" and result.error.startswith("OutOfMemoryError: CUDA out of memory")
@@ -225,7 +225,7 @@ def _search_again_with_final_epochs(finished_run, tiny_space, synthetic, tmp_pat
     """finished_run's search (same seed, settings and data) with search.final_epochs=2."""
     settings = SearchSettings(pop_size=4, generations=2, exit_metric="max_softmax", initial_genomes=(finished_run[1],),
                               final_epochs=2)
-    trainer = TrainerConfig(epochs=1, batch_size=64, device="cpu", crop_padding=1)
+    trainer = TrainerSettings(epochs=1, batch_size=64, device="cpu", crop_padding=1)
     return run_search(SearchJob(tiny_space, synthetic, trainer, settings, torch.device("cpu"), tmp_path / "run", seed=0,
                       progress=False))
 
@@ -306,7 +306,7 @@ def test_final_training_trains_a_network_once_and_retunes_its_thresholds(tiny_sp
     from aebnas.train import predict_logits
 
     settings = SearchSettings(exit_metric="max_softmax", threshold_tuning=True)
-    ev = CandidateEvaluator(synthetic, TrainerConfig(epochs=1, batch_size=64, device="cpu"), settings,
+    ev = CandidateEvaluator(synthetic, TrainerSettings(epochs=1, batch_size=64, device="cpu"), settings,
                             torch.device("cpu"), seed=0, model_dir=tmp_path)
     g = tiny_space.parse("k3e2/k3e2/k3e2/k3e2/k3e2|t0.9:conv8k3|off|off|t0.5:conv8k3")
     searched = ev.evaluate(g)

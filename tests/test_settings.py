@@ -8,6 +8,7 @@ from aebnas.search import SearchConfigError, SearchSettings
     ({"pop_size": "8"}, "search.pop_size: must be an integer >= 2"),
     ({"generations": 0}, "search.generations: must be in [1, inf], got 0"),
     ({"objective": "aebnas"}, "search.target_macs: the 'aebnas' objective needs a positive target"),
+    ({"objective": "macs_target"}, "search.target_macs: the 'macs_target' objective needs a positive target"),
     ({"objective": "speed"}, "search.objective: 'speed' is not one of"),
     ({"exit_metric": "vibes"}, "search.exit_metric: 'vibes' is not one of"),
     ({"threshold_tuning": "no"}, "search.threshold_tuning: expected true or false, got 'no'"),
@@ -25,11 +26,11 @@ def test_bad_search_settings(patch, message):
 
 
 def test_defaults_match_the_shipped_yaml():
-    import yaml
+    from omegaconf import OmegaConf
 
-    from tests.conftest import ROOT
+    from tests.conftest import compose_config
 
-    shipped = yaml.safe_load((ROOT / "aebnas" / "conf" / "search" / "nsga2.yaml").read_text())
+    shipped = OmegaConf.to_container(compose_config(["search=nsga2"]).search, resolve=True)
     shipped["initial_genomes"] = tuple(shipped["initial_genomes"])
     assert SearchSettings.from_dict(shipped) == SearchSettings()
 

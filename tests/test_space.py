@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from aebnas.space import Genome, GenomeError, SearchSpace, SpaceConfig, SpaceConfigError
+from aebnas.space import Genome, GenomeError, SearchSpace, SpaceSettings, SpaceConfigError
 from tests.conftest import space_config
 
 
@@ -108,9 +108,9 @@ def test_bad_space_config(patch, fragment):
     cfg = dict(HAND_SPACE)
     cfg.update(patch)
     with pytest.raises(SpaceConfigError, match=fragment.replace(".", r"\.")):
-        SpaceConfig.from_dict(cfg)
+        SpaceSettings.from_dict(cfg)
 
 
 def test_config_round_trip():
     cfg = space_config("mbv3_32")
-    assert SpaceConfig.from_dict(cfg.to_dict()) == cfg
+    assert SpaceSettings.from_dict(cfg.to_dict()) == cfg

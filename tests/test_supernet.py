@@ -26,9 +26,9 @@ from aebnas.nn.supernet import Supernet, backbone_identity, backbone_modules, in
 from aebnas.search import SearchJob, SearchSettings, run_search
 from aebnas.search.evaluator import CandidateEvaluator
 from aebnas.search.thresholds import confidence
-from aebnas.space import SearchSpace, SpaceConfig
-from aebnas.train import TrainerConfig, predict_logits
-from aebnas.train.supernet import SupernetConfig, prepare_supernet, sandwich_backbones, sandwich_step
+from aebnas.space import SearchSpace, SpaceSettings
+from aebnas.train import TrainerSettings, predict_logits
+from aebnas.train.supernet import SupernetSettings, prepare_supernet, sandwich_backbones, sandwich_step
 from aebnas.train.trainer import recalibrate_batchnorm
 from tests.conftest import ROOT, compose_config
 
@@ -49,7 +49,7 @@ def space_dict(name: str, **changes) -> dict:
 
 
 def make_space(name: str, **changes) -> SearchSpace:
-    return SearchSpace(SpaceConfig.from_dict(space_dict(name, **changes)))
+    return SearchSpace(SpaceSettings.from_dict(space_dict(name, **changes)))
 
 
 @torch.no_grad()
@@ -261,7 +261,7 @@ def make_tiny_batch(exits: bool = False):
 
 def test_sandwich_step_trains_largest_and_smallest_subnets(tiny_supernet_batch):
     space, supernet, x, y = tiny_supernet_batch
-    cfg = SupernetConfig(random_subnets=0, distill=True)
+    cfg = SupernetSettings(random_subnets=0, distill=True)
     largest, smallest = space.largest().stages, space.smallest().stages
     full = _grads(supernet, x, y, [largest, smallest], cfg)
     teacher = _grads(supernet, x, y, [largest], cfg)
@@ -294,7 +294,7 @@ def test_sandwich_step_trains_largest_and_smallest_subnets(tiny_supernet_batch):
 
 def test_sandwich_random_subnets_add_their_own_gradients(tiny_supernet_batch):
     space, supernet, x, y = tiny_supernet_batch
-    cfg = SupernetConfig(random_subnets=1, distill=True)
+    cfg = SupernetSettings(random_subnets=1, distill=True)
     largest, smallest = space.largest().stages, space.smallest().stages
     medium = space.parse("k3e3-k3e3/k3e3-k3e3/k3e3-k3e3/k3e3-k3e3/k3e3-k3e3|off|off|off|off").stages
     three = _grads(supernet, x, y, [largest, smallest, medium], cfg)
@@ -306,7 +306,7 @@ def test_sandwich_random_subnets_add_their_own_gradients(tiny_supernet_batch):
 
 def test_distillation_is_kl_to_the_largest_subnets_soft_predictions(tiny_supernet_batch):
     space, supernet, x, y = tiny_supernet_batch
-    cfg = SupernetConfig(random_subnets=0, distill=True, label_smoothing=0.1)
+    cfg = SupernetSettings(random_subnets=0, distill=True, label_smoothing=0.1)
     largest, smallest = space.largest().stages, space.smallest().stages
     full = _grads(supernet, x, y, [largest, smallest], cfg)
     teacher = _grads(supernet, x, y, [largest], cfg)
@@ -345,7 +345,7 @@ def test_distillation_of_an_identical_subnet_adds_nothing():
     gen = torch.Generator().manual_seed(5)
     x, y = torch.randn(8, 1, 8, 8, generator=gen), torch.randint(0, 3, (8,), generator=gen)
     b = space.largest().stages
-    cfg = SupernetConfig(random_subnets=0, distill=True, label_smoothing=0.0)
+    cfg = SupernetSettings(random_subnets=0, distill=True, label_smoothing=0.0)
     teacher = _grads(supernet, x, y, [b], cfg)
     distilled = _grads(supernet, x, y, [b, b], cfg)
     labelled = _grads(supernet, x, y, [b, b], replace(cfg, distill=False))
@@ -370,8 +370,8 @@ def _state_equal(a: nn.Module, b: nn.Module) -> bool:
 
 def test_supernet_cache_reuse_and_invalidation(small_synthetic, tmp_path, monkeypatch):
     data, space = small_synthetic, make_space("tiny")
-    cfg = SupernetConfig(epochs=1, batch_size=32, random_subnets=1, cache_dir=str(tmp_path))
-    trainer = TrainerConfig(device="cpu", crop_padding=1)
+    cfg = SupernetSettings(epochs=1, batch_size=32, random_subnets=1, cache_dir=str(tmp_path))
+    trainer = TrainerSettings(device="cpu", crop_padding=1)
     calls = []
     real_train = supernet_module.train_supernet
 
@@ -434,8 +434,8 @@ def test_supernet_cache_reuse_and_invalidation(small_synthetic, tmp_path, monkey
 
 def test_cache_file_of_other_settings_is_not_used(small_synthetic, tmp_path, monkeypatch, caplog):
     data, space = small_synthetic, make_space("tiny")
-    cfg = SupernetConfig(epochs=1, batch_size=48, random_subnets=0, cache_dir=str(tmp_path))
-    trainer = TrainerConfig(device="cpu", crop_padding=1)
+    cfg = SupernetSettings(epochs=1, batch_size=48, random_subnets=0, cache_dir=str(tmp_path))
+    trainer = TrainerSettings(device="cpu", crop_padding=1)
     supernet, info = prepare_supernet(space, data, cfg, trainer, CPU, seed=0, progress=False)
     stored = torch.load(info.path, weights_only=False)
     stored["identity"]["seed"] = 7      # a file under this key whose contents belong to other settings
@@ -456,8 +456,8 @@ def test_cache_file_of_other_settings_is_not_used(small_synthetic, tmp_path, mon
 
 def test_supernet_weights_are_determined_by_the_cache_key(small_synthetic, tmp_path):
     space = make_space("tiny")
-    cfg = SupernetConfig(epochs=1, batch_size=48, random_subnets=0)
-    trainer = TrainerConfig(device="cpu", crop_padding=1)
+    cfg = SupernetSettings(epochs=1, batch_size=48, random_subnets=0)
+    trainer = TrainerSettings(device="cpu", crop_padding=1)
     nets, keys = [], set()
     for ambient in (0, 1):
         torch.manual_seed(ambient)  # whatever the process did with the global RNG before
@@ -559,9 +559,9 @@ def test_evaluator_init_and_supernet_must_agree(small_synthetic):
     supernet = Supernet(make_space("tiny").config, 3, 1)
     settings = SearchSettings(exit_metric="max_softmax")
     with pytest.raises(ValueError, match="init=supernet"):
-        CandidateEvaluator(small_synthetic, TrainerConfig(init="supernet", device="cpu"), settings, CPU)
+        CandidateEvaluator(small_synthetic, TrainerSettings(init="supernet", device="cpu"), settings, CPU)
     with pytest.raises(ValueError, match="init=from_scratch"):
-        CandidateEvaluator(small_synthetic, TrainerConfig(device="cpu"), settings, CPU, supernet=supernet)
+        CandidateEvaluator(small_synthetic, TrainerSettings(device="cpu"), settings, CPU, supernet=supernet)
 
 
 def test_candidate_with_zero_finetune_epochs_scores_the_recalibrated_supernet_subnet(small_synthetic):
@@ -570,7 +570,7 @@ def test_candidate_with_zero_finetune_epochs_scores_the_recalibrated_supernet_su
     torch.manual_seed(0)
     supernet = Supernet(space.config, data.num_classes, data.in_channels)
     randomise_batchnorm(supernet)
-    trainer = TrainerConfig(epochs=0, init="supernet", device="cpu", bn_calibration_images=64, eval_batch_size=256)
+    trainer = TrainerSettings(epochs=0, init="supernet", device="cpu", bn_calibration_images=64, eval_batch_size=256)
     ev = CandidateEvaluator(data, trainer, SearchSettings(exit_metric="max_softmax"), CPU, supernet=supernet)
     g = space.parse("k3e2-k5e3/k5e2/k3e4/k3e2-k3e2/k5e3|t0.8:conv8k3|off|off|off")
     result = ev.evaluate(g)
@@ -596,7 +596,7 @@ def test_candidate_with_zero_finetune_epochs_scores_the_recalibrated_supernet_su
 
 
 def test_candidates_fine_tune_at_finetune_lr(small_synthetic, monkeypatch):
-    tc = TrainerConfig(init="supernet", lr=0.05, finetune_lr=0.007, epochs=3)
+    tc = TrainerSettings(init="supernet", lr=0.05, finetune_lr=0.007, epochs=3)
     assert tc.candidate_schedule() == replace(tc, lr=0.007)
     assert replace(tc, init="from_scratch").candidate_schedule().lr == 0.05
     seen = []
@@ -612,9 +612,9 @@ def test_candidates_fine_tune_at_finetune_lr(small_synthetic, monkeypatch):
     common = dict(epochs=1, batch_size=48, device="cpu", lr=0.05, finetune_lr=0.007, bn_calibration_images=32)
     supernet = Supernet(space.config, 3, 1)
     settings = SearchSettings(exit_metric="max_softmax")
-    CandidateEvaluator(small_synthetic, TrainerConfig(init="supernet", **common), settings, CPU,
+    CandidateEvaluator(small_synthetic, TrainerSettings(init="supernet", **common), settings, CPU,
                        supernet=supernet).evaluate(g)
-    CandidateEvaluator(small_synthetic, TrainerConfig(init="from_scratch", **common), settings, CPU).evaluate(g)
+    CandidateEvaluator(small_synthetic, TrainerSettings(init="from_scratch", **common), settings, CPU).evaluate(g)
     assert [c.lr for c in seen] == [0.007, 0.05]
     assert [c.epochs for c in seen] == [1, 1]
 
@@ -625,10 +625,10 @@ def test_candidates_fine_tune_at_finetune_lr(small_synthetic, monkeypatch):
 
 def test_search_with_supernet_init_trains_then_reuses_the_supernet(small_synthetic, tmp_path, monkeypatch):
     space = make_space("tiny")
-    trainer = TrainerConfig(epochs=1, batch_size=48, device="cpu", crop_padding=1, init="supernet",
+    trainer = TrainerSettings(epochs=1, batch_size=48, device="cpu", crop_padding=1, init="supernet",
                             bn_calibration_images=64, eval_batch_size=256)
     settings = SearchSettings(pop_size=2, generations=1, exit_metric="max_softmax")
-    sn_cfg = SupernetConfig(epochs=1, batch_size=48, random_subnets=1, cache_dir=str(tmp_path / "cache"))
+    sn_cfg = SupernetSettings(epochs=1, batch_size=48, random_subnets=1, cache_dir=str(tmp_path / "cache"))
 
     def search(run_dir):
         result = run_search(SearchJob(space, small_synthetic, trainer, settings, CPU, run_dir, seed=0, progress=False,
@@ -663,7 +663,7 @@ def test_search_with_supernet_init_trains_then_reuses_the_supernet(small_synthet
 ])
 def test_bad_supernet_config(patch, field):
     with pytest.raises(ValueError, match=field.replace(".", r"\.") + ":"):
-        SupernetConfig.from_dict(patch)
+        SupernetSettings.from_dict(patch)
 
 
 @pytest.mark.parametrize("patch, field", [
@@ -673,30 +673,30 @@ def test_bad_supernet_config(patch, field):
 ])
 def test_bad_trainer_supernet_fields(patch, field):
     with pytest.raises(ValueError, match=field.replace(".", r"\.") + ":"):
-        TrainerConfig.from_dict(patch)
+        TrainerSettings.from_dict(patch)
 
 
 def test_shipped_supernet_and_trainer_configs_validate():
     plain = OmegaConf.to_container(compose_config(), resolve=True)
-    sc = SupernetConfig.from_dict(plain["supernet"])
+    sc = SupernetSettings.from_dict(plain["supernet"])
     assert sc.random_subnets >= 0 and isinstance(sc.distill, bool)
-    assert TrainerConfig.from_dict(plain["trainer"]).init in ("supernet", "from_scratch")
-    assert SupernetConfig.from_dict({"epochs": 3, "distill": False}) == SupernetConfig(epochs=3, distill=False)
+    assert TrainerSettings.from_dict(plain["trainer"]).init in ("supernet", "from_scratch")
+    assert SupernetSettings.from_dict({"epochs": 3, "distill": False}) == SupernetSettings(epochs=3, distill=False)
 
 
 def test_cache_root_follows_setting_then_environment_then_user_cache(monkeypatch, tmp_path):
-    assert SupernetConfig(cache_dir=str(tmp_path / "mine")).cache_root == tmp_path / "mine"
+    assert SupernetSettings(cache_dir=str(tmp_path / "mine")).cache_root == tmp_path / "mine"
     monkeypatch.setenv("AEBNAS_CACHE_DIR", str(tmp_path / "shared"))
-    assert SupernetConfig().cache_root == tmp_path / "shared" / "supernets"
+    assert SupernetSettings().cache_root == tmp_path / "shared" / "supernets"
     monkeypatch.delenv("AEBNAS_CACHE_DIR")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert SupernetConfig().cache_root == tmp_path / "home" / ".cache" / "aebnas" / "supernets"
+    assert SupernetSettings().cache_root == tmp_path / "home" / ".cache" / "aebnas" / "supernets"
 
 
 def test_unreadable_cache_file_is_retrained(small_synthetic, tmp_path, caplog):
     space = make_space("tiny")
-    cfg = SupernetConfig(epochs=1, batch_size=48, random_subnets=0, cache_dir=str(tmp_path))
-    trainer = TrainerConfig(device="cpu", crop_padding=1)
+    cfg = SupernetSettings(epochs=1, batch_size=48, random_subnets=0, cache_dir=str(tmp_path))
+    trainer = TrainerSettings(device="cpu", crop_padding=1)
     _, info = prepare_supernet(space, small_synthetic, cfg, trainer, CPU, seed=0, progress=False)
     Path(info.path).write_bytes(b"not a torch file")  # e.g. a copy cut short
     with caplog.at_level("WARNING", logger="aebnas.supernet"):
@@ -708,8 +708,8 @@ def test_unreadable_cache_file_is_retrained(small_synthetic, tmp_path, caplog):
 def test_cache_entry_with_other_shapes_is_retrained(small_synthetic, tmp_path, caplog):
     """A file under the right key whose tensors no longer fit the code's supernet (code changed) is not fatal."""
     space = make_space("tiny")
-    cfg = SupernetConfig(epochs=1, batch_size=48, random_subnets=0, cache_dir=str(tmp_path))
-    trainer = TrainerConfig(device="cpu", crop_padding=1)
+    cfg = SupernetSettings(epochs=1, batch_size=48, random_subnets=0, cache_dir=str(tmp_path))
+    trainer = TrainerSettings(device="cpu", crop_padding=1)
     _, info = prepare_supernet(space, small_synthetic, cfg, trainer, CPU, seed=0, progress=False)
     stored = torch.load(info.path, weights_only=True)
     stored["state_dict"]["stem.0.weight"] = torch.zeros(1, 1, 1, 1)

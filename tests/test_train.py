@@ -6,7 +6,7 @@ import torch
 import aebnas.nn.depthwise as depthwise
 from aebnas.data import load_dataset
 from aebnas.nn import build_model
-from aebnas.train import (TrainerConfig, TrainingDiverged, candidate_cudnn, exit_loss_weights, fit, joint_exit_loss,
+from aebnas.train import (TrainerSettings, TrainingDiverged, candidate_cudnn, exit_loss_weights, fit, joint_exit_loss,
                           predict_logits)
 
 
@@ -37,7 +37,7 @@ def test_training_learns_every_exit(data, tiny_space):
     g = tiny_space.parse("k3e2/k3e2/k3e2/k3e2/k3e2|t0.9:conv16k3|off|t0.9:conv16k3|off")
     model = build_model(g, data.num_classes, data.in_channels)
     before = predict_logits(model, data.val, data.mean, data.std, torch.device("cpu"))
-    stats = fit(model, data, TrainerConfig(epochs=15, batch_size=64, device="cpu", crop_padding=1), torch.device("cpu"))
+    stats = fit(model, data, TrainerSettings(epochs=15, batch_size=64, device="cpu", crop_padding=1), torch.device("cpu"))
     after = predict_logits(model, data.val, data.mean, data.std, torch.device("cpu"))
     assert before.shape == after.shape == (3, len(data.val), 4)
     acc = (after.argmax(-1) == data.val.y.numpy()).mean(axis=1)
@@ -48,7 +48,7 @@ def test_training_learns_every_exit(data, tiny_space):
 def test_fit_reports_each_epoch_mean_loss(data, tiny_space):
     seen = []
     model = build_model(tiny_space.smallest(), data.num_classes, data.in_channels)
-    fit(model, data, TrainerConfig(epochs=3, batch_size=64, device="cpu"), torch.device("cpu"),
+    fit(model, data, TrainerSettings(epochs=3, batch_size=64, device="cpu"), torch.device("cpu"),
         on_epoch=lambda epoch, loss: seen.append((epoch, loss)))
     assert [e for e, _ in seen] == [1, 2, 3]
     losses = [loss for _, loss in seen]
@@ -62,7 +62,7 @@ def test_a_quick_candidate_stays_quiet_and_a_slow_one_logs_epochs(data, tiny_spa
     from aebnas.search import SearchSettings
     from aebnas.search.evaluator import CandidateEvaluator
 
-    evaluator = CandidateEvaluator(data, TrainerConfig(epochs=2, batch_size=64, device="cpu"),
+    evaluator = CandidateEvaluator(data, TrainerSettings(epochs=2, batch_size=64, device="cpu"),
                                    SearchSettings(exit_metric="max_softmax"), torch.device("cpu"))
     with caplog.at_level("INFO", logger="aebnas.search"):
         evaluator.evaluate(tiny_space.smallest())  # well under the default 30 s
@@ -76,7 +76,7 @@ def test_a_quick_candidate_stays_quiet_and_a_slow_one_logs_epochs(data, tiny_spa
 def test_divergence_is_reported(data, tiny_space):
     model = build_model(tiny_space.smallest(), data.num_classes, data.in_channels)
     with pytest.raises(TrainingDiverged):
-        fit(model, data, TrainerConfig(epochs=2, lr=1e12, momentum=0.0, device="cpu"), torch.device("cpu"))
+        fit(model, data, TrainerSettings(epochs=2, lr=1e12, momentum=0.0, device="cpu"), torch.device("cpu"))
 
 
 @pytest.mark.parametrize("patch, field", [({"epochs": -1}, "trainer.epochs"), ({"lr": 0}, "trainer.lr"),
@@ -87,23 +87,23 @@ def test_divergence_is_reported(data, tiny_space):
                                           ({"cuda_graphs": "yes"}, "trainer.cuda_graphs")])
 def test_bad_trainer_config(patch, field):
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
-        TrainerConfig.from_dict(patch)
+        TrainerSettings.from_dict(patch)
 
 
 def test_candidate_cudnn_sets_flags_on_cuda_only_and_puts_them_back():
     flags = torch.backends.cudnn
     before = (flags.enabled, flags.benchmark, depthwise._native)
     cuda = torch.device("cuda")  # a device object needs no GPU: only the switches are under test
-    with candidate_cudnn(TrainerConfig(cudnn_depthwise=False, cudnn_benchmark=False), cuda):
+    with candidate_cudnn(TrainerSettings(cudnn_depthwise=False, cudnn_benchmark=False), cuda):
         assert (flags.enabled, flags.benchmark, depthwise._native) == (before[0], False, True)
     assert (flags.enabled, flags.benchmark, depthwise._native) == before
-    with candidate_cudnn(TrainerConfig(cudnn_depthwise=True, cudnn_benchmark=True), cuda):
+    with candidate_cudnn(TrainerSettings(cudnn_depthwise=True, cudnn_benchmark=True), cuda):
         assert (flags.benchmark, depthwise._native) == (True, False)
-    with candidate_cudnn(TrainerConfig(cudnn_benchmark=True), cuda, autotune=False):  # one-off passes: no tuning
+    with candidate_cudnn(TrainerSettings(cudnn_benchmark=True), cuda, autotune=False):  # one-off passes: no tuning
         assert flags.benchmark is False
     with pytest.raises(RuntimeError):  # a failing candidate leaves the switches as they were too
-        with candidate_cudnn(TrainerConfig(cudnn_depthwise=False, cudnn_benchmark=True), cuda):
+        with candidate_cudnn(TrainerSettings(cudnn_depthwise=False, cudnn_benchmark=True), cuda):
             raise RuntimeError("candidate failed")
     assert (flags.enabled, flags.benchmark, depthwise._native) == before
-    with candidate_cudnn(TrainerConfig(cudnn_depthwise=False, cudnn_benchmark=True), torch.device("cpu")):
+    with candidate_cudnn(TrainerSettings(cudnn_depthwise=False, cudnn_benchmark=True), torch.device("cpu")):
         assert (flags.enabled, flags.benchmark, depthwise._native) == before

@@ -8,7 +8,7 @@ import torch
 
 from aebnas.data import load_dataset
 from aebnas.nn import build_model
-from aebnas.train import TrainerConfig, fit
+from aebnas.train import TrainerSettings, fit
 from aebnas.train.steps import EagerTrainStep, GraphedTrainStep
 from aebnas.train.trainer import BatchStream, _batches, cosine_factor, make_graphable_optimizer, make_train_step
 
@@ -51,7 +51,7 @@ def test_the_graphable_step_trains_exactly_as_the_eager_one(data, tiny_space, op
     optimizer under LambdaLR, step by step (off CUDA the graphable step runs eagerly, the arithmetic a graph
     would replay)."""
     cpu = torch.device("cpu")
-    cfg = TrainerConfig(optimizer=optimizer, lr=0.1, weight_decay=1e-3, device="cpu", amp=False)
+    cfg = TrainerSettings(optimizer=optimizer, lr=0.1, weight_decay=1e-3, device="cpu", amp=False)
     a, b = _twin_models(tiny_space, data)
     start = {k: v.clone() for k, v in a.state_dict().items()}
     total = 4
@@ -98,8 +98,8 @@ def test_batch_stream_with_drop_last(data):
 
 def test_cuda_graphs_is_a_no_op_off_cuda(data, tiny_space):
     a, b = _twin_models(tiny_space, data)
-    sa = fit(a, data, TrainerConfig(epochs=2, batch_size=64, device="cpu"), torch.device("cpu"))
-    sb = fit(b, data, TrainerConfig(epochs=2, batch_size=64, device="cpu", cuda_graphs=True), torch.device("cpu"))
+    sa = fit(a, data, TrainerSettings(epochs=2, batch_size=64, device="cpu"), torch.device("cpu"))
+    sb = fit(b, data, TrainerSettings(epochs=2, batch_size=64, device="cpu", cuda_graphs=True), torch.device("cpu"))
     assert sa.steps == sb.steps == 2 * math.ceil(len(data.train) / 64)
     assert sb.cuda_graph == "off"
     for pa, pb in zip(a.parameters(), b.parameters()):
@@ -112,7 +112,7 @@ def test_a_recorded_step_replays_the_eager_training(data, tiny_space, monkeypatc
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     monkeypatch.setattr(GraphedTrainStep, "_process_failure", None)
-    cfg = TrainerConfig(lr=0.05, device="cuda", amp=False)
+    cfg = TrainerSettings(lr=0.05, device="cuda", amp=False)
     a, b = _twin_models(tiny_space, data, "cuda")
     total = 8
     graphed = _graphable_step(b, cfg, cuda, total)
@@ -132,7 +132,7 @@ def test_a_recorded_step_replays_the_eager_training(data, tiny_space, monkeypatc
     # 120 training images at batch 32: 3 steps an epoch (the last 24 dropped), 6 in all: 3 warm-ups, the
     # recording and 2 replays
     stats = fit(build_model(tiny_space.parse(GENOME), 4, 1), data,
-                TrainerConfig(epochs=2, batch_size=32, device="cuda", cuda_graphs=True), cuda)
+                TrainerSettings(epochs=2, batch_size=32, device="cuda", cuda_graphs=True), cuda)
     assert stats.cuda_graph == "captured" and stats.steps == 2 * (len(data.train) // 32) == 6
     assert math.isfinite(stats.final_loss)
 
@@ -191,7 +191,7 @@ def test_a_failed_recording_trains_on_eagerly_and_the_process_stops_recording(da
     fake.install(monkeypatch)
     monkeypatch.setattr(GraphedTrainStep, "_process_failure", None)
     cpu, as_cuda = torch.device("cpu"), torch.device("cuda")  # the step takes the CUDA path; tensors stay on the CPU
-    cfg = TrainerConfig(lr=0.1, device="cpu", amp=False)
+    cfg = TrainerSettings(lr=0.1, device="cpu", amp=False)
     a, b = _twin_models(tiny_space, data)
     eager = make_train_step(a, cfg, cpu, 6)
     step = _graphable_step(b, cfg, as_cuda, 6, tensors_on=cpu)

@@ -17,10 +17,10 @@ from aebnas.search import SearchJob, SearchSettings, run_search
 from aebnas.search.evaluator import CandidateEvaluator
 from aebnas.search.training import short_hash
 from aebnas.search.workers import CandidatePool
-from aebnas.train import TrainerConfig
+from aebnas.train import TrainerSettings
 from tests.conftest import ROOT
 
-TRAINER = TrainerConfig(epochs=1, batch_size=64, device="cpu", crop_padding=1, num_threads=1)
+TRAINER = TrainerSettings(epochs=1, batch_size=64, device="cpu", crop_padding=1, num_threads=1)
 CPU = torch.device("cpu")
 
 
@@ -98,11 +98,11 @@ def test_workers_that_cannot_start_give_one_clear_error(tmp_path):
         "from aebnas.data import load_dataset\n"
         "from aebnas.search import SearchJob, SearchSettings, run_search\n"
         "from aebnas.space import SearchSpace\n"
-        "from aebnas.train import TrainerConfig\n"
+        "from aebnas.train import TrainerSettings\n"
         "from tests.conftest import space_config\n"
         "data = load_dataset({'name': 'synthetic', 'num_classes': 2, 'num_samples': 60, 'resolution': 8, "
         "'channels': 1, 'val_size': 0.25, 'test_size': 0.25, 'seed': 0})\n"
-        f"run_search(SearchJob(SearchSpace(space_config('tiny')), data, TrainerConfig(epochs=1, device='cpu'), "
+        f"run_search(SearchJob(SearchSpace(space_config('tiny')), data, TrainerSettings(epochs=1, device='cpu'), "
         f"SearchSettings(pop_size=2, generations=1), torch.device('cpu'), {str(tmp_path / 'run')!r}, "
         "progress=False, workers=2))\n")
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=ROOT,

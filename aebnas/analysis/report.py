@@ -32,7 +32,7 @@ import pandas as pd
 
 from aebnas.analysis.pareto import hypervolume_2d, non_dominated_mask
 from aebnas.analysis.run import Run, load_run
-from aebnas.validation import ConfigError
+from aebnas.config_checks import ConfigError
 
 METHOD_ORDER = ("aebnas", "edanas", "nachos", "static", "random", "manual")
 METRICS = ("val_accuracy_at_target", "test_accuracy_at_target", "test_accuracy_of_val_choice", "hypervolume",

@@ -9,13 +9,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from aebnas.cli.config_schema import register_schemas
 from aebnas.cost.latency import InputShape, LatencyTable, LatencyTableError
-from aebnas.cost.profiler import HardwareConfig
+from aebnas.cost.profiler import HardwareSettings
 from aebnas.data import DatasetError
 from aebnas.runtime.export_run import ExportCheckError
 from aebnas.search.workers import WorkerStartError
-from aebnas.space import GenomeError, SpaceConfig
-from aebnas.validation import ConfigError
+from aebnas.space import GenomeError, SpaceSettings
+from aebnas.config_checks import ConfigError
+
+register_schemas()  # every entry point composes through this module: the groups' ``base`` defaults must exist
 
 
 def config_dir() -> str:
@@ -78,19 +81,19 @@ def check_overrides(prog: str, argv: list[str], config_name: str = "config") -> 
         sys.exit(2)
 
 
-def latency_table_path(hw: HardwareConfig, shape: InputShape) -> Path:
+def latency_table_path(hw: HardwareSettings, shape: InputShape) -> Path:
     """``conf/hardware/tables/<hardware>/r<res>_c<channels>_n<classes>.json`` unless ``hardware.table_dir`` says."""
     root = Path(hw.table_dir).expanduser() if hw.table_dir else Path(config_dir()) / "hardware" / "tables" / hw.name
     return root / f"r{shape.resolution}_c{shape.channels}_n{shape.num_classes}.json"
 
 
-def profile_command(hw: HardwareConfig, space_name: str, shape: InputShape) -> str:
+def profile_command(hw: HardwareSettings, space_name: str, shape: InputShape) -> str:
     """The command that measures exactly the table a search with this device, space and input needs."""
     return (f"aebnas-profile hardware={hw.name} space={space_name} profile.resolution={shape.resolution} "
             f"profile.channels={shape.channels} profile.num_classes={shape.num_classes}")
 
 
-def load_latency_table(hardware: Mapping[str, Any] | None, space: SpaceConfig, shape: InputShape,
+def load_latency_table(hardware: Mapping[str, Any] | None, space: SpaceSettings, shape: InputShape,
                        required: bool) -> LatencyTable | None:
     """The device's table for this space and input, checked to price every candidate; None without hardware."""
     if hardware is None:
@@ -98,7 +101,7 @@ def load_latency_table(hardware: Mapping[str, Any] | None, space: SpaceConfig, s
             raise ConfigError(f"hardware: search.objective=avg_latency and latency budgets need a device, add "
                               f"hardware=<name> (one of: {', '.join(group_options('hardware'))})")
         return None
-    hw = HardwareConfig.from_dict(hardware)
+    hw = HardwareSettings.from_dict(hardware)
     path = latency_table_path(hw, shape)
     fill = profile_command(hw, space.name, shape)
     if not path.exists():

@@ -18,29 +18,22 @@ from aebnas.cli.common import (check_group_choices, check_overrides, config_dir,
                                require_config_dir, user_errors)
 from aebnas.cost.latency import InputShape
 from aebnas.cost.latency_check import validate_table
-from aebnas.cost.profiler import HardwareConfig, profile_space
+from aebnas.cost.profiler import HardwareSettings, ProfileSettings, profile_space
 from aebnas.search.archive import write_text_atomic
-from aebnas.space import SearchSpace, SpaceConfig
-from aebnas.validation import ConfigError, check_bool, check_int, reject_unknown_keys
+from aebnas.space import SearchSpace, SpaceSettings
+from aebnas.config_checks import ConfigError
 
 log = logging.getLogger("aebnas")
-PROFILE_KEYS = ("resolution", "channels", "num_classes", "validate", "networks", "calibrate")
 
 
-def input_shape(profile: dict[str, Any], dataset: dict[str, Any]) -> InputShape:
+def input_shape(options: ProfileSettings, dataset: dict[str, Any]) -> InputShape:
     """The shape named in ``profile.*``, or the dataset's (loading it once) when none is named."""
-    given = {k: profile[k] for k in ("resolution", "channels", "num_classes")}
-    if all(v is None for v in given.values()):
+    if options.resolution is None:  # ProfileSettings has checked: all three given, or none
         from aebnas.data import load_dataset
 
         data = load_dataset(dataset)
         return InputShape(data.resolution, data.in_channels, data.num_classes)
-    for key, value in given.items():
-        if value is None:
-            raise ConfigError(f"profile.{key}: set resolution, channels and num_classes together, or none of them "
-                              "to take the dataset's")
-        check_int(value, f"profile.{key}", lo=2 if key == "num_classes" else 1)
-    return InputShape(given["resolution"], given["channels"], given["num_classes"])
+    return InputShape(options.resolution, options.channels, options.num_classes)  # type: ignore[arg-type]
 
 
 def profile(cfg: DictConfig, run_dir: Path) -> Path:
@@ -49,13 +42,9 @@ def profile(cfg: DictConfig, run_dir: Path) -> Path:
     if plain.get("hardware") is None:
         raise ConfigError(f"hardware: name the device to measure, e.g. hardware=cpu_x86_2t (configs: "
                           f"{', '.join(group_options('hardware'))}; copy one for a new device)")
-    options = plain["profile"]
-    reject_unknown_keys(options, PROFILE_KEYS, "profile")
-    for key in ("validate", "calibrate"):
-        check_bool(options[key], f"profile.{key}")
-    check_int(options["networks"], "profile.networks", lo=2)
-    hw = HardwareConfig.from_dict(plain["hardware"])
-    space = SpaceConfig.from_dict(plain["space"])
+    options = ProfileSettings.from_dict(plain["profile"])
+    hw = HardwareSettings.from_dict(plain["hardware"])
+    space = SpaceSettings.from_dict(plain["space"])
     shape = input_shape(options, plain["dataset"])
     path = latency_table_path(hw, shape)
     progress = bool(plain.get("progress", True))
@@ -64,9 +53,9 @@ def profile(cfg: DictConfig, run_dir: Path) -> Path:
     table = profile_space(space, shape, hw, path, progress=progress, on_measured=measured.append)
     print(f"{len(measured)} operators measured in {time.perf_counter() - start:.0f}s "
           f"({len(table.ops)} in the table) on {table.meta['device_name']}: {path}")
-    if options["validate"]:
+    if options.validate:
         run_dir.mkdir(parents=True, exist_ok=True)
-        result = validate_table(table, SearchSpace(space), hw, options["networks"], seed=int(plain.get("seed", 0)),
+        result = validate_table(table, SearchSpace(space), hw, options.networks, seed=int(plain.get("seed", 0)),
                                 progress=progress)
         summary = result["summary"]
         report = {"table": str(path), "hardware": hw.name, "space": space.name, "shape": shape.__dict__,
@@ -77,7 +66,7 @@ def profile(cfg: DictConfig, run_dir: Path) -> Path:
         plot_latency_check(pd.DataFrame(result["rows"]), summary, run_dir / "validation.png",
                            title=f"{hw.name}: {space.name} at {shape.describe()}")
         table.meta["validation"] = {"space": space.name, "date": time.strftime("%Y-%m-%d"), **summary}
-        if options["calibrate"]:
+        if options.calibrate:
             table.meta["overhead_ms"] = summary["fitted_overhead_ms"]
         table.save(path)
         a, f = summary["all_paths"], summary["final_paths"]
@@ -85,7 +74,7 @@ def profile(cfg: DictConfig, run_dir: Path) -> Path:
               f"MAPE {a['mape_pct']:.1f}%, Spearman rho {a['spearman_rho']:.3f} (MACs alone: rho "
               f"{a['macs_spearman_rho']:.3f}); full networks: MAPE {f['mape_pct']:.1f}%, rho {f['spearman_rho']:.3f}; "
               f"with a fitted {summary['fitted_overhead_ms']:+.3f} ms per path: MAPE {a['mape_pct_with_overhead']:.1f}%"
-              + (" (stored in the table)" if options["calibrate"] else ""))
+              + (" (stored in the table)" if options.calibrate else ""))
         print(f"report: {run_dir / 'validation.json'}, {run_dir / 'validation.png'}")
     return path
 

@@ -20,7 +20,7 @@ from aebnas.analysis.report import aggregate, collect, find_runs, fronts_by_data
 from aebnas.analysis.versus import versus, versus_markdown
 from aebnas.cli.common import user_errors
 from aebnas.search.archive import write_text_atomic
-from aebnas.validation import ConfigError
+from aebnas.config_checks import ConfigError
 
 PROG = "aebnas-report"
 

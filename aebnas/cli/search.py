@@ -17,10 +17,10 @@ from aebnas.cost.latency import InputShape
 from aebnas.data import load_dataset
 from aebnas.search import SearchJob, SearchSettings, run_search
 from aebnas.search.algorithms import parse_initial_genomes
-from aebnas.space import SearchSpace, SpaceConfig
-from aebnas.train import TrainerConfig, resolve_device
-from aebnas.train.supernet import SupernetConfig
-from aebnas.validation import ConfigError, check_int
+from aebnas.space import SearchSpace, SpaceSettings
+from aebnas.train import TrainerSettings, resolve_device
+from aebnas.train.supernet import SupernetSettings
+from aebnas.config_checks import ConfigError, check_int
 
 log = logging.getLogger("aebnas")
 
@@ -56,11 +56,11 @@ def search(cfg: DictConfig, run_dir: Path, user_overrides: list[str] | None = No
     if resume:
         cfg, run_dir = resumed_config(cfg, user_overrides or [])
     plain = OmegaConf.to_container(cfg, resolve=True)
-    space = SearchSpace(SpaceConfig.from_dict(plain["space"]))
+    space = SearchSpace(SpaceSettings.from_dict(plain["space"]))
     settings = SearchSettings.from_dict(plain["search"])
     parse_initial_genomes(space, settings)
-    trainer = TrainerConfig.from_dict(plain["trainer"])
-    supernet = SupernetConfig.from_dict(plain["supernet"]) if trainer.init == "supernet" else None
+    trainer = TrainerSettings.from_dict(plain["trainer"])
+    supernet = SupernetSettings.from_dict(plain["supernet"]) if trainer.init == "supernet" else None
     device = resolve_device(trainer.device)
     check_int(plain.get("seed"), "seed", lo=0)
     workers = check_int(plain.get("workers", 1), "workers", lo=1)

@@ -22,8 +22,8 @@ from typing import Any
 
 from aebnas.cost.expected import path_costs
 from aebnas.cost.ops import NetworkOps, network_ops, space_ops
-from aebnas.space import Genome, SpaceConfig
-from aebnas.validation import ConfigError
+from aebnas.space import Genome, SpaceSettings
+from aebnas.config_checks import ConfigError
 
 TABLE_FORMAT = "aebnas-latency-table/1"
 
@@ -112,12 +112,12 @@ class LatencyTable:
         return table
 
     # --- coverage ----------------------------------------------------------------
-    def missing(self, space: SpaceConfig, shape: InputShape) -> list[str]:
+    def missing(self, space: SpaceSettings, shape: InputShape) -> list[str]:
         """Signatures some genome of ``space`` runs at ``shape`` that this table has not measured."""
         needed = space_ops(space, shape.num_classes, shape.channels, shape.resolution)
         return [sig for sig in needed if sig not in self.ops]
 
-    def check_covers(self, space: SpaceConfig, shape: InputShape, fill_command: str, where: str = "") -> None:
+    def check_covers(self, space: SpaceSettings, shape: InputShape, fill_command: str, where: str = "") -> None:
         """Refuse a table that cannot price every candidate of this search, naming the fix."""
         missing = self.missing(space, shape)
         if not missing:

@@ -22,12 +22,12 @@ from tqdm.auto import tqdm
 
 from aebnas.cost.latency import LatencyTable, mape
 from aebnas.cost.ops import network_cost
-from aebnas.cost.profiler import DTYPES, HardwareConfig, quietest_pass, random_input, time_ms
+from aebnas.cost.profiler import DTYPES, HardwareSettings, quietest_pass, random_input, time_ms
 from aebnas.nn import EarlyExitNet, build_model
 from aebnas.space import SearchSpace
 
 
-def time_paths(model: EarlyExitNet, x: torch.Tensor, hw: HardwareConfig, device: torch.device) -> list[np.ndarray]:
+def time_paths(model: EarlyExitNet, x: torch.Tensor, hw: HardwareSettings, device: torch.device) -> list[np.ndarray]:
     """Call times (ms) of each exit path of ``model`` on ``x``: segments and heads up to exit k."""
 
     def path(k: int) -> None:
@@ -39,7 +39,7 @@ def time_paths(model: EarlyExitNet, x: torch.Tensor, hw: HardwareConfig, device:
     return [time_ms(lambda: path(k), hw.warmup, hw.repeats, device) for k in range(model.n_exits)]
 
 
-def validate_table(table: LatencyTable, space: SearchSpace, hw: HardwareConfig, n_networks: int = 50, seed: int = 0,
+def validate_table(table: LatencyTable, space: SearchSpace, hw: HardwareSettings, n_networks: int = 50, seed: int = 0,
                    progress: bool = True) -> dict[str, Any]:
     """Predicted vs measured latency of ``n_networks`` random networks, per exit path, with summary metrics."""
     device = hw.torch_device()

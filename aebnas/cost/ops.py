@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from aebnas.cost.macs import NetworkCost, branch_layer_macs, conv_macs, conv_out, mbconv_macs, pool_out
-from aebnas.space import BranchLayer, Genome, SpaceConfig
+from aebnas.space import BranchLayer, Genome, SpaceSettings
 from aebnas.space.genome import parse_layers
 
 OP_KINDS = ("stem", "mbconv", "exit_layer", "classifier", "final_conv")
@@ -117,7 +117,7 @@ def network_ops(genome: Genome, num_classes: int, in_channels: int, resolution: 
     return NetworkOps(tuple(segments), tuple(heads))
 
 
-def space_ops(space: SpaceConfig, num_classes: int, in_channels: int, resolution: int) -> dict[str, Op]:
+def space_ops(space: SpaceSettings, num_classes: int, in_channels: int, resolution: int) -> dict[str, Op]:
     """Every operator some genome of ``space`` runs at this input shape, by signature (sorted)."""
     found: dict[str, Op] = {}
 
@@ -148,7 +148,7 @@ def space_ops(space: SpaceConfig, num_classes: int, in_channels: int, resolution
     return dict(sorted(found.items()))
 
 
-def _add_exit_heads(space: SpaceConfig, size: int, c: int, num_classes: int, depth: int,
+def _add_exit_heads(space: SpaceSettings, size: int, c: int, num_classes: int, depth: int,
                     add: Callable[[Op], None]) -> None:
     """Walk every branch-layer sequence from (size, c); one of an allowed depth ends in the classifier."""
     if depth in space.branch.depths:
@@ -167,24 +167,24 @@ def _add_exit_heads(space: SpaceConfig, size: int, c: int, num_classes: int, dep
         _add_exit_heads(space, nxt_size, nxt_c, num_classes, depth + 1, add)
 
 
-def _stem(space: SpaceConfig, in_channels: int, resolution: int) -> Op:
+def _stem(space: SpaceSettings, in_channels: int, resolution: int) -> Op:
     return Op("stem", resolution, in_channels, space.stem_channels, 3, space.stem_stride, activation=space.activation)
 
 
-def _mbconv(space: SpaceConfig, stage: int, block: int, size: int, c_prev: int, kernel: int, expansion: int) -> Op:
+def _mbconv(space: SpaceSettings, stage: int, block: int, size: int, c_prev: int, kernel: int, expansion: int) -> Op:
     spec = space.stages[stage]
     return Op("mbconv", size, c_prev if block == 0 else spec.width, spec.width, kernel,
               spec.stride if block == 0 else 1, expansion, activation=space.activation,
               squeeze_excite=space.squeeze_excite)
 
 
-def _exit_layer(space: SpaceConfig, layer: BranchLayer, size: int, c_in: int) -> Op:
+def _exit_layer(space: SpaceSettings, layer: BranchLayer, size: int, c_in: int) -> Op:
     expansion = space.branch.ir_expansion if layer.type == "ir" else 1
     return Op("exit_layer", size, c_in, layer.width, layer.kernel, 1, expansion, layer.type, layer.pool,
               space.activation)
 
 
-def _exit_head(space: SpaceConfig, layers: tuple[BranchLayer, ...], size: int, c: int, num_classes: int) -> tuple[Op, ...]:
+def _exit_head(space: SpaceSettings, layers: tuple[BranchLayer, ...], size: int, c: int, num_classes: int) -> tuple[Op, ...]:
     ops = []
     for layer in layers:
         op = _exit_layer(space, layer, size, c)
@@ -193,7 +193,7 @@ def _exit_head(space: SpaceConfig, layers: tuple[BranchLayer, ...], size: int, c
     return (*ops, Op("classifier", size, c, num_classes))
 
 
-def _final_head(space: SpaceConfig, size: int, c: int, num_classes: int) -> tuple[Op, ...]:
+def _final_head(space: SpaceSettings, size: int, c: int, num_classes: int) -> tuple[Op, ...]:
     ops = []
     if space.final_head_channels:
         ops.append(Op("final_conv", size, c, space.final_head_channels, activation=space.activation))

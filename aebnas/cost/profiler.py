@@ -18,9 +18,9 @@ import datetime as _dt
 import os
 import platform
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 import torch
@@ -31,8 +31,8 @@ from aebnas.cost.latency import InputShape, LatencyTable, LatencyTableError, OpL
 from aebnas.cost.ops import Op, space_ops
 from aebnas.nn.blocks import Classifier, ConvBNAct, MBConv
 from aebnas.nn.network import build_branch_layer
-from aebnas.space import BranchLayer, SpaceConfig
-from aebnas.validation import ConfigError, check_int, reject_unknown_keys
+from aebnas.space import BranchLayer, SpaceSettings
+from aebnas.config_checks import ConfigError, Settings, check_int, setting
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Measurement conditions a resumed profile must share with the table it completes.
@@ -40,40 +40,48 @@ IDENTITY_KEYS = ("hardware", "device_name", "torch", "dtype", "batch_size", "thr
                  "num_classes")
 
 
+def _check_hardware_name(value: Any, name: str, error: type[Exception]) -> str:
+    if not isinstance(value, str) or not value or "/" in value:
+        raise error(f"{name}: a plain name such as cpu_x86_2t, got {value!r}")
+    return value
+
+
+def _check_hardware_device(value: Any, name: str, error: type[Exception]) -> str:
+    if not isinstance(value, str) or not (value == "cpu" or value.startswith("cuda")):
+        raise error(f"{name}: 'cpu' or 'cuda' (or 'cuda:N'), got {value!r}")
+    return value
+
+
+def _check_dtype(value: Any, name: str, error: type[Exception]) -> str:
+    if value not in DTYPES:
+        raise error(f"{name}: one of {list(DTYPES)}, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
-class HardwareConfig:
+class HardwareSettings(Settings):
     """One named device and how to measure it (the Hydra ``hardware`` group)."""
 
-    name: str
-    device: str = "cpu"
-    threads: int | None = None
-    batch_size: int = 1
-    dtype: str = "float32"
-    warmup: int = 10
-    repeats: int = 50
-    passes: int = 3
-    description: str = ""
-    table_dir: str | None = None
+    section: ClassVar[str] = "hardware"
 
-    @classmethod
-    def from_dict(cls, cfg: Mapping[str, Any]) -> "HardwareConfig":
-        reject_unknown_keys(cfg, (f.name for f in fields(cls)), "hardware")
-        hw = cls(**dict(cfg))
-        if not isinstance(hw.name, str) or not hw.name or "/" in hw.name:
-            raise ConfigError(f"hardware.name: a plain name such as cpu_x86_2t, got {hw.name!r}")
-        if not isinstance(hw.device, str) or not (hw.device == "cpu" or hw.device.startswith("cuda")):
-            raise ConfigError(f"hardware.device: 'cpu' or 'cuda' (or 'cuda:N'), got {hw.device!r}")
-        if hw.threads is not None:
-            check_int(hw.threads, "hardware.threads", lo=1)
-        check_int(hw.batch_size, "hardware.batch_size", lo=1)
-        check_int(hw.warmup, "hardware.warmup", lo=0)
-        check_int(hw.repeats, "hardware.repeats", lo=1)
-        check_int(hw.passes, "hardware.passes", lo=1)
-        if hw.dtype not in DTYPES:
-            raise ConfigError(f"hardware.dtype: one of {list(DTYPES)}, got {hw.dtype!r}")
-        if hw.device == "cpu" and hw.dtype != "float32":
-            raise ConfigError(f"hardware.dtype: {hw.dtype} is for CUDA; profile the CPU in float32")
-        return hw
+    name: str = setting(check=_check_hardware_name, allowed="a plain name (no /)",
+                        help="The device's name; its latency tables live in conf/hardware/tables/<name>/.")
+    device: str = setting("cpu", check=_check_hardware_device, allowed="cpu | cuda | cuda:N",
+                          help="Where operators are timed.")
+    threads: int | None = setting(None, lo=1, help="CPU threads for torch while timing (null = torch's default).")
+    batch_size: int = setting(1, lo=1, help="Batch size of the timed operators.")
+    dtype: str = setting("float32", check=_check_dtype, allowed=" | ".join(DTYPES),
+                         help="Data type of the timed operators (the CPU is profiled in float32).")
+    warmup: int = setting(10, lo=0, help="Untimed calls before each measurement.")
+    repeats: int = setting(50, lo=1, help="Timed calls per measurement.")
+    passes: int = setting(3, lo=1, help="Interleaved passes over each chunk of operators; an entry keeps its "
+                                        "quietest pass.")
+    description: str = setting("", help="A line describing the device and conditions.")
+    table_dir: str | None = setting(None, help="Where the tables live (null: conf/hardware/tables/<name>/).")
+
+    def check_together(self) -> None:
+        if self.device == "cpu" and self.dtype != "float32":
+            raise ConfigError(f"hardware.dtype: {self.dtype} is for CUDA; profile the CPU in float32")
 
     def torch_device(self) -> torch.device:
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -85,6 +93,37 @@ class HardwareConfig:
         """Fix the CPU thread count: latency at 1 thread and at 16 are different devices."""
         if self.threads is not None:
             torch.set_num_threads(self.threads)
+
+
+def _check_shape_part(value: Any, name: str, error: type[Exception]) -> int:
+    return check_int(value, name, lo=2 if name.endswith("num_classes") else 1, error=error)
+
+
+@dataclass(frozen=True)
+class ProfileSettings(Settings):
+    """What ``aebnas-profile`` measures beyond the device (the ``profile`` section of conf/profile.yaml)."""
+
+    section: ClassVar[str] = "profile"
+
+    resolution: int | None = setting(None, check=_check_shape_part, allowed="an integer >= 1 or null",
+                                     help="Input side of the table; null (with channels and num_classes) = the "
+                                          "dataset's.")
+    channels: int | None = setting(None, check=_check_shape_part, allowed="an integer >= 1 or null",
+                                   help="Input channels of the table; null = the dataset's.")
+    num_classes: int | None = setting(None, check=_check_shape_part, allowed="an integer >= 2 or null",
+                                      help="Classes of the table; null = the dataset's.")
+    validate: bool = setting(False, help="Then measure `networks` random networks end to end against the table "
+                                         "(MAPE, Spearman rho; validation.json and .png in the run directory).")
+    networks: int = setting(50, lo=2, help="Random networks of the validation.")
+    calibrate: bool = setting(False, help="Store the fitted per-path overhead (median measured - predicted) in the "
+                                          "table, used by later predictions.")
+
+    def check_together(self) -> None:
+        given = (self.resolution, self.channels, self.num_classes)
+        for key, value in zip(("resolution", "channels", "num_classes"), given):
+            if value is None and any(v is not None for v in given):
+                raise ConfigError(f"profile.{key}: set resolution, channels and num_classes together, or none of "
+                                  "them to take the dataset's")
 
 
 def device_name(device: torch.device) -> str:
@@ -100,7 +139,7 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def table_meta(hw: HardwareConfig, space: SpaceConfig, shape: InputShape, device: torch.device) -> dict[str, Any]:
+def table_meta(hw: HardwareSettings, space: SpaceSettings, shape: InputShape, device: torch.device) -> dict[str, Any]:
     return {
         "hardware": hw.name, "description": hw.description, "device": str(device), "device_name": device_name(device),
         "torch": torch.__version__, "dtype": hw.dtype, "batch_size": hw.batch_size,
@@ -143,7 +182,7 @@ def time_ms(fn: Callable[[], Any], warmup: int, repeats: int, device: torch.devi
     return times
 
 
-def random_input(channels: int, resolution: int, hw: HardwareConfig, device: torch.device) -> torch.Tensor:
+def random_input(channels: int, resolution: int, hw: HardwareSettings, device: torch.device) -> torch.Tensor:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(hw.batch_size, channels, resolution, resolution, generator=gen)
     return x.to(device=device, dtype=DTYPES[hw.dtype])
@@ -154,7 +193,7 @@ def quietest_pass(passes: list[np.ndarray]) -> tuple[float, np.ndarray]:
     return min(float(np.median(t)) for t in passes), np.concatenate(passes)
 
 
-def measure_ops(ops: list[Op], hw: HardwareConfig, device: torch.device) -> dict[str, OpLatency]:
+def measure_ops(ops: list[Op], hw: HardwareSettings, device: torch.device) -> dict[str, OpLatency]:
     """Each operator timed in ``hw.passes`` interleaved passes; the entry keeps the quietest pass's median."""
     built = [(op, op_module(op).eval().to(device=device, dtype=DTYPES[hw.dtype]),
               random_input(op.c_in, op.resolution, hw, device)) for op in ops]
@@ -185,7 +224,7 @@ def open_table(path: Path, meta: dict[str, Any]) -> LatencyTable:
     return table
 
 
-def profile_space(space: SpaceConfig, shape: InputShape, hw: HardwareConfig, path: Path, progress: bool = True,
+def profile_space(space: SpaceSettings, shape: InputShape, hw: HardwareSettings, path: Path, progress: bool = True,
                   on_measured: Callable[[str], None] | None = None, chunk: int = 64) -> LatencyTable:
     """Measure every operator of ``space`` at ``shape`` not yet in the table at ``path``; save as it goes."""
     device = hw.torch_device()

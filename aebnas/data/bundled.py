@@ -10,14 +10,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import DataConfig
+from .config import DataSettings
 from .splits import RawDataset
 from .transforms import as_labels
 
 __all__ = ["load_digits", "load_synthetic"]
 
 
-def load_digits(cfg: DataConfig) -> RawDataset:
+def load_digits(cfg: DataSettings) -> RawDataset:
     """scikit-learn's 1797 8x8 handwritten digits (values 0..16 scaled to 0..255), 1 channel.
 
     There is no official test split; the pipeline carves one with ``dataset.test_size``.
@@ -34,7 +34,7 @@ def load_digits(cfg: DataConfig) -> RawDataset:
     )
 
 
-def load_synthetic(cfg: DataConfig) -> RawDataset:
+def load_synthetic(cfg: DataSettings) -> RawDataset:
     """A deterministic, learnable image classification set generated from ``dataset.seed``.
 
     Each class has a fixed random low-frequency colour pattern (a 4x4 grid upsampled

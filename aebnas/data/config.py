@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
-from typing import Any, Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any, ClassVar
 
-from aebnas.validation import reject_unknown_keys
+from aebnas.config_checks import Settings, parse_settings, reject_unknown_keys, setting, to_plain
 
 from .errors import DatasetError
 
-__all__ = ["DataConfig", "parse_config", "KNOWN_KEYS", "DATASET_SPECIFIC_KEYS"]
+__all__ = ["DataSettings", "parse_config", "KNOWN_KEYS", "DATASET_SPECIFIC_KEYS"]
 
 #: Keys that only some datasets read; setting them elsewhere triggers a warning.
 DATASET_SPECIFIC_KEYS: dict[str, tuple[str, ...]] = {
@@ -25,114 +25,75 @@ DATASET_SPECIFIC_KEYS: dict[str, tuple[str, ...]] = {
     "path": ("npz",),
 }
 
-#: Every key a ``dataset`` config may contain (each conf/dataset/*.yaml lists all of them).
-KNOWN_KEYS: tuple[str, ...] = (
-    "name",
-    "data_dir",
-    "download",
-    "val_size",
-    "test_size",
-    "split_seed",
-    "resolution",
-    "pad_to_resolution",
-    "channels",
-    "max_train_samples",
-    "hflip",
-    *DATASET_SPECIFIC_KEYS,
-)
 
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Validated dataset options; ``None`` means "use the dataset's own value"."""
-
-    name: str
-    data_dir: str
-    download: bool
-    val_size: int | float
-    test_size: int | float
-    split_seed: int
-    resolution: int | None
-    pad_to_resolution: bool
-    channels: int | None
-    max_train_samples: int | None
-    hflip: bool | None
-    num_classes: int | None
-    num_samples: int | None
-    seed: int | None
-    path: str | None
-
-
-def _to_plain_mapping(cfg: Any) -> Mapping[str, Any]:
-    """Accept an OmegaConf ``DictConfig`` as well as a plain mapping."""
-    try:  # omegaconf is optional for this package; only convert if it is present.
-        from omegaconf import DictConfig, OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf ships with hydra-core
-        DictConfig = None  # type: ignore[assignment]
-    if DictConfig is not None and isinstance(cfg, DictConfig):
-        cfg = OmegaConf.to_container(cfg, resolve=True)
-    if not isinstance(cfg, Mapping):
-        raise DatasetError(
-            f"dataset: expected a mapping of dataset options, got {type(cfg).__name__}; "
-            "pass e.g. {'name': 'digits'}"
-        )
-    return cfg
-
-
-def _get_bool(cfg: Mapping[str, Any], key: str, default: bool | None) -> bool | None:
-    value = cfg.get(key)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise DatasetError(f"dataset.{key}: expected true or false, got {value!r}")
-    return value
-
-
-def _get_int(cfg: Mapping[str, Any], key: str, default: int | None, minimum: int) -> int | None:
-    value = cfg.get(key)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise DatasetError(f"dataset.{key}: expected an integer, got {value!r}")
-    if value < minimum:
-        raise DatasetError(f"dataset.{key}: must be >= {minimum}, got {value}")
-    return value
-
-
-def _get_size(cfg: Mapping[str, Any], key: str, default: float) -> int | float:
+def _check_size(value: Any, name: str, error: type[Exception]) -> int | float:
     """A split size: a positive integer count or a fraction strictly between 0 and 1."""
-    value = cfg.get(key)
-    if value is None:
-        return default
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise DatasetError(
-            f"dataset.{key}: expected a count (e.g. 5000) or a fraction in (0, 1) (e.g. 0.1), got {value!r}"
-        )
+        raise error(f"{name}: expected a count (e.g. 5000) or a fraction in (0, 1) (e.g. 0.1), got {value!r}")
     if isinstance(value, int):
         if value < 1:
-            raise DatasetError(f"dataset.{key}: a count must be >= 1, got {value}")
+            raise error(f"{name}: a count must be >= 1, got {value}")
         return value
     if not 0.0 < value < 1.0:
-        raise DatasetError(f"dataset.{key}: a fraction must be strictly between 0 and 1, got {value}")
+        raise error(f"{name}: a fraction must be strictly between 0 and 1, got {value}")
     return float(value)
 
 
-def _get_str(cfg: Mapping[str, Any], key: str, default: str | None) -> str | None:
-    value = cfg.get(key)
-    if value is None:
-        return default
+def _check_path(value: Any, name: str, error: type[Exception]) -> str:
     if not isinstance(value, (str, os.PathLike)):
-        raise DatasetError(f"dataset.{key}: expected a path string, got {value!r}")
+        raise error(f"{name}: expected a path string, got {value!r}")
     return os.path.abspath(os.path.expanduser(os.fspath(value)))
 
 
-def parse_config(cfg: Any, available: list[str]) -> DataConfig:
+def _check_channels(value: Any, name: str, error: type[Exception]) -> int:
+    if isinstance(value, bool) or value not in (1, 3):
+        raise error(f"{name}: must be 1 (grayscale), 3 (RGB) or null, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class DataSettings(Settings):
+    """Validated dataset options (the Hydra ``dataset`` group); ``null`` means "use the dataset's own value"."""
+
+    section: ClassVar[str] = "dataset"
+    error: ClassVar[type[Exception]] = DatasetError
+
+    name: str = setting(allowed="a registered dataset name", check=lambda v, n, e: v,
+                        help="Which dataset: digits, synthetic, fashion_mnist, cifar10, cifar100, svhn, image_folder "
+                             "or npz.")
+    data_dir: str = setting("./data", check=_check_path, allowed="a path",
+                            help="Where the dataset's files are (relative paths from the working directory).")
+    download: bool = setting(False, help="Download the files when missing (torchvision datasets).")
+    val_size: int | float = setting(0.1, check=_check_size, allowed="a count >= 1 or a fraction in (0, 1)",
+                                    help="Validation split carved from train, which ranks candidates.")
+    test_size: int | float = setting(0.2, check=_check_size, allowed="a count >= 1 or a fraction in (0, 1)",
+                                     help="Test split carved from the data when the dataset has no test split of "
+                                          "its own.")
+    split_seed: int = setting(0, lo=0, help="Seed of the val/test split.")
+    resolution: int | None = setting(None, lo=1, help="Image side the network sees (null: the dataset's own).")
+    pad_to_resolution: bool = setting(False, help="Zero-pad up to `resolution` instead of resizing.")
+    channels: int | None = setting(None, check=_check_channels, allowed="1 | 3 | null",
+                                   help="1 (grayscale) or 3 (RGB) input channels (null: the dataset's own).")
+    max_train_samples: int | None = setting(None, lo=1, help="Cap on training images (null: all).")
+    hflip: bool | None = setting(None, help="Random horizontal flips in training (null: the dataset's own choice).")
+    num_classes: int | None = setting(None, lo=2, help="synthetic only: number of classes.")
+    num_samples: int | None = setting(None, lo=1, help="synthetic only: number of images.")
+    seed: int | None = setting(None, lo=0, help="synthetic only: seed of the generated images.")
+    path: str | None = setting(None, check=_check_path, allowed="a path or null",
+                               help="npz only: the .npz holding x_train, y_train, x_test, y_test.")
+
+
+#: Every key a ``dataset`` config may contain.
+KNOWN_KEYS: tuple[str, ...] = tuple(f.name for f in fields(DataSettings))
+
+
+def parse_config(cfg: Any, available: list[str]) -> DataSettings:
     """Validate ``cfg`` (a mapping or DictConfig) against the registered dataset names.
 
-    Missing keys and explicit ``null`` both mean "default", so the Hydra conf
-    files can list every key with ``null`` and users can override any of them.
+    Missing keys and explicit ``null`` both mean "default", so a user's config may list
+    every key with ``null`` and override any of them.
     """
-    cfg = _to_plain_mapping(cfg)
+    cfg = to_plain(cfg, "dataset", DatasetError)
     name = cfg.get("name")
     if not isinstance(name, str) or not name:
         raise DatasetError(f"dataset.name: required; choose one of: {', '.join(available)}")
@@ -141,33 +102,11 @@ def parse_config(cfg: Any, available: list[str]) -> DataConfig:
         raise DatasetError(
             f"dataset.name: unknown dataset {cfg.get('name')!r}; choose one of: {', '.join(available)}"
         )
-
-    # Unknown keys are most likely typos: refuse them like every other config section.
-    reject_unknown_keys(cfg, KNOWN_KEYS, "dataset", DatasetError)
+    reject_unknown_keys(cfg, KNOWN_KEYS, "dataset", DatasetError)  # most likely typos
     for key, users in DATASET_SPECIFIC_KEYS.items():
         if cfg.get(key) is not None and name not in users:
             warnings.warn(
                 f"dataset.{key}: only used by {', '.join(users)}; ignored for {name}", stacklevel=3
             )
-
-    channels = _get_int(cfg, "channels", None, 1)
-    if channels is not None and channels not in (1, 3):
-        raise DatasetError(f"dataset.channels: must be 1 (grayscale), 3 (RGB) or null, got {channels}")
-
-    return DataConfig(
-        name=name,
-        data_dir=_get_str(cfg, "data_dir", os.path.abspath("./data")),  # type: ignore[arg-type]
-        download=bool(_get_bool(cfg, "download", False)),
-        val_size=_get_size(cfg, "val_size", 0.1),
-        test_size=_get_size(cfg, "test_size", 0.2),
-        split_seed=_get_int(cfg, "split_seed", 0, 0),  # type: ignore[arg-type]
-        resolution=_get_int(cfg, "resolution", None, 1),
-        pad_to_resolution=bool(_get_bool(cfg, "pad_to_resolution", False)),
-        channels=channels,
-        max_train_samples=_get_int(cfg, "max_train_samples", None, 1),
-        hflip=_get_bool(cfg, "hflip", None),
-        num_classes=_get_int(cfg, "num_classes", None, 2),
-        num_samples=_get_int(cfg, "num_samples", None, 1),
-        seed=_get_int(cfg, "seed", None, 0),
-        path=_get_str(cfg, "path", None),
-    )
+    options = parse_settings(DataSettings, {k: v for k, v in cfg.items() if v is not None})
+    return replace(options, name=name, data_dir=_check_path(options.data_dir, "dataset.data_dir", DatasetError))

@@ -15,7 +15,7 @@ import zlib
 
 import numpy as np
 
-from .config import DataConfig
+from .config import DataSettings
 from .errors import DatasetError
 from .files import download_with, not_found
 from .splits import RawDataset
@@ -90,7 +90,7 @@ def _find_all(folder: str) -> dict[str, str] | None:
     return found if all(found.values()) else None  # type: ignore[return-value]
 
 
-def _locate(cfg: DataConfig) -> dict[str, str]:
+def _locate(cfg: DataSettings) -> dict[str, str]:
     """Flat directory first, then torchvision's layout, then (if allowed) download."""
     torchvision_raw = os.path.join(cfg.data_dir, "FashionMNIST", "raw")
     for folder in (cfg.data_dir, torchvision_raw):
@@ -109,7 +109,7 @@ def _locate(cfg: DataConfig) -> dict[str, str]:
     return found
 
 
-def load_fashion_mnist(cfg: DataConfig) -> RawDataset:
+def load_fashion_mnist(cfg: DataSettings) -> RawDataset:
     """Fashion-MNIST: 60k train / 10k test 28x28 grayscale (pad to 32 via config)."""
     paths = _locate(cfg)
     arrays = {

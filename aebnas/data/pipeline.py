@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .config import DataConfig
+from .config import DataSettings
 from .errors import DatasetError
 from .splits import ArraySplit, DataSplits, RawDataset, carve, subset_indices
 from .transforms import channel_stats, convert_channels, pad_to, resize
@@ -19,7 +19,7 @@ from .transforms import channel_stats, convert_channels, pad_to, resize
 __all__ = ["build_splits"]
 
 
-def _split(raw: RawDataset, cfg: DataConfig) -> tuple[ArraySplit, ArraySplit, ArraySplit]:
+def _split(raw: RawDataset, cfg: DataSettings) -> tuple[ArraySplit, ArraySplit, ArraySplit]:
     """Deterministic train/val/test from ``dataset.split_seed`` (one generator, fixed order)."""
     generator = torch.Generator().manual_seed(cfg.split_seed)
     pool = ArraySplit(raw.train_x, raw.train_y)
@@ -36,7 +36,7 @@ def _split(raw: RawDataset, cfg: DataConfig) -> tuple[ArraySplit, ArraySplit, Ar
     return train, val, test
 
 
-def _target_resolution(x: torch.Tensor, cfg: DataConfig) -> int:
+def _target_resolution(x: torch.Tensor, cfg: DataSettings) -> int:
     h, w = x.shape[-2:]
     if cfg.resolution is not None:
         return cfg.resolution
@@ -45,14 +45,14 @@ def _target_resolution(x: torch.Tensor, cfg: DataConfig) -> int:
     return int(h)
 
 
-def _reshape(split: ArraySplit, size: int, cfg: DataConfig) -> ArraySplit:
+def _reshape(split: ArraySplit, size: int, cfg: DataSettings) -> ArraySplit:
     x = pad_to(split.x, size) if cfg.pad_to_resolution else resize(split.x, size)
     if cfg.channels is not None:
         x = convert_channels(x, cfg.channels)
     return ArraySplit(x, split.y)
 
 
-def build_splits(name: str, raw: RawDataset, cfg: DataConfig, default_hflip: bool) -> DataSplits:
+def build_splits(name: str, raw: RawDataset, cfg: DataSettings, default_hflip: bool) -> DataSplits:
     """Split, reshape and describe ``raw`` according to ``cfg``."""
     train, val, test = _split(raw, cfg)
     size = _target_resolution(train.x, cfg)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from .bundled import load_digits, load_synthetic
-from .config import DataConfig, parse_config
+from .config import DataSettings, parse_config
 from .idx import load_fashion_mnist
 from .pipeline import build_splits
 from .splits import DataSplits, RawDataset
@@ -25,7 +25,7 @@ __all__ = ["DatasetSpec", "REGISTRY", "available_datasets", "load_dataset"]
 class DatasetSpec:
     """How to load one dataset and whether horizontal flips preserve its labels."""
 
-    loader: Callable[[DataConfig], RawDataset]
+    loader: Callable[[DataSettings], RawDataset]
     hflip: bool  # False where mirroring changes meaning (digits) or is unknown (user data)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import DataConfig
+from .config import DataSettings
 from .errors import DatasetError
 from .files import download_with, missing_files, not_found
 from .splits import RawDataset
@@ -71,7 +71,7 @@ def _read_cifar_batches(folder: str, files: list[str], label_key: str) -> tuple[
 
 
 def _load_cifar(
-    cfg: DataConfig,
+    cfg: DataSettings,
     title: str,
     base_folder: str,
     train_files: list[str],
@@ -108,7 +108,7 @@ def _load_cifar(
     )
 
 
-def load_cifar10(cfg: DataConfig) -> RawDataset:
+def load_cifar10(cfg: DataSettings) -> RawDataset:
     """CIFAR-10 from ``<data_dir>/cifar-10-batches-py/`` (50k train, 10k test, 32x32 RGB)."""
     return _load_cifar(
         cfg,
@@ -123,7 +123,7 @@ def load_cifar10(cfg: DataConfig) -> RawDataset:
     )
 
 
-def load_cifar100(cfg: DataConfig) -> RawDataset:
+def load_cifar100(cfg: DataSettings) -> RawDataset:
     """CIFAR-100 (fine labels) from ``<data_dir>/cifar-100-python/``."""
     return _load_cifar(
         cfg,
@@ -165,7 +165,7 @@ def _read_svhn(path: str) -> tuple[np.ndarray, np.ndarray]:
     return np.transpose(x, (3, 2, 0, 1)), y  # [H, W, C, N] -> [N, C, H, W]
 
 
-def load_svhn(cfg: DataConfig) -> RawDataset:
+def load_svhn(cfg: DataSettings) -> RawDataset:
     """SVHN cropped digits (train/test ``.mat`` files directly in ``data_dir``); no 'extra' split."""
     if missing_files(cfg.data_dir, list(_SVHN_FILES.values())):
         if not cfg.download:

@@ -10,7 +10,7 @@ import os
 import numpy as np
 import torch
 
-from .config import DataConfig
+from .config import DataSettings
 from .errors import DatasetError
 from .splits import RawDataset
 from .transforms import as_labels, as_uint8_images, resize
@@ -85,7 +85,7 @@ def _stack(tensors: list[torch.Tensor], images: list[tuple[np.ndarray, int]]) ->
     return x, y
 
 
-def load_image_folder(cfg: DataConfig) -> RawDataset:
+def load_image_folder(cfg: DataSettings) -> RawDataset:
     """Images in ``<data_dir>/train/<class>/*`` and optionally ``<data_dir>/test/<class>/*``.
 
     Channels default to RGB if any image is colour, else grayscale; ``dataset.channels``
@@ -149,7 +149,7 @@ def _npz_layout(shape: tuple[int, ...], key: str, path: str) -> str:
     )
 
 
-def load_npz(cfg: DataConfig) -> RawDataset:
+def load_npz(cfg: DataSettings) -> RawDataset:
     """Arrays ``x_train``, ``y_train``, ``x_test``, ``y_test`` from ``dataset.path``.
 
     ``dataset.data_dir`` may point at the ``.npz`` file instead. Images may be uint8

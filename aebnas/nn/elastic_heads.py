@@ -29,7 +29,7 @@ from torch import nn
 
 from aebnas.nn.blocks import ConvBNAct, MBConv
 from aebnas.nn.slicing import copy_conv_bn, sliced_conv_bn_act
-from aebnas.space import BranchLayer, SpaceConfig
+from aebnas.space import BranchLayer, SpaceSettings
 from aebnas.space.genome import parse_layers
 
 HeadLayers = tuple[BranchLayer, ...]
@@ -52,7 +52,7 @@ class HeadChoices:
     slots: tuple[SlotChoices, ...]
 
 
-def head_choices(space: SpaceConfig, stage: int) -> HeadChoices:
+def head_choices(space: SpaceSettings, stage: int) -> HeadChoices:
     """The head choices at exit ``stage``: the space's branch genes, or the one fixed head it prescribes."""
     fixed = space.fixed_head(stage)
     if fixed is not None:
@@ -156,7 +156,7 @@ class ElasticExitHead(nn.Module):
         classifier.fc.bias.copy_(fc.bias)
 
 
-def build_elastic_heads(space: SpaceConfig, num_classes: int) -> nn.ModuleDict:
+def build_elastic_heads(space: SpaceSettings, num_classes: int) -> nn.ModuleDict:
     """One elastic head per exit stage of ``space``, keyed by the stage number as text."""
     return nn.ModuleDict({str(s): ElasticExitHead(space.stages[s - 1].width, head_choices(space, s), num_classes,
                                                   space.activation, space.branch.ir_expansion)

@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 from aebnas.nn.blocks import Classifier, ConvBNAct, MBConv
-from aebnas.space import BranchLayer, Genome, SpaceConfig
+from aebnas.space import BranchLayer, Genome, SpaceSettings
 
 
-def build_stage(space: SpaceConfig, stage_index: int, blocks, c_in: int) -> nn.Sequential:
+def build_stage(space: SpaceSettings, stage_index: int, blocks, c_in: int) -> nn.Sequential:
     spec = space.stages[stage_index]
     layers = []
     for b, block in enumerate(blocks):
@@ -46,7 +46,7 @@ def build_branch_layer(layer: BranchLayer, c_in: int, activation: str, ir_expans
     return mods
 
 
-def build_exit_head(layers: tuple[BranchLayer, ...], c_in: int, num_classes: int, space: SpaceConfig) -> nn.Sequential:
+def build_exit_head(layers: tuple[BranchLayer, ...], c_in: int, num_classes: int, space: SpaceSettings) -> nn.Sequential:
     mods: list[nn.Module] = []
     c = c_in
     for layer in layers:
@@ -56,7 +56,7 @@ def build_exit_head(layers: tuple[BranchLayer, ...], c_in: int, num_classes: int
     return nn.Sequential(*mods)
 
 
-def build_final_head(space: SpaceConfig, c_in: int, num_classes: int) -> nn.Sequential:
+def build_final_head(space: SpaceSettings, c_in: int, num_classes: int) -> nn.Sequential:
     mods: list[nn.Module] = []
     c = c_in
     if space.final_head_channels:

@@ -27,7 +27,7 @@ from aebnas.nn.blocks import ConvBNAct, MBConv, SqueezeExcite, make_activation, 
 from aebnas.nn.elastic_heads import Heads, build_elastic_heads, check_head, head_choices
 from aebnas.nn.network import EarlyExitNet, build_final_head
 from aebnas.nn.slicing import centre, copy_batch_norm, sliced_batch_norm
-from aebnas.space import Block, Genome, SpaceConfig
+from aebnas.space import Block, Genome, SpaceSettings
 
 Backbone = Sequence[Sequence[Block]]
 
@@ -73,7 +73,7 @@ class ElasticMBConv(nn.Module):
 class Supernet(nn.Module):
     """Stem, the largest blocks of every stage, the final head and, with ``exits``, an elastic head per exit stage."""
 
-    def __init__(self, space: SpaceConfig, num_classes: int, in_channels: int, exits: bool = False):
+    def __init__(self, space: SpaceSettings, num_classes: int, in_channels: int, exits: bool = False):
         super().__init__()
         self.space = space
         self.num_classes, self.in_channels = num_classes, in_channels
@@ -198,7 +198,7 @@ BACKBONE_FIELDS = ("stem_channels", "stem_stride", "stages", "depths", "kernels"
                    "activation", "final_head_channels")
 
 
-def backbone_identity(space: SpaceConfig) -> dict:
+def backbone_identity(space: SpaceSettings) -> dict:
     """What the supernet's shapes depend on (part of its cache key); exit choices and thresholds are not."""
     d = space.to_dict()
     return {k: d[k] for k in BACKBONE_FIELDS}
@@ -207,7 +207,7 @@ def backbone_identity(space: SpaceConfig) -> dict:
 EXIT_FIELDS = ("exit_stages", "exit_heads", "branch")
 
 
-def exit_identity(space: SpaceConfig) -> dict:
+def exit_identity(space: SpaceSettings) -> dict:
     """What joint exit heads' shapes depend on (part of the cache key of a supernet with exits)."""
     d = space.to_dict()
     return {k: d[k] for k in EXIT_FIELDS} | {"stage_widths": [s["width"] for s in d["stages"]]}

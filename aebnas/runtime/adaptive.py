@@ -29,7 +29,7 @@ from aebnas.nn import EarlyExitNet, build_model, fold_batchnorm
 from aebnas.runtime.operating_points import OperatingPoint, OperatingPoints
 from aebnas.search.thresholds import METRICS, confidence, exit_indices
 from aebnas.space import Genome
-from aebnas.validation import ConfigError
+from aebnas.config_checks import ConfigError
 
 
 @dataclass

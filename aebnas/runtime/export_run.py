@@ -11,9 +11,9 @@ import json
 import logging
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, ClassVar, Iterator
 
 import numpy as np
 import torch
@@ -24,9 +24,9 @@ from aebnas.runtime.adaptive import AdaptiveModel
 from aebnas.runtime.export import (export_adaptive, export_onnx_all_exits, export_onnx_segments, require_onnx,
                                    script_adaptive)
 from aebnas.runtime.operating_points import path_costs_with
-from aebnas.runtime.run_network import load_run_network, point_label, read_run_choice
+from aebnas.runtime.run_network import RunChoiceSettings, load_run_network, operating_point_setting, point_label
 from aebnas.search.archive import write_text_atomic
-from aebnas.validation import ConfigError, check_int, reject_unknown_keys
+from aebnas.config_checks import ConfigError, setting
 
 log = logging.getLogger("aebnas.runtime")
 
@@ -35,38 +35,35 @@ FORMATS = {"pt2": "adaptive.pt2", "torchscript": "adaptive_torchscript.pt", "onn
            "onnx_segments": "segments"}
 
 
+def _check_formats(value: Any, name: str, error: type[Exception]) -> tuple[str, ...]:
+    if isinstance(value, str):  # formats=pt2 or 'formats=pt2,onnx'
+        value = [f.strip() for f in value.split(",") if f.strip()]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise error(f"{name}: give a list of {list(FORMATS)}, e.g. formats=[pt2,onnx]; got {value!r}")
+    for i, f in enumerate(value):
+        if f not in FORMATS:
+            raise error(f"{name}[{i}]: unknown form '{f}'; use some of {list(FORMATS)}")
+    return tuple(dict.fromkeys(value))
+
+
 @dataclass(frozen=True)
-class ExportSettings:
-    """The ``aebnas-export`` config, checked field by field before any work starts."""
+class ExportSettings(RunChoiceSettings):
+    """The ``aebnas-export`` config (conf/export.yaml), checked field by field before any work starts."""
 
-    run: str
-    model: int = 0
-    operating_point: str | None = "max_accuracy"
-    min_accuracy: float | None = None
-    max_macs: float | None = None
-    recompute_operating_points: bool = False
-    formats: tuple[str, ...] = ("pt2", "torchscript")
-    check_images: int = 256
-    data_dir: str | None = None
-    device: str = "cpu"
-    num_threads: int | None = None
+    section: ClassVar[str] = "export"
 
-    @classmethod
-    def from_dict(cls, cfg: Mapping[str, Any]) -> "ExportSettings":
-        reject_unknown_keys(cfg, [f.name for f in fields(cls)], "export")
-        choice = read_run_choice(cfg)
-        formats = cfg.get("formats", cls.formats)
-        if isinstance(formats, str):  # formats=pt2 or 'formats=pt2,onnx'
-            formats = [f.strip() for f in formats.split(",") if f.strip()]
-        if not isinstance(formats, (list, tuple)) or not formats:
-            raise ConfigError(f"formats: give a list of {list(FORMATS)}, e.g. formats=[pt2,onnx]; got {formats!r}")
-        for i, f in enumerate(formats):
-            if f not in FORMATS:
-                raise ConfigError(f"formats[{i}]: unknown form '{f}'; use some of {list(FORMATS)}")
-        if any(f.startswith("onnx") for f in formats):
+    operating_point: str | None = operating_point_setting("max_accuracy")
+    formats: tuple[str, ...] = setting(("pt2", "torchscript"), check=_check_formats,
+                                       allowed="some of " + " | ".join(FORMATS),
+                                       help="pt2: torch.export of the adaptive model; torchscript: the same for "
+                                            "LibTorch; onnx: one graph, every exit's logits an output; onnx_segments: "
+                                            "one graph per segment (needs the export extra).")
+    check_images: int = setting(256, lo=1, help="Val images each form is checked on against the eager model.")
+
+    def check_together(self) -> None:
+        super().check_together()
+        if any(f.startswith("onnx") for f in self.formats):
             _require_onnx_runtime()
-        return cls(**choice, formats=tuple(dict.fromkeys(formats)),
-                   check_images=check_int(cfg.get("check_images", 256), "check_images", lo=1))
 
 
 def _require_onnx_runtime() -> None:

@@ -25,7 +25,7 @@ import numpy as np
 from aebnas.cost import NetworkCost, expected_cost
 from aebnas.search.archive import write_text_atomic
 from aebnas.search.thresholds import METRICS, confidence, exit_indices
-from aebnas.validation import ConfigError
+from aebnas.config_checks import ConfigError
 
 FILE_NAME = "operating_points.json"
 DEFAULT_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar
 
 import torch
 
@@ -16,40 +16,58 @@ from aebnas.data import ArraySplit, DataSplits, load_dataset
 from aebnas.runtime.adaptive import SavedModel, load_saved_model
 from aebnas.runtime.operating_points import FILE_NAME, NAMES, OperatingPoints, compute_operating_points
 from aebnas.train import predict_logits, resolve_device
-from aebnas.validation import ConfigError, check_bool, check_int, check_number
+from aebnas.config_checks import ConfigError, Settings, setting
 
 
-def check_point_choice(cfg: Mapping[str, Any]) -> str | None:
-    """Exactly one of operating_point (a name), min_accuracy or max_macs, each in range; returns the name."""
-    chosen = [k for k in ("operating_point", "min_accuracy", "max_macs") if cfg.get(k) is not None]
-    if len(chosen) != 1:
-        raise ConfigError(f"operating_point: give exactly one of operating_point (a name), min_accuracy or "
-                          f"max_macs, got {chosen or 'none'}; e.g. operating_point=null min_accuracy=0.9")
-    point = cfg.get("operating_point")
-    if point is not None and point not in NAMES:
-        raise ConfigError(f"operating_point: unknown name '{point}'; use one of {list(NAMES)}, or set it to "
-                          "null and give min_accuracy or max_macs")
-    if cfg.get("min_accuracy") is not None:
-        check_number(cfg["min_accuracy"], "min_accuracy", 0.0, 1.0)
-    if cfg.get("max_macs") is not None:
-        check_number(cfg["max_macs"], "max_macs", 0.0, lo_open=True)
-    return point
+def _check_point_name(value: Any, name: str, error: type[Exception]) -> str:
+    if value not in NAMES:
+        raise error(f"{name}: unknown name '{value}'; use one of {list(NAMES)}, or set it to "
+                    "null and give min_accuracy or max_macs")
+    return value
 
 
-def read_run_choice(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings every job on one of a run's networks shares (aebnas-stream, aebnas-export), checked:
-    which run and network, which operating point, where the data is, which device and threads."""
-    if cfg.get("run") in (None, ""):
-        raise ConfigError("run: required; pass run=<the run directory of an aebnas-search>")
-    point = check_point_choice(cfg)
-    num_threads = cfg.get("num_threads")
-    return {"run": str(cfg["run"]), "model": check_int(cfg.get("model", 0), "model", lo=0),
-            "operating_point": point, "min_accuracy": cfg.get("min_accuracy"), "max_macs": cfg.get("max_macs"),
-            "recompute_operating_points": check_bool(cfg.get("recompute_operating_points", False),
-                                                     "recompute_operating_points"),
-            "data_dir": None if cfg.get("data_dir") in (None, "") else str(cfg["data_dir"]),
-            "device": str(cfg.get("device", "cpu")),
-            "num_threads": None if num_threads is None else check_int(num_threads, "num_threads", lo=1)}
+def _check_data_dir(value: Any, name: str, error: type[Exception]) -> str | None:
+    return None if value in (None, "") else str(value)
+
+
+def operating_point_setting(default: str) -> Any:
+    """The ``operating_point`` setting with its default (stream and export start from different points)."""
+    return setting(default, check=_check_point_name, allowed=" | ".join(NAMES) + " | null",
+                   help="Named operating point of the adaptive model; null to choose by min_accuracy or max_macs "
+                        "instead.")
+
+
+@dataclass(frozen=True)
+class RunChoiceSettings(Settings):
+    """What every job on one of a run's networks shares (aebnas-stream, aebnas-export): which run and network,
+    which operating point, where the data is, which device and threads. Errors name the bare key (run=...)."""
+
+    prefix: ClassVar[str | None] = ""
+
+    run: str | None = setting(None, check=lambda v, n, e: None if v in (None, "") else str(v),
+                              allowed="a run directory", help="The run directory of an aebnas-search (required).")
+    model: int = setting(0, lo=0, help="Which Pareto network: its row in pareto.csv (0 = cheapest).")
+    operating_point: str | None = operating_point_setting("balanced")
+    min_accuracy: float | None = setting(None, lo=0.0, hi=1.0, help="The cheapest point at or above this val "
+                                                                    "accuracy (with operating_point=null).")
+    max_macs: float | None = setting(None, lo=0.0, lo_open=True, help="The most accurate point within this "
+                                                                      "expected-MACs budget (with operating_point=null).")
+    recompute_operating_points: bool = setting(False, help="Recompute the stored operating points from val logits.")
+    data_dir: str | None = setting(None, check=_check_data_dir, allowed="a path or null",
+                                   help="Where the run's dataset files are on this machine, when not where the "
+                                        "search read them (null: the run's own dataset.data_dir).")
+    device: str = setting("cpu", check=lambda v, n, e: str(v), allowed="auto | cpu | cuda | cuda:N",
+                          help="Where missing operating points are computed (auto = cuda when available).")
+    num_threads: int | None = setting(None, lo=1, help="torch's CPU threads (null: torch's default).")
+
+    def check_together(self) -> None:
+        """A run is required; exactly one of operating_point (a name), min_accuracy or max_macs."""
+        if self.run is None:
+            raise ConfigError("run: required; pass run=<the run directory of an aebnas-search>")
+        chosen = [k for k in ("operating_point", "min_accuracy", "max_macs") if getattr(self, k) is not None]
+        if len(chosen) != 1:
+            raise ConfigError(f"operating_point: give exactly one of operating_point (a name), min_accuracy or "
+                              f"max_macs, got {chosen or 'none'}; e.g. operating_point=null min_accuracy=0.9")
 
 
 def point_label(name: str | None, min_accuracy: float | None, max_macs: float | None) -> str:

@@ -13,9 +13,9 @@ import logging
 import os
 import platform
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -26,9 +26,9 @@ from aebnas.data import ArraySplit, normalize
 from aebnas.nn import EarlyExitNet
 from aebnas.runtime.adaptive import AdaptiveModel
 from aebnas.runtime.operating_points import NAMES, path_costs_with
-from aebnas.runtime.run_network import load_run_network, point_label, read_run_choice
+from aebnas.runtime.run_network import RunChoiceSettings, load_run_network, point_label
 from aebnas.search.archive import write_text_atomic
-from aebnas.validation import ConfigError, check_bool, check_int, reject_unknown_keys
+from aebnas.config_checks import check_int, setting
 
 log = logging.getLogger("aebnas.runtime")
 
@@ -165,38 +165,33 @@ def stream_benchmark(model: AdaptiveModel, cost: NetworkCost, x: torch.Tensor, l
     return {"comparisons": comparisons, "operating_points": table}
 
 
+def _batch_sizes(value: Any, name: str, error: type[Exception]) -> int | tuple[int, ...]:
+    """One batch size or several (``batch_size=[256,1024]``): a GPU's throughput depends on it, so one run sweeps."""
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise error(f"{name}: an empty list; give a batch size such as 256, or a list such as [256,1024]")
+        return tuple(check_int(v, f"{name}[{i}]", lo=1, error=error) for i, v in enumerate(value))
+    return check_int(value, name, lo=1, error=error)
+
+
 @dataclass(frozen=True)
-class StreamSettings:
-    """The ``aebnas-stream`` config, checked field by field before any work starts."""
+class StreamSettings(RunChoiceSettings):
+    """The ``aebnas-stream`` config (conf/stream.yaml), checked field by field before any work starts."""
 
-    run: str
-    model: int = 0
-    operating_point: str | None = "balanced"
-    min_accuracy: float | None = None
-    max_macs: float | None = None
-    recompute_operating_points: bool = False
-    n_images: int = 2000
-    batch_size: int | tuple[int, ...] = 256
-    batch_one: bool = True
-    warmup: int = 20
-    operating_point_table: bool = True
-    device: str = "cpu"
-    num_threads: int | None = 2
-    progress: bool = True
-    data_dir: str | None = None
-    fold_batchnorm: bool = True
+    section: ClassVar[str] = "stream"
 
-    @classmethod
-    def from_dict(cls, cfg: Mapping[str, Any]) -> "StreamSettings":
-        reject_unknown_keys(cfg, [f.name for f in fields(cls)], "stream")
-        return cls(**read_run_choice(cfg),
-                   n_images=check_int(cfg.get("n_images", 2000), "n_images", lo=1),
-                   batch_size=_batch_sizes(cfg.get("batch_size", 256)),
-                   batch_one=check_bool(cfg.get("batch_one", True), "batch_one"),
-                   warmup=check_int(cfg.get("warmup", 20), "warmup", lo=0),
-                   operating_point_table=check_bool(cfg.get("operating_point_table", True), "operating_point_table"),
-                   progress=check_bool(cfg.get("progress", True), "progress"),
-                   fold_batchnorm=check_bool(cfg.get("fold_batchnorm", True), "fold_batchnorm"))
+    num_threads: int | None = setting(2, lo=1, help="torch's CPU threads (recorded in stream.json; null: torch's "
+                                                    "default).")
+    n_images: int = setting(2000, lo=1, help="The stream: the first n_images test images.")
+    batch_size: int | tuple[int, ...] = setting(256, check=_batch_sizes, allowed="an integer >= 1 or a list of them",
+                                                help="Batch size of the batched stream, or a list such as "
+                                                     "[256,1024,4096] (a GPU's throughput depends on it).")
+    batch_one: bool = setting(True, help="Also stream at batch 1 (false: batched only).")
+    warmup: int = setting(20, lo=0, help="Untimed batches before timing.")
+    operating_point_table: bool = setting(True, help="Also time the three named operating points at batch 1.")
+    progress: bool = setting(True, help="Progress bars.")
+    fold_batchnorm: bool = setting(True, help="Run both networks with BatchNorm folded into the convolutions, as a "
+                                              "deployment would (answers change only by float rounding).")
 
     @property
     def batch_sizes(self) -> list[int]:
@@ -204,15 +199,6 @@ class StreamSettings:
         sizes = [self.batch_size] if isinstance(self.batch_size, int) else list(self.batch_size)
         head = [1] if self.batch_one else []
         return head + [b for b in dict.fromkeys(sizes) if not (self.batch_one and b == 1)]
-
-
-def _batch_sizes(value: Any) -> int | tuple[int, ...]:
-    """One batch size or several (``batch_size=[256,1024]``): a GPU's throughput depends on it, so one run sweeps."""
-    if isinstance(value, (list, tuple)):
-        if not value:
-            raise ConfigError("batch_size: an empty list; give a batch size such as 256, or a list such as [256,1024]")
-        return tuple(check_int(v, f"batch_size[{i}]", lo=1) for i, v in enumerate(value))
-    return check_int(value, "batch_size", lo=1)
 
 
 def _cpu_name() -> str:

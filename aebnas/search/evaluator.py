@@ -41,7 +41,7 @@ from aebnas.search.thresholds import simulate_exits, tune_thresholds
 from aebnas.search.training import CandidateTraining, TrainedNetwork
 from aebnas.search.workers import CandidatePool
 from aebnas.space import Genome
-from aebnas.train import TrainerConfig
+from aebnas.train import TrainerSettings
 
 log = logging.getLogger("aebnas.search")
 
@@ -115,7 +115,7 @@ class CandidateEvaluator:
     only in threshold genes are one candidate.
     """
 
-    def __init__(self, data: DataSplits, trainer: TrainerConfig, settings: SearchSettings, device: torch.device,
+    def __init__(self, data: DataSplits, trainer: TrainerSettings, settings: SearchSettings, device: torch.device,
                  seed: int = 0, model_dir: Path | None = None, latency_table: LatencyTable | None = None,
                  supernet: Supernet | None = None):
         if (trainer.init == "supernet") != (supernet is not None):

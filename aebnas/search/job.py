@@ -12,8 +12,8 @@ from aebnas.cost.latency import LatencyTable
 from aebnas.data import DataSplits
 from aebnas.search.settings import SearchSettings
 from aebnas.space import SearchSpace
-from aebnas.train import TrainerConfig
-from aebnas.train.supernet import SupernetConfig
+from aebnas.train import TrainerSettings
+from aebnas.train.supernet import SupernetSettings
 
 
 @dataclass
@@ -29,7 +29,7 @@ class SearchJob:
 
     space: SearchSpace
     data: DataSplits
-    trainer: TrainerConfig
+    trainer: TrainerSettings
     settings: SearchSettings
     device: torch.device
     run_dir: Path
@@ -39,7 +39,7 @@ class SearchJob:
     config_record: dict[str, Any] | None = None
     latency_table: LatencyTable | None = None
     method: str | None = None
-    supernet: SupernetConfig | None = None
+    supernet: SupernetSettings | None = None
     workers: int = 1
 
     def __post_init__(self) -> None:

@@ -8,7 +8,7 @@ from aebnas.search.settings import SearchSettings
 def objective_values(settings: SearchSettings, val_accuracy: float, expected_macs: float,
                      expected_latency_ms: float | None = None) -> list[float]:
     """``avg_macs``: (error, E[MACs]); ``avg_latency``: (error, E[latency ms]) from the device's table;
-    ``aebnas``: (error + w * MAPE, MAPE) against the target MACs."""
+    ``macs_target``: (error + w * MAPE, MAPE) against the target MACs."""
     error = 1.0 - val_accuracy
     if settings.objective == "avg_macs":
         return [error, float(expected_macs)]
@@ -35,4 +35,4 @@ def n_constraints(settings: SearchSettings) -> int:
 
 def objective_names(settings: SearchSettings) -> list[str]:
     return {"avg_macs": ["val_error", "expected_macs"], "avg_latency": ["val_error", "expected_latency_ms"],
-            "aebnas": ["error_plus_mape", "macs_mape"]}[settings.objective]
+            "macs_target": ["error_plus_mape", "macs_mape"]}[settings.objective]

@@ -15,7 +15,7 @@ from typing import Any
 
 from aebnas.search.archive import CsvLog, EvaluationArchive, write_csv_atomic, write_text_atomic
 from aebnas.search.evaluator import CandidateEvaluator, Evaluation
-from aebnas.validation import ConfigError
+from aebnas.config_checks import ConfigError
 
 log = logging.getLogger("aebnas.search")
 

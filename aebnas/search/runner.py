@@ -33,8 +33,8 @@ from aebnas.search.job import SearchJob
 from aebnas.search.objectives import objective_names
 from aebnas.search.problem import EarlyExitProblem
 from aebnas.search.rundir import RunDirectory
-from aebnas.train.supernet import SupernetConfig, SupernetInfo, prepare_supernet
-from aebnas.validation import ConfigError
+from aebnas.train.supernet import SupernetSettings, SupernetInfo, prepare_supernet
+from aebnas.config_checks import ConfigError
 
 log = logging.getLogger("aebnas.search")
 
@@ -89,7 +89,7 @@ def _evaluator(job: SearchJob, run: RunDirectory) -> tuple[CandidateEvaluator, S
     archive's finished evaluations handed over for a resumed run."""
     shared, supernet_info = None, None
     if job.trainer.init == "supernet":
-        shared, supernet_info = prepare_supernet(job.space, job.data, job.supernet or SupernetConfig(), job.trainer,
+        shared, supernet_info = prepare_supernet(job.space, job.data, job.supernet or SupernetSettings(), job.trainer,
                                                  job.device, job.seed, job.progress)
     evaluator = CandidateEvaluator(job.data, job.trainer, job.settings, job.device, seed=job.seed,
                                    model_dir=run.weights_dir, latency_table=job.latency_table, supernet=shared)

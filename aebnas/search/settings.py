@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any, Mapping
+import logging
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
 
+from aebnas.config_checks import ConfigError, Settings, parse_settings, setting, to_plain
 from aebnas.search.thresholds import METRICS
-from aebnas.validation import ConfigError, check_bool, check_int, check_number, reject_unknown_keys
 
-OBJECTIVES = ("avg_macs", "avg_latency", "aebnas")
-# Older names still accepted in configs and saved runs.
-OBJECTIVE_ALIASES = {"error_macs": "avg_macs"}
+log = logging.getLogger("aebnas")
+
+# avg_macs: (val error, E[MACs]); avg_latency: (val error, E[latency ms]) from hardware=<name>'s table;
+# macs_target: (val error + mape_weight * MAPE, MAPE) with MAPE = |E[MACs] - target_macs| / target_macs.
+OBJECTIVES = ("avg_macs", "avg_latency", "macs_target")
+# Older names, still read (configs and saved runs) with a one-line warning naming the new one.
+RENAMED_OBJECTIVES = {"error_macs": "avg_macs", "aebnas": "macs_target"}
 # nsga2: the evolutionary search; random: uniform genomes, the same budget (pop_size x generations);
 # manual: the space's middle backbone with every exit on, one global threshold per candidate (conf/method/manual.yaml);
 # msunas: surrogate-assisted search, a few networks trained per iteration, predictors score the rest (conf/search/msunas.yaml).
@@ -25,102 +30,108 @@ class SearchConfigError(ConfigError):
     """A search setting is invalid; the message names the field and the fix."""
 
 
-@dataclass(frozen=True)
-class SearchSettings:
-    """NSGA-II budget, objectives and exit handling (field meanings in conf/search/nsga2.yaml)."""
+def _check_pop_size(value: Any, name: str, error: type[Exception]) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+        raise error(f"{name}: must be an integer >= 2 (NSGA-II needs parents to mate), got {value!r}")
+    return value
 
-    pop_size: int = 40
-    generations: int = 9
-    objective: str = "avg_macs"
-    target_macs: float | None = None
-    mape_weight: float = 0.1
-    max_expected_macs: float | None = None
-    max_expected_latency_ms: float | None = None
-    exit_metric: str = "margin"
-    threshold_tuning: bool = False
-    max_accuracy_drop: float = 0.01
-    crossover_prob: float = 0.9
-    gene_mutation_prob: float | None = None
-    save_models: bool = True
-    initial_genomes: tuple[str, ...] = ()
-    algorithm: str = "nsga2"
-    final_epochs: int = 0
-    # msunas only (conf/search/msunas.yaml)
-    n_doe: int | None = None
-    per_iteration: int = 8
-    max_evaluations: int | None = None
-    inner_pop_size: int = 40
-    inner_generations: int = 20
-    predictor: str = "adaptive"
-    cost_model: str = "exit_rates"
+
+def _check_genome_texts(value: Any, name: str, error: type[Exception]) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, (list, tuple)):
+        raise error(f"{name}: expected a list of genome texts, got {value!r}")
+    return tuple(str(g) for g in value)
+
+
+@dataclass(frozen=True)
+class SearchSettings(Settings):
+    """NSGA-II budget, objectives and exit handling (the Hydra ``search`` group)."""
+
+    section: ClassVar[str] = "search"
+    error: ClassVar[type[Exception]] = SearchConfigError
+
+    pop_size: int = setting(40, check=_check_pop_size, allowed="an integer >= 2",
+                            help="Population size (candidates per generation).")
+    generations: int = setting(9, lo=1, help="Generations; the budget is pop_size x generations candidates.")
+    objective: str = setting("avg_macs", choices=OBJECTIVES,
+                             help="avg_macs: (val error, E[MACs]); avg_latency: (val error, E[latency ms]) from "
+                                  "hardware=<name>'s table; macs_target: (val error + mape_weight * MAPE, MAPE) with "
+                                  "MAPE = abs(E[MACs] - target_macs) / target_macs.")
+    target_macs: float | None = setting(None, lo=0, lo_open=True, help="The MACs target of objective=macs_target.")
+    mape_weight: float = setting(0.1, lo=0, help="Weight of MAPE in macs_target's first objective.")
+    max_expected_macs: float | None = setting(None, lo=0, lo_open=True,
+                                              help="Hard constraint on expected MACs per image (null: none).")
+    max_expected_latency_ms: float | None = setting(None, lo=0, lo_open=True,
+                                                    help="Hard constraint on expected latency per image in ms "
+                                                         "(needs hardware=<name>; null: none).")
+    exit_metric: str = setting("margin", choices=METRICS,
+                               help="Exit decision metric: max_softmax, margin (top-1 minus top-2) or entropy.")
+    threshold_tuning: bool = setting(False, help="Tune each candidate's thresholds on val logits (grid over "
+                                                 "space.thresholds): the cheapest vector within max_accuracy_drop "
+                                                 "of the final exit.")
+    max_accuracy_drop: float = setting(0.01, lo=0, hi=1, help="Accuracy a tuned threshold vector may lose against "
+                                                              "the final exit.")
+    crossover_prob: float = setting(0.9, lo=0, hi=1, help="Crossover probability.")
+    gene_mutation_prob: float | None = setting(None, lo=0, hi=1, lo_open=True,
+                                               help="Per-gene mutation probability; null = 1 / number of genes.")
+    save_models: bool = setting(True, help="Save the Pareto networks (weights, genome.json, metrics.json) under "
+                                           "models/.")
+    initial_genomes: tuple[str, ...] = setting((), check=_check_genome_texts, allowed="a list of genome texts",
+                                               help="Genome texts placed in the initial population (e.g. a known "
+                                                    "network to improve on).")
+    algorithm: str = setting("nsga2", choices=ALGORITHMS,
+                             help="How candidates are proposed: nsga2, random (uniform genomes, the same budget), "
+                                  "manual (one hand-designed network at each global threshold) or msunas (surrogate-"
+                                  "assisted: a few networks trained per iteration, predictors score the rest); set by "
+                                  "search= and method=.")
+    final_epochs: int = setting(0, lo=0, help="Epochs each Pareto network trains after the search, before it is "
+                                              "scored on test and saved (0: as the search evaluated it).")
+    # search=msunas only (docs/concepts/surrogate-search.md)
+    n_doe: int | None = setting(None, lo=2, help="msunas: networks sampled (Latin hypercube over the genes) and trained "
+                                                 "before any predictor is fitted; null: a third of the budget, at most "
+                                                 "100.")
+    per_iteration: int = setting(8, lo=1, help="msunas: networks trained per iteration, spread along the inner "
+                                               "search's predicted front (at most inner_pop_size).")
+    max_evaluations: int | None = setting(None, lo=2, help="msunas: candidates evaluated in all, sampling included; "
+                                                           "null: pop_size x generations (NSGA-II's budget).")
+    inner_pop_size: int = setting(40, lo=2, help="msunas: population of the inner NSGA-II on predicted objectives.")
+    inner_generations: int = setting(20, lo=1, help="msunas: generations of the inner NSGA-II per iteration.")
+    predictor: str = setting("adaptive", choices=PREDICTORS,
+                             help="msunas: mlp, rbf, gp, trees, or adaptive (per iteration and objective, the model "
+                                  "with the best cross-validated Kendall tau).")
+    cost_model: str = setting("exit_rates", choices=COST_MODELS,
+                              help="msunas: exit_rates (predict the exit rates, price them with the analytic path "
+                                   "costs) or direct (predict log expected cost).")
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> "SearchSettings":
-        """Validate types, ranges and combinations before any work starts."""
-        reject_unknown_keys(cfg, (f.name for f in fields(cls)), "search", SearchConfigError)
-        cfg = dict(cfg)
-        initial = cfg.get("initial_genomes") or ()
-        if isinstance(initial, str):
-            initial = (initial,)
-        if not isinstance(initial, (list, tuple)):
-            raise SearchConfigError(f"search.initial_genomes: expected a list of genome texts, got {initial!r}")
-        cfg["initial_genomes"] = tuple(str(g) for g in initial)
-        if isinstance(cfg.get("objective"), str):
-            cfg["objective"] = OBJECTIVE_ALIASES.get(cfg["objective"], cfg["objective"])
-        s = cls(**cfg)
-        if isinstance(s.pop_size, bool) or not isinstance(s.pop_size, int) or s.pop_size < 2:
-            raise SearchConfigError(f"search.pop_size: must be an integer >= 2 (NSGA-II needs parents to mate), got {s.pop_size!r}")
-        check_int(s.generations, "search.generations", lo=1, error=SearchConfigError)
-        if s.objective not in OBJECTIVES:
-            raise SearchConfigError(f"search.objective: '{s.objective}' is not one of {list(OBJECTIVES)}")
-        if s.target_macs is not None:
-            check_number(s.target_macs, "search.target_macs", lo=0, lo_open=True, error=SearchConfigError)
-        if s.objective == "aebnas" and s.target_macs is None:
-            raise SearchConfigError("search.target_macs: the 'aebnas' objective needs a positive target, e.g. search.target_macs=5e6")
-        check_number(s.mape_weight, "search.mape_weight", lo=0, error=SearchConfigError)
-        if s.max_expected_macs is not None:
-            check_number(s.max_expected_macs, "search.max_expected_macs", lo=0, lo_open=True, error=SearchConfigError)
-        if s.max_expected_latency_ms is not None:
-            check_number(s.max_expected_latency_ms, "search.max_expected_latency_ms", lo=0, lo_open=True,
-                         error=SearchConfigError)
-        if s.exit_metric not in METRICS:
-            raise SearchConfigError(f"search.exit_metric: '{s.exit_metric}' is not one of {list(METRICS)}")
-        check_bool(s.threshold_tuning, "search.threshold_tuning", error=SearchConfigError)
-        check_number(s.max_accuracy_drop, "search.max_accuracy_drop", lo=0, hi=1, error=SearchConfigError)
-        check_number(s.crossover_prob, "search.crossover_prob", lo=0, hi=1, error=SearchConfigError)
-        if s.gene_mutation_prob is not None:
-            check_number(s.gene_mutation_prob, "search.gene_mutation_prob", lo=0, hi=1, lo_open=True,
-                         error=SearchConfigError)
-        if s.algorithm not in ALGORITHMS:
-            raise SearchConfigError(f"search.algorithm: '{s.algorithm}' is not one of {list(ALGORITHMS)}")
-        check_bool(s.save_models, "search.save_models", error=SearchConfigError)
-        check_int(s.final_epochs, "search.final_epochs", lo=0, error=SearchConfigError)
-        if s.n_doe is not None:
-            check_int(s.n_doe, "search.n_doe", lo=2, error=SearchConfigError)
-        check_int(s.per_iteration, "search.per_iteration", lo=1, error=SearchConfigError)
-        check_int(s.inner_pop_size, "search.inner_pop_size", lo=2, error=SearchConfigError)
-        check_int(s.inner_generations, "search.inner_generations", lo=1, error=SearchConfigError)
-        if s.max_evaluations is not None:
-            check_int(s.max_evaluations, "search.max_evaluations", lo=2, error=SearchConfigError)
-        if s.predictor not in PREDICTORS:
-            raise SearchConfigError(f"search.predictor: '{s.predictor}' is not one of {list(PREDICTORS)}")
-        if s.cost_model not in COST_MODELS:
-            raise SearchConfigError(f"search.cost_model: '{s.cost_model}' is not one of {list(COST_MODELS)}")
-        if s.algorithm == "msunas":
-            if s.budget < 2:
-                raise SearchConfigError(f"search.max_evaluations: a budget of {s.budget} evaluations leaves no "
-                                        "room for the 2 sampled networks a predictor needs; raise it")
-            if s.doe_size > s.budget:
-                raise SearchConfigError(f"search.n_doe: {s.n_doe} sampled networks do not fit the budget of "
-                                        f"{s.budget} evaluations (search.max_evaluations, or search.pop_size x "
-                                        "search.generations when it is null); lower n_doe or raise the budget")
-            if s.per_iteration > s.inner_pop_size:
-                raise SearchConfigError(f"search.per_iteration: {s.per_iteration} is more than the inner "
-                                        f"population (search.inner_pop_size={s.inner_pop_size}) it is chosen from; "
-                                        "lower per_iteration or raise inner_pop_size")
-        if len(s.initial_genomes) > s.pop_size:
-            raise SearchConfigError(f"search.initial_genomes: {len(s.initial_genomes)} genomes do not fit a population of {s.pop_size}")
+        """Validate types, ranges and combinations before any work starts; a renamed objective is read with a hint."""
+        cfg = to_plain(cfg, cls.section, cls.error)
+        given = cfg.get("objective")
+        if isinstance(given, str) and given in RENAMED_OBJECTIVES:
+            cfg["objective"] = RENAMED_OBJECTIVES[given]
+            log.warning("search.objective: '%s' is now called '%s'; set search.objective=%s", given,
+                        cfg["objective"], cfg["objective"])
+        s = parse_settings(cls, cfg)
+        if s.objective == "macs_target" and s.target_macs is None:
+            raise SearchConfigError(f"search.target_macs: the '{given}' objective needs a positive target, "
+                                    "e.g. search.target_macs=5e6")
         return s
+
+    def check_together(self) -> None:
+        if self.algorithm == "msunas":
+            if self.doe_size > self.budget:
+                raise SearchConfigError(f"search.n_doe: {self.n_doe} sampled networks do not fit the budget of "
+                                        f"{self.budget} evaluations (search.max_evaluations, or search.pop_size x "
+                                        "search.generations when it is null); lower n_doe or raise the budget")
+            if self.per_iteration > self.inner_pop_size:
+                raise SearchConfigError(f"search.per_iteration: {self.per_iteration} is more than the inner "
+                                        f"population (search.inner_pop_size={self.inner_pop_size}) it is chosen "
+                                        "from; lower per_iteration or raise inner_pop_size")
+        if len(self.initial_genomes) > self.pop_size:
+            raise SearchConfigError(f"search.initial_genomes: {len(self.initial_genomes)} genomes do not fit a "
+                                    f"population of {self.pop_size}")
 
     @property
     def budget(self) -> int:

@@ -23,7 +23,7 @@ from aebnas.nn import build_model, count_parameters
 from aebnas.nn.supernet import Supernet, inherit_weights
 from aebnas.search.thresholds import confidence
 from aebnas.space import Genome
-from aebnas.train import TrainerConfig, candidate_cudnn, fit, predict_logits, recalibrate_batchnorm
+from aebnas.train import TrainerSettings, candidate_cudnn, fit, predict_logits, recalibrate_batchnorm
 
 log = logging.getLogger("aebnas.search")
 
@@ -72,7 +72,7 @@ class CandidateTraining:
     val confidences are scored with, the device, the search seed, where weights go, and the supernet (or None)."""
 
     data: DataSplits
-    trainer: TrainerConfig
+    trainer: TrainerSettings
     exit_metric: str
     device: torch.device
     seed: int = 0

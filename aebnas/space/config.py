@@ -9,10 +9,10 @@ genome then carries all it needs to rebuild its network.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any, ClassVar, Mapping, Sequence
 
-from aebnas.validation import ConfigError, check_bool, check_int, reject_unknown_keys
+from aebnas.config_checks import ConfigError, Settings, check_int, parse_settings, setting
 
 LAYER_TYPES = ("conv", "dwsep", "ir")
 POOL_TYPES = ("none", "max", "avg")
@@ -30,33 +30,107 @@ class StageSpec:
 
 
 @dataclass(frozen=True)
-class BranchChoices:
-    depths: tuple[int, ...] = (1, 2)
-    layer_types: tuple[str, ...] = LAYER_TYPES
-    widths: tuple[int, ...] = (16, 32, 64)
-    kernels: tuple[int, ...] = (3, 5)
-    pools: tuple[str, ...] = POOL_TYPES
-    ir_expansion: int = 3
+class BranchChoices(Settings):
+    """What a searched exit branch picks from (``space.branch``)."""
+
+    section: ClassVar[str] = "space.branch"
+    error: ClassVar[type[Exception]] = SpaceConfigError
+
+    depths: tuple[int, ...] = setting((1, 2), check=lambda v, n, e: _int_choices(v, n),
+                                      allowed="distinct positive integers", help="Layers an exit branch may have.")
+    layer_types: tuple[str, ...] = setting(LAYER_TYPES, check=lambda v, n, e: _str_choices(v, n, LAYER_TYPES),
+                                           allowed="some of " + " | ".join(LAYER_TYPES),
+                                           help="Layer types of a branch: conv, dwsep (depthwise-separable), ir "
+                                                "(inverted residual).")
+    widths: tuple[int, ...] = setting((16, 32, 64), check=lambda v, n, e: _int_choices(v, n),
+                                      allowed="distinct positive integers", help="Channel widths of a branch layer.")
+    kernels: tuple[int, ...] = setting((3, 5), check=lambda v, n, e: _odd_choices(v, n),
+                                       allowed="distinct odd positive integers", help="Kernel sizes of a branch layer.")
+    pools: tuple[str, ...] = setting(POOL_TYPES, check=lambda v, n, e: _str_choices(v, n, POOL_TYPES),
+                                     allowed="some of " + " | ".join(POOL_TYPES),
+                                     help="Pooling before a branch layer.")
+    ir_expansion: int = setting(3, check=lambda v, n, e: _pos_int(v, n), allowed="a positive integer",
+                                help="Expansion of a branch's inverted-residual layers.")
+
+
+def _check_stages(value: Any, name: str, error: type[Exception]) -> tuple[StageSpec, ...]:
+    stages = []
+    for i, s in enumerate(_seq(value, name)):
+        if not isinstance(s, Mapping) or "width" not in s or "stride" not in s:
+            raise SpaceConfigError(f"{name}[{i}]: needs 'width' and 'stride', e.g. {{width: 24, stride: 1}}")
+        stages.append(StageSpec(_pos_int(s["width"], f"{name}[{i}].width"), _pos_int(s["stride"], f"{name}[{i}].stride")))
+    if not stages:
+        raise SpaceConfigError(f"{name}: at least one stage is needed")
+    return tuple(stages)
+
+
+def _check_thresholds(value: Any, name: str, error: type[Exception]) -> tuple[float, ...]:
+    try:
+        thresholds = tuple(sorted(float(t) for t in _seq(value, name)))
+    except (TypeError, ValueError):
+        raise SpaceConfigError(f"{name}: expected a list of numbers in (0, 1], got {value!r}") from None
+    for t in thresholds:
+        if not 0.0 < t <= 1.0:
+            raise SpaceConfigError(f"{name}: choice {t} is outside (0, 1]; "
+                                   "'off' is implicit (gene 0), list only confidences in (0, 1]")
+    if len(set(thresholds)) != len(thresholds):
+        raise SpaceConfigError(f"{name}: choices must be distinct")
+    return thresholds
+
+
+def _check_branch(value: Any, name: str, error: type[Exception]) -> "BranchChoices":
+    return BranchChoices.from_dict(value or {})
+
+
+def _check_exit_heads(value: Any, name: str, error: type[Exception]) -> Any:
+    """Kept as given here; ``SpaceSettings.from_dict`` expands it once the stages are known."""
+    if value in (None, "", []):
+        return ()
+    return value if isinstance(value, str) else tuple(str(v) for v in _seq(value, name))
+
+
+_POSITIVE = "a positive integer"
+_CHOICES = "distinct positive integers"
 
 
 @dataclass(frozen=True)
-class SpaceConfig:
-    name: str
-    stem_channels: int
-    stages: tuple[StageSpec, ...]
-    depths: tuple[int, ...]
-    kernels: tuple[int, ...]
-    expansions: tuple[int, ...]
-    exit_stages: tuple[int, ...]
-    thresholds: tuple[float, ...]
-    branch: BranchChoices = field(default_factory=BranchChoices)
-    stem_stride: int = 1
-    squeeze_excite: bool = False
-    activation: str = "hswish"
-    final_head_channels: int = 0
-    # One fixed exit head (layers text, e.g. "conv32k1+avg-conv32k1") per exit stage; empty = heads are searched.
-    # A fixed head has no branch genes: only its threshold gene (off / on at a threshold) is searched.
-    exit_heads: tuple[str, ...] = ()
+class SpaceSettings(Settings):
+    """The fixed macro-structure of a space and the choices its genes pick from (the Hydra ``space`` group)."""
+
+    section: ClassVar[str] = "space"
+    error: ClassVar[type[Exception]] = SpaceConfigError
+
+    name: str = setting(check=lambda v, n, e: str(v), allowed="text", help="The space's name (in run and "
+                                                                             "supernet cache names).")
+    stem_channels: int = setting(check=lambda v, n, e: _pos_int(v, n), allowed=_POSITIVE,
+                                 help="Channels of the stem convolution.")
+    stages: tuple[StageSpec, ...] = setting(check=_check_stages, allowed="a list of {width, stride}",
+                                            help="Backbone stages, each with its width and stride.")
+    depths: tuple[int, ...] = setting(check=lambda v, n, e: _int_choices(v, n), allowed=_CHOICES,
+                                      help="Blocks a stage may have (searched per stage).")
+    kernels: tuple[int, ...] = setting(check=lambda v, n, e: _odd_choices(v, n),
+                                       allowed="distinct odd positive integers",
+                                       help="Kernel sizes of a stage's blocks (searched per stage).")
+    expansions: tuple[int, ...] = setting(check=lambda v, n, e: _int_choices(v, n), allowed=_CHOICES,
+                                          help="Inverted-residual expansions of a stage's blocks (searched per stage).")
+    exit_stages: tuple[int, ...] = setting(check=lambda v, n, e: _int_choices(v, n, allow_empty=True),
+                                           allowed="distinct stages in 1..len(stages)-1, or []",
+                                           help="Stages after which an exit may be placed.")
+    thresholds: tuple[float, ...] = setting(check=_check_thresholds, allowed="distinct numbers in (0, 1]",
+                                            help="Confidence thresholds an exit's gene picks from ('off' is gene 0).")
+    branch: BranchChoices = setting(BranchChoices(), check=_check_branch, allowed="see space.branch",
+                                    help="What a searched exit branch picks from.")
+    stem_stride: int = setting(1, check=lambda v, n, e: _pos_int(v, n), allowed=_POSITIVE,
+                               help="Stride of the stem convolution.")
+    squeeze_excite: bool = setting(False, help="Squeeze-and-excitation in the backbone's blocks.")
+    activation: str = setting("hswish", choices=ACTIVATIONS, help="Activation of the backbone.")
+    final_head_channels: int = setting(0, check=lambda v, n, e: check_int(v or 0, n, lo=0, error=e),
+                                       allowed="an integer >= 0 (null = 0)",
+                                       help="Channels of a 1x1 convolution before the final classifier (0 = none).")
+    exit_heads: tuple[str, ...] = setting((), check=_check_exit_heads,
+                                          allowed="null | growing | one head text | one per exit stage",
+                                          help="Fixed exit heads (layers text, e.g. conv32k1+avg-conv32k1): only their "
+                                               "thresholds are searched; null = heads are searched.")
 
     @property
     def n_stages(self) -> int:
@@ -86,68 +160,16 @@ class SpaceConfig:
         return self.exit_heads[self.exit_stages.index(stage)]
 
     @classmethod
-    def from_dict(cls, cfg: Mapping[str, Any]) -> "SpaceConfig":
-        """Build and validate from a plain mapping (a Hydra ``space`` group)."""
-        cfg = _to_plain(cfg)
-        reject_unknown_keys(cfg, cls.__dataclass_fields__, "space", SpaceConfigError)
-        for key in ("name", "stem_channels", "stages", "depths", "kernels", "expansions", "exit_stages", "thresholds"):
-            if key not in cfg or cfg[key] is None:
-                raise SpaceConfigError(f"space.{key}: missing; add it to the space config")
-        stages = []
-        for i, s in enumerate(cfg["stages"]):
-            if not isinstance(s, Mapping) or "width" not in s or "stride" not in s:
-                raise SpaceConfigError(f"space.stages[{i}]: needs 'width' and 'stride', e.g. {{width: 24, stride: 1}}")
-            stages.append(StageSpec(_pos_int(s["width"], f"space.stages[{i}].width"),
-                                    _pos_int(s["stride"], f"space.stages[{i}].stride")))
-        branch_cfg = dict(cfg.get("branch") or {})
-        reject_unknown_keys(branch_cfg, BranchChoices.__dataclass_fields__, "space.branch", SpaceConfigError)
-        branch = BranchChoices(
-            depths=_int_choices(branch_cfg.get("depths", (1, 2)), "space.branch.depths"),
-            layer_types=_str_choices(branch_cfg.get("layer_types", LAYER_TYPES), "space.branch.layer_types", LAYER_TYPES),
-            widths=_int_choices(branch_cfg.get("widths", (16, 32, 64)), "space.branch.widths"),
-            kernels=_odd_choices(branch_cfg.get("kernels", (3, 5)), "space.branch.kernels"),
-            pools=_str_choices(branch_cfg.get("pools", POOL_TYPES), "space.branch.pools", POOL_TYPES),
-            ir_expansion=_pos_int(branch_cfg.get("ir_expansion", 3), "space.branch.ir_expansion"),
-        )
-        try:
-            thresholds = tuple(sorted(float(t) for t in _seq(cfg["thresholds"], "space.thresholds")))
-        except (TypeError, ValueError):
-            raise SpaceConfigError(f"space.thresholds: expected a list of numbers in (0, 1], got {cfg['thresholds']!r}") from None
-        for t in thresholds:
-            if not 0.0 < t <= 1.0:
-                raise SpaceConfigError(f"space.thresholds: choice {t} is outside (0, 1]; "
-                                       "'off' is implicit (gene 0), list only confidences in (0, 1]")
-        if len(set(thresholds)) != len(thresholds):
-            raise SpaceConfigError("space.thresholds: choices must be distinct")
-        exit_stages = _int_choices(cfg["exit_stages"], "space.exit_stages", allow_empty=True)
-        for s in exit_stages:
-            if not 1 <= s < len(stages):
-                raise SpaceConfigError(f"space.exit_stages: stage {s} must be in 1..{len(stages) - 1} "
+    def from_dict(cls, cfg: Mapping[str, Any]) -> "SpaceSettings":
+        """Build and validate from a plain mapping (a Hydra ``space`` group); fixed heads are expanded per exit."""
+        s = parse_settings(cls, cfg)
+        return replace(s, exit_heads=_exit_heads(s.exit_heads, s.exit_stages, s.stages, s.stem_stride))
+
+    def check_together(self) -> None:
+        for s in self.exit_stages:
+            if not 1 <= s < len(self.stages):
+                raise SpaceConfigError(f"space.exit_stages: stage {s} must be in 1..{len(self.stages) - 1} "
                                        "(the last stage always ends in the final classifier)")
-        activation = str(cfg.get("activation", "hswish"))
-        if activation not in ACTIVATIONS:
-            raise SpaceConfigError(f"space.activation: '{activation}' is not one of {list(ACTIVATIONS)}")
-        if not stages:
-            raise SpaceConfigError("space.stages: at least one stage is needed")
-        exit_heads = _exit_heads(cfg.get("exit_heads"), tuple(sorted(exit_stages)), tuple(stages),
-                                 _pos_int(cfg.get("stem_stride", 1), "space.stem_stride"))
-        return cls(
-            name=str(cfg["name"]),
-            stem_channels=_pos_int(cfg["stem_channels"], "space.stem_channels"),
-            stem_stride=_pos_int(cfg.get("stem_stride", 1), "space.stem_stride"),
-            stages=tuple(stages),
-            depths=_int_choices(cfg["depths"], "space.depths"),
-            kernels=_odd_choices(cfg["kernels"], "space.kernels"),
-            expansions=_int_choices(cfg["expansions"], "space.expansions"),
-            exit_stages=tuple(sorted(exit_stages)),
-            thresholds=thresholds,
-            branch=branch,
-            squeeze_excite=check_bool(cfg.get("squeeze_excite", False), "space.squeeze_excite", SpaceConfigError),
-            activation=activation,
-            final_head_channels=check_int(cfg.get("final_head_channels", 0) or 0, "space.final_head_channels", lo=0,
-                                          error=SpaceConfigError),
-            exit_heads=exit_heads,
-        )
 
 
 def growing_exit_heads(exit_stages: Sequence[int], stages: Sequence[StageSpec], stem_stride: int = 1) -> tuple[str, ...]:
@@ -177,7 +199,7 @@ def growing_exit_heads(exit_stages: Sequence[int], stages: Sequence[StageSpec], 
 def _exit_heads(value: Any, exit_stages: tuple[int, ...], stages: tuple[StageSpec, ...],
                 stem_stride: int) -> tuple[str, ...]:
     """null (searched heads), 'growing', one head text for every exit, or a list with one per exit stage."""
-    if value in (None, "", []):
+    if value in (None, "", [], ()):
         return ()
     if value == "growing":
         return growing_exit_heads(exit_stages, stages, stem_stride)
@@ -197,17 +219,6 @@ def _exit_heads(value: Any, exit_stages: tuple[int, ...], stages: tuple[StageSpe
                 raise SpaceConfigError(f"space.exit_heads: layer {layer.to_text()!r} after stage {stage} needs a type "
                                        f"in {list(LAYER_TYPES)}, a positive width and an odd kernel")
     return heads
-
-
-def _to_plain(cfg: Any) -> dict[str, Any]:
-    try:  # accept OmegaConf objects without importing omegaconf in this torch-free layer
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    return dict(cfg)
 
 
 def _seq(value: Any, name: str) -> Sequence[Any]:

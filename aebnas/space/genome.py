@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping
 
-from aebnas.space.config import SpaceConfig
+from aebnas.space.config import SpaceSettings
 
 
 class GenomeError(ValueError):
@@ -71,7 +71,7 @@ class Exit:
 
 @dataclass(frozen=True)
 class Genome:
-    space: SpaceConfig
+    space: SpaceSettings
     stages: tuple[tuple[Block, ...], ...]
     exits: tuple[Exit, ...]
 
@@ -133,10 +133,10 @@ class Genome:
                 raise GenomeError(f"genome JSON: not valid JSON ({exc.msg} at char {exc.pos})") from None
         if not isinstance(data, Mapping) or "genome" not in data or "space" not in data:
             raise GenomeError("genome JSON: expected an object with keys 'genome' and 'space'")
-        return cls.from_text(str(data["genome"]), SpaceConfig.from_dict(data["space"]))
+        return cls.from_text(str(data["genome"]), SpaceSettings.from_dict(data["space"]))
 
     @classmethod
-    def from_text(cls, text: str, space: SpaceConfig) -> "Genome":
+    def from_text(cls, text: str, space: SpaceSettings) -> "Genome":
         """Parse and validate against ``space``; every value must be one of its choices."""
         parts = text.strip().split("|")
         if len(parts) != 1 + len(space.exit_stages):
@@ -156,7 +156,7 @@ _LAYER = re.compile(r"^(?:(max|avg)-)?([a-z]+?)(\d+)k(\d+)$")
 _EXIT = re.compile(r"^t([0-9.eE+-]+):(.+)$")
 
 
-def _parse_stage(text: str, stage: int, space: SpaceConfig) -> tuple[Block, ...]:
+def _parse_stage(text: str, stage: int, space: SpaceSettings) -> tuple[Block, ...]:
     blocks = []
     for bt in text.split("-"):
         m = _BLOCK.match(bt)
@@ -170,7 +170,7 @@ def _parse_stage(text: str, stage: int, space: SpaceConfig) -> tuple[Block, ...]
     return tuple(blocks)
 
 
-def _parse_exit(text: str, stage: int, space: SpaceConfig) -> Exit:
+def _parse_exit(text: str, stage: int, space: SpaceSettings) -> Exit:
     if text == "off":
         return Exit(stage=stage, threshold=None)
     m = _EXIT.match(text)

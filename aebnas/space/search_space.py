@@ -10,7 +10,7 @@ Layout, stage by stage then exit by exit::
 
     stage s : depth, (kernel, expansion) * max_depth
     exit  j : threshold (0 = off), branch depth, (type, width, kernel, pool) * max_branch_depth
-              (threshold alone when the space fixes the exit's head, see ``SpaceConfig.exit_heads``)
+              (threshold alone when the space fixes the exit's head, see ``SpaceSettings.exit_heads``)
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aebnas.space.config import SpaceConfig
+from aebnas.space.config import SpaceSettings
 from aebnas.space.genome import Block, BranchLayer, Exit, Genome, GenomeError, parse_layers
 
 
@@ -33,7 +33,7 @@ class GeneGroup:
 
 
 class SearchSpace:
-    def __init__(self, config: SpaceConfig):
+    def __init__(self, config: SpaceSettings):
         self.config = config
         c = config
         names: list[str] = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from aebnas.validation import ConfigError
+from aebnas.config_checks import ConfigError
 
 
 def resolve_device(name: str | None = "auto") -> torch.device:

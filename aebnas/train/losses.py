@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from aebnas.validation import ConfigError
+from aebnas.config_checks import ConfigError
 
 
 def exit_loss_weights(n_exits: int, scheme: str | Sequence[float] = "uniform",

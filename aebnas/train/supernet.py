@@ -28,9 +28,9 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 import torch
@@ -42,9 +42,9 @@ from aebnas.nn.elastic_heads import Heads, head_choices
 from aebnas.nn.supernet import Backbone, Supernet, backbone_identity, exit_identity
 from aebnas.space import BranchLayer, SearchSpace
 from aebnas.train.losses import exit_loss_weights, joint_exit_loss
-from aebnas.train.trainer import (BatchStream, TrainerConfig, check_finite, cudnn_autotune, make_optimizer,
+from aebnas.train.trainer import (BatchStream, TrainerSettings, check_finite, cudnn_autotune, make_optimizer,
                                   training_layout)
-from aebnas.validation import ConfigError, check_bool, check_int, check_number, reject_unknown_keys
+from aebnas.config_checks import ConfigError, Settings, setting
 
 log = logging.getLogger("aebnas.supernet")
 
@@ -52,43 +52,55 @@ CACHE_FORMAT = "aebnas-supernet/1"
 EXIT_MODES = ("fresh", "joint")
 
 
+def _check_exit_mode(value: Any, name: str, error: type[Exception]) -> str:
+    if value not in EXIT_MODES:
+        raise error(f"{name}: expected fresh or joint, got {value!r}")
+    return value
+
+
+def _check_head_weights(value: Any, name: str, error: type[Exception]) -> Any:
+    exit_loss_weights(2, value, name)  # validates the scheme early
+    return value
+
+
+def _check_cache_dir(value: Any, name: str, error: type[Exception]) -> str:
+    if not isinstance(value, str) or not value:
+        raise error(f"{name}: expected a directory path or null, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
-class SupernetConfig:
-    """Supernet training settings (the Hydra ``supernet`` group; field meanings in conf/supernet/default.yaml)."""
+class SupernetSettings(Settings):
+    """Supernet training settings (the Hydra ``supernet`` group), used when trainer.init=supernet."""
 
-    epochs: int = 40
-    batch_size: int = 256
-    lr: float = 0.1
-    weight_decay: float = 3e-5
-    label_smoothing: float = 0.1
-    random_subnets: int = 2
-    distill: bool = True
-    exits: str = "fresh"             # fresh: candidates' exit heads start untrained; joint: trained here too
-    exit_weights: Any = (0.2, 1.0)   # joint only: loss weights of the early exits and the final classifier
-    head_samples: int = 1            # joint only: head designs trained per exit position and subnet in a step
-    cache_dir: str | None = None   # None: $AEBNAS_CACHE_DIR/supernets, else ~/.cache/aebnas/supernets
+    section: ClassVar[str] = "supernet"
 
-    @classmethod
-    def from_dict(cls, cfg: Mapping[str, Any]) -> "SupernetConfig":
-        reject_unknown_keys(cfg, (f.name for f in fields(cls)), "supernet")
-        sc = cls(**dict(cfg))
-        check_int(sc.epochs, "supernet.epochs", lo=1)
-        check_int(sc.batch_size, "supernet.batch_size", lo=2)
-        check_number(sc.lr, "supernet.lr", lo=0, lo_open=True)
-        check_number(sc.weight_decay, "supernet.weight_decay", lo=0)
-        check_number(sc.label_smoothing, "supernet.label_smoothing", lo=0, hi=0.999)
-        check_int(sc.random_subnets, "supernet.random_subnets", lo=0)
-        check_bool(sc.distill, "supernet.distill")
-        if sc.exits not in EXIT_MODES:
-            raise ConfigError(f"supernet.exits: expected fresh or joint, got {sc.exits!r}")
-        exit_loss_weights(2, sc.exit_weights, "supernet.exit_weights")  # validates the scheme early
-        check_int(sc.head_samples, "supernet.head_samples", lo=1)
-        if sc.head_samples > 1 and sc.exits != "joint":
-            raise ConfigError(f"supernet.head_samples: {sc.head_samples} head samples need trained heads; set "
+    epochs: int = setting(40, lo=1, help="Supernet training epochs.")
+    batch_size: int = setting(256, lo=2, help="Supernet training batch size.")
+    lr: float = setting(0.1, lo=0, lo_open=True, help="Supernet learning rate.")
+    weight_decay: float = setting(3e-5, lo=0, help="Supernet weight decay.")
+    label_smoothing: float = setting(0.1, lo=0, hi=0.999, help="Label smoothing of the supernet's loss.")
+    random_subnets: int = setting(2, lo=0, help="Sandwich rule: random subnets trained in each step besides the "
+                                                "largest and the smallest.")
+    distill: bool = setting(True, help="In-place distillation: smaller subnets learn the largest subnet's soft "
+                                       "predictions of the same batch.")
+    exits: str = setting("fresh", check=_check_exit_mode, allowed="fresh | joint",
+                         help="fresh: candidates' exit heads start untrained; joint: the supernet also trains an "
+                              "elastic head at every exit position and candidates inherit slices of it.")
+    exit_weights: Any = setting((0.2, 1.0), check=_check_head_weights,
+                                allowed="uniform | linear | a list of non-negative numbers",
+                                help="Joint heads only: loss weights of the early exits and of the final classifier "
+                                     "in each sandwich subnet (a list is matched from the end).")
+    head_samples: int = setting(1, lo=1, help="Joint heads only: head designs each subnet of a step trains at every "
+                                              "exit position, on one pass of its backbone.")
+    cache_dir: str | None = setting(None, check=_check_cache_dir, allowed="a directory path or null",
+                                    help="Where trained supernets are cached; null: $AEBNAS_CACHE_DIR/supernets if "
+                                         "set, else ~/.cache/aebnas/supernets.")
+
+    def check_together(self) -> None:
+        if self.head_samples > 1 and self.exits != "joint":
+            raise ConfigError(f"supernet.head_samples: {self.head_samples} head samples need trained heads; set "
                               "supernet.exits=joint or supernet.head_samples=1")
-        if sc.cache_dir is not None and (not isinstance(sc.cache_dir, str) or not sc.cache_dir):
-            raise ConfigError(f"supernet.cache_dir: expected a directory path or null, got {sc.cache_dir!r}")
-        return sc
 
     @property
     def cache_root(self) -> Path:
@@ -123,7 +135,7 @@ def data_fingerprint(data: DataSplits) -> dict[str, Any]:
             "num_classes": data.num_classes, "hflip": data.hflip, "content": digest.hexdigest()[:16]}
 
 
-def supernet_identity(data: DataSplits, space: SearchSpace, cfg: SupernetConfig, trainer: TrainerConfig,
+def supernet_identity(data: DataSplits, space: SearchSpace, cfg: SupernetSettings, trainer: TrainerSettings,
                       seed: int) -> dict[str, Any]:
     """Everything the trained weights depend on; the cache key is its hash."""
     # the exit settings enter the key only when joint, so supernets cached before they existed stay valid
@@ -143,7 +155,7 @@ def supernet_identity(data: DataSplits, space: SearchSpace, cfg: SupernetConfig,
     return identity
 
 
-def cache_path(identity: Mapping[str, Any], cfg: SupernetConfig, space_name: str) -> tuple[Path, str]:
+def cache_path(identity: Mapping[str, Any], cfg: SupernetSettings, space_name: str) -> tuple[Path, str]:
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     name = f"{space_name}-{identity['data']['name']}-{key}.pt"
     return cfg.cache_root / name, key
@@ -201,7 +213,7 @@ def sandwich_heads(space: SearchSpace, rng: np.random.Generator, n_random: int,
 
 
 def sandwich_step(supernet: Supernet, xb: torch.Tensor, yb: torch.Tensor, backbones: list[Backbone],
-                  cfg: SupernetConfig, use_amp: bool, heads: list[list[Heads]] | None = None) -> torch.Tensor:
+                  cfg: SupernetSettings, use_amp: bool, heads: list[list[Heads]] | None = None) -> torch.Tensor:
     """Accumulate the gradients of one sandwich step (no optimizer step); returns the largest subnet's loss.
 
     With ``heads`` (one list of head sets per backbone) the exit heads train too,
@@ -242,8 +254,8 @@ def sandwich_step(supernet: Supernet, xb: torch.Tensor, yb: torch.Tensor, backbo
     return loss.detach()
 
 
-def train_supernet(supernet: Supernet, space: SearchSpace, data: DataSplits, cfg: SupernetConfig,
-                   trainer: TrainerConfig, device: torch.device, seed: int = 0,
+def train_supernet(supernet: Supernet, space: SearchSpace, data: DataSplits, cfg: SupernetSettings,
+                   trainer: TrainerSettings, device: torch.device, seed: int = 0,
                    progress: bool = True) -> tuple[int, float]:
     """Sandwich-rule training with a cosine schedule; returns (steps, final loss of the largest subnet)."""
     torch.manual_seed(seed)
@@ -293,7 +305,7 @@ def _load_cached(supernet: Supernet, path: Path, identity: Mapping[str, Any]) ->
     return SupernetInfo(**{**stored["info"], "path": str(path), "cached": True})
 
 
-def prepare_supernet(space: SearchSpace, data: DataSplits, cfg: SupernetConfig, trainer: TrainerConfig,
+def prepare_supernet(space: SearchSpace, data: DataSplits, cfg: SupernetSettings, trainer: TrainerSettings,
                      device: torch.device, seed: int = 0, progress: bool = True) -> tuple[Supernet, SupernetInfo]:
     """The supernet for these settings: loaded from the cache when its key matches, else trained and cached."""
     identity = supernet_identity(data, space, cfg, trainer, seed)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, fields, replace
-from typing import Any, Callable, ContextManager, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Callable, ClassVar, ContextManager, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from aebnas.data import ArraySplit, DataSplits, augment_batch, normalize
 from aebnas.nn.depthwise import cudnn_flags, native_depthwise
 from aebnas.train.losses import exit_loss_weights, joint_exit_loss
 from aebnas.train.steps import EagerTrainStep, GraphedTrainStep
-from aebnas.validation import ConfigError, check_bool, check_int, check_number, reject_unknown_keys
+from aebnas.config_checks import Settings, setting
 
 
 #: Where a candidate's weights come from: the cached supernet (then fine-tuned) or random initialisation.
@@ -32,65 +32,53 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the candidate cannot be scored."""
 
 
+def _check_exit_weights(value: Any, name: str, error: type[Exception]) -> Any:
+    exit_loss_weights(2, value, name)  # validates the scheme early
+    return value
+
+
 @dataclass(frozen=True)
-class TrainerConfig:
-    """Candidate training settings (the Hydra ``trainer`` group; field meanings in conf/trainer/default.yaml)."""
+class TrainerSettings(Settings):
+    """Candidate training settings (the Hydra ``trainer`` group)."""
 
-    epochs: int = 5
-    batch_size: int = 128
-    eval_batch_size: int = 1024
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-5
-    label_smoothing: float = 0.0
-    exit_weights: Any = "uniform"
-    crop_padding: int = 4
-    amp: bool = True
-    channels_last: bool = True
-    cudnn_benchmark: bool = True
-    cudnn_depthwise: bool = True
-    cuda_graphs: bool = False
-    device: str = "auto"
-    num_threads: int | None = None
-    init: str = "from_scratch"
-    finetune_lr: float = 0.01
-    bn_calibration_images: int = 2000
+    section: ClassVar[str] = "trainer"
 
-    @classmethod
-    def from_dict(cls, cfg: Mapping[str, Any]) -> "TrainerConfig":
-        """Validate types and ranges of every field before any work starts."""
-        reject_unknown_keys(cfg, (f.name for f in fields(cls)), "trainer")
-        tc = cls(**dict(cfg))
-        check_int(tc.epochs, "trainer.epochs", lo=0)
-        check_int(tc.batch_size, "trainer.batch_size", lo=1)
-        check_int(tc.eval_batch_size, "trainer.eval_batch_size", lo=1)
-        if tc.optimizer not in ("sgd", "adamw"):
-            raise ConfigError(f"trainer.optimizer: '{tc.optimizer}' is not one of [sgd, adamw]")
-        check_number(tc.lr, "trainer.lr", lo=0, lo_open=True)
-        check_number(tc.momentum, "trainer.momentum", lo=0, hi=1)
-        check_bool(tc.nesterov, "trainer.nesterov")
-        check_number(tc.weight_decay, "trainer.weight_decay", lo=0)
-        check_number(tc.label_smoothing, "trainer.label_smoothing", lo=0, hi=0.999)
-        check_int(tc.crop_padding, "trainer.crop_padding", lo=0)
-        check_bool(tc.amp, "trainer.amp")
-        check_bool(tc.channels_last, "trainer.channels_last")
-        check_bool(tc.cudnn_benchmark, "trainer.cudnn_benchmark")
-        check_bool(tc.cudnn_depthwise, "trainer.cudnn_depthwise")
-        check_bool(tc.cuda_graphs, "trainer.cuda_graphs")
-        if tc.init not in INITS:
-            raise ConfigError(f"trainer.init: '{tc.init}' is not one of {list(INITS)}")
-        check_number(tc.finetune_lr, "trainer.finetune_lr", lo=0, lo_open=True)
-        check_int(tc.bn_calibration_images, "trainer.bn_calibration_images", lo=0)
-        if tc.num_threads is not None:
-            check_int(tc.num_threads, "trainer.num_threads", lo=1)
-        if not isinstance(tc.device, str):
-            raise ConfigError(f"trainer.device: expected a device name such as auto, cpu or cuda, got {tc.device!r}")
-        exit_loss_weights(2, tc.exit_weights)  # validates the scheme early
-        return tc
+    epochs: int = setting(5, lo=0, help="Candidate epochs: fine-tuning with init=supernet (0 allowed), training "
+                                        "with init=from_scratch.")
+    batch_size: int = setting(128, lo=1, help="Training batch size.")
+    eval_batch_size: int = setting(1024, lo=1, help="Batch size of the val and test passes.")
+    optimizer: str = setting("sgd", choices=("sgd", "adamw"), help="Optimizer of candidate training.")
+    lr: float = setting(0.05, lo=0, lo_open=True, help="Learning rate of from-scratch training (init=from_scratch).")
+    momentum: float = setting(0.9, lo=0, hi=1, help="SGD momentum (AdamW's beta1).")
+    nesterov: bool = setting(True, help="Nesterov momentum for SGD.")
+    weight_decay: float = setting(5e-5, lo=0, help="Weight decay.")
+    label_smoothing: float = setting(0.0, lo=0, hi=0.999, help="Label smoothing of the cross-entropy loss.")
+    exit_weights: Any = setting("uniform", check=_check_exit_weights,
+                                allowed="uniform | linear | a list of non-negative numbers",
+                                help="Loss weight per exit: uniform, linear (deeper exits weigh more) or a list, "
+                                     "final exit last.")
+    crop_padding: int = setting(4, lo=0, help="Random-crop padding in pixels (0 turns cropping off); flips follow "
+                                              "dataset.hflip.")
+    amp: bool = setting(True, help="bf16 autocast, on CUDA only.")
+    channels_last: bool = setting(True, help="NHWC memory layout for cuDNN, on CUDA only (on the CPU it slows "
+                                             "depthwise convolutions).")
+    cudnn_benchmark: bool = setting(True, help="cuDNN autotuning of candidate training, on CUDA only: faster steps "
+                                               "for one fixed network, but every new layer shape is benchmarked first.")
+    cudnn_depthwise: bool = setting(True, help="cuDNN for a candidate's depthwise convolutions, on CUDA only; false "
+                                               "runs them on PyTorch's own kernel (no run-time engine compilation).")
+    cuda_graphs: bool = setting(False, help="Record a candidate's training step once as a CUDA graph and replay it "
+                                            "(CUDA only); each epoch then drops its short last batch.")
+    device: str = setting("auto", help="auto = cuda when available, else cpu; or cpu, cuda, cuda:1 ...")
+    num_threads: int | None = setting(None, lo=1, help="CPU threads for torch (null = torch's default).")
+    init: str = setting("from_scratch", choices=INITS,
+                        help="Where a candidate's weights come from: random init at `lr`, or the cached supernet "
+                             "(BatchNorm recalibrated, `epochs` of fine-tuning at `finetune_lr`; see supernet).")
+    finetune_lr: float = setting(0.01, lo=0, lo_open=True,
+                                 help="Learning rate of a candidate's fine-tuning after it inherits supernet weights.")
+    bn_calibration_images: int = setting(2000, lo=0, help="Training images whose activations re-estimate BatchNorm "
+                                                          "statistics of an inherited subnet.")
 
-    def candidate_schedule(self) -> "TrainerConfig":
+    def candidate_schedule(self) -> "TrainerSettings":
         """The schedule a candidate trains with: fine-tuning at ``finetune_lr`` when it inherits supernet weights."""
         return replace(self, lr=self.finetune_lr) if self.init == "supernet" else self
 
@@ -122,7 +110,7 @@ def cudnn_autotune(enabled: bool) -> ContextManager[None]:
 
 
 @contextmanager
-def candidate_cudnn(cfg: TrainerConfig, device: torch.device, autotune: bool = True) -> Iterator[None]:
+def candidate_cudnn(cfg: TrainerSettings, device: torch.device, autotune: bool = True) -> Iterator[None]:
     """cuDNN as the trainer settings ask, for one candidate's training, BatchNorm calibration and val pass.
 
     ``autotune`` False keeps cuDNN's autotuning off whatever ``trainer.cudnn_benchmark`` says: a pass that
@@ -141,7 +129,7 @@ def candidate_cudnn(cfg: TrainerConfig, device: torch.device, autotune: bool = T
 
 
 @contextmanager
-def training_layout(model: nn.Module, cfg: TrainerConfig, device: torch.device) -> Iterator[bool]:
+def training_layout(model: nn.Module, cfg: TrainerSettings, device: torch.device) -> Iterator[bool]:
     """``model`` on ``device`` in train mode, in NHWC layout while the block runs if ``cfg.channels_last`` and CUDA
     (cuDNN's NHWC kernels; on the CPU depthwise convs get slower); yields whether inputs must be NHWC too.
 
@@ -196,7 +184,7 @@ def cosine_factor(step: int, total_steps: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
 
 
-def _optimizer(params: Iterable[nn.Parameter], cfg: TrainerConfig, lr: float | torch.Tensor, weight_decay: float,
+def _optimizer(params: Iterable[nn.Parameter], cfg: TrainerSettings, lr: float | torch.Tensor, weight_decay: float,
                fused: bool = False) -> torch.optim.Optimizer:
     fused_arg = True if fused else None  # None: torch's own choice (foreach on CUDA)
     if cfg.optimizer == "sgd":
@@ -206,14 +194,14 @@ def _optimizer(params: Iterable[nn.Parameter], cfg: TrainerConfig, lr: float | t
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused_arg, capturable=capturable)
 
 
-def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainerConfig, lr: float, weight_decay: float,
+def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainerSettings, lr: float, weight_decay: float,
                    total_steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """The optimizer of ``cfg`` with a cosine decay to zero over ``total_steps``."""
     opt = _optimizer(params, cfg, lr, weight_decay)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_factor(s, total_steps))
 
 
-def make_graphable_optimizer(params: Iterable[nn.Parameter], cfg: TrainerConfig, lr: torch.Tensor,
+def make_graphable_optimizer(params: Iterable[nn.Parameter], cfg: TrainerSettings, lr: torch.Tensor,
                              weight_decay: float) -> torch.optim.Optimizer:
     """The optimizer of ``cfg`` in the form a CUDA graph can replay: fused (one kernel, no host-side loop over
     parameters) and reading its learning rate from the 0-dim device tensor ``lr``, which the schedule rewrites
@@ -221,13 +209,13 @@ def make_graphable_optimizer(params: Iterable[nn.Parameter], cfg: TrainerConfig,
     return _optimizer(params, cfg, lr, weight_decay, fused=True)
 
 
-def records_cuda_graphs(cfg: TrainerConfig, device: torch.device) -> bool:
+def records_cuda_graphs(cfg: TrainerSettings, device: torch.device) -> bool:
     """Whether ``fit`` records its steps as a CUDA graph (and so drops short last batches): the one place that
     decides it, so the batches and the step always agree."""
     return cfg.cuda_graphs and device.type == "cuda"
 
 
-def make_train_step(model: nn.Module, cfg: TrainerConfig, device: torch.device,
+def make_train_step(model: nn.Module, cfg: TrainerSettings, device: torch.device,
                     total_steps: int) -> EagerTrainStep | GraphedTrainStep:
     """The training step ``fit`` runs: recorded as a CUDA graph with ``cfg.cuda_graphs`` on CUDA, else eager.
 
@@ -256,7 +244,7 @@ def check_finite(loss_sum: torch.Tensor, steps: int) -> None:
         raise TrainingDiverged(f"loss became {loss_sum.item()} by step {steps}")
 
 
-def fit(model: nn.Module, data: DataSplits, cfg: TrainerConfig, device: torch.device,
+def fit(model: nn.Module, data: DataSplits, cfg: TrainerSettings, device: torch.device,
         seed: int = 0, on_epoch: Callable[[int, float], None] | None = None) -> TrainStats:
     """Train all exits jointly with a cosine schedule; raises TrainingDiverged on NaN/inf loss.
 
