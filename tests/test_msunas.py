@@ -192,7 +192,7 @@ def test_msunas_run_in_process(tiny_space, small_synthetic, tmp_path, monkeypatc
     import aebnas.search.training as training_module
     from aebnas.analysis import load_run
     from aebnas.search import SearchJob, run_search
-    from aebnas.train import TrainerConfig
+    from aebnas.train import TrainerSettings
 
     real_fit, calls = training_module.fit, {"n": 0}
 
@@ -206,7 +206,7 @@ def test_msunas_run_in_process(tiny_space, small_synthetic, tmp_path, monkeypatc
     settings = SearchSettings.from_dict({"algorithm": "msunas", "pop_size": 5, "generations": 2, "n_doe": 5,
                                          "per_iteration": 2, "inner_pop_size": 10, "inner_generations": 3,
                                          "exit_metric": "max_softmax", "predictor": "trees"})
-    trainer = TrainerConfig(epochs=1, batch_size=64, device="cpu")
+    trainer = TrainerSettings(epochs=1, batch_size=64, device="cpu")
     result = run_search(SearchJob(tiny_space, small_synthetic, trainer, settings, torch.device("cpu"),
                                   tmp_path / "run", seed=0, progress=False))
     run = load_run(result.run_dir)
