@@ -72,9 +72,13 @@ def test_every_method_composes_to_its_restrictions():
             assert plain["method"]["name"] == method
             SearchSpace(SpaceSettings.from_dict(plain["space"]))
             SearchSettings.from_dict(plain["search"])
-    # the default method changes nothing: its file holds the method's name only
-    assert yaml.safe_load((ROOT / "aebnas" / "conf" / "method" / "aebnas.yaml").read_text()) == {"method": {"name": "aebnas"}}
+    # the default method restricts nothing: its file holds the method's name and its search (msunas) only
+    assert yaml.safe_load((ROOT / "aebnas" / "conf" / "method" / "aebnas.yaml").read_text()) == {
+        "defaults": [{"override /search": "msunas"}], "method": {"name": "aebnas"}}
     assert _compose()["method"]["name"] == "aebnas"
+    for method in ("aebnas", "edanas", "nachos"):  # the published loop by default, NSGA-II on request
+        assert _compose(f"method={method}")["search"]["algorithm"] == "msunas"
+        assert _compose(f"method={method}", "search=nsga2")["search"]["algorithm"] == "nsga2"
     edanas = _compose("experiment=quickstart", "method=edanas")
     assert edanas["space"]["exit_heads"] == "conv16k1+avg-conv16k1" and edanas["search"]["exit_metric"] == "margin"
     assert _compose("experiment=paper", "method=nachos")["search"]["max_expected_macs"] == 4.0e7

@@ -67,12 +67,12 @@ def test_figures_are_the_hand_computed_ones(runs):
     assert row["search_seconds_mean"] == 15.0
 
     md = to_markdown(table).splitlines()
-    assert md[0].startswith("| dataset | method | seeds | target MACs | val acc @ target |")
-    assert md[2] == ("| d | aebnas | 2 | 100 | 0.8000 ± 0.1414 | 0.8000 ± 0.0707 | 0.7900 ± 0.0566 | 0.5413 ± 0.1715 "
+    assert md[0].startswith("| dataset | method | search | seeds | target MACs | val acc @ target |")
+    assert md[2] == ("| d | aebnas | nsga2 | 2 | 100 | 0.8000 ± 0.1414 | 0.8000 ± 0.0707 | 0.7900 ± 0.0566 | 0.5413 ± 0.1715 "
                      "| 3 ± 3 | 15 ± 7 |")
-    assert md[3] == "| d | edanas | 1 | 100 | - | - | - | 0.0000 | 1 | 10 |"
+    assert md[3] == "| d | edanas | nsga2 | 1 | 100 | - | - | - | 0.0000 | 1 | 10 |"
     tex = to_latex(table)
-    assert r"0.8000 $\pm$ 0.1414" in tex and r"\begin{tabular}{llrrrrrrrr}" in tex and "val acc @ target" in tex
+    assert r"0.8000 $\pm$ 0.1414" in tex and r"\begin{tabular}{lllrrrrrrrr}" in tex and "val acc @ target" in tex
 
 
 def test_cli_writes_every_format_and_a_figure(runs, tmp_path, capsys):
@@ -84,7 +84,7 @@ def test_cli_writes_every_format_and_a_figure(runs, tmp_path, capsys):
     assert summary.loc[0, "val_accuracy_at_target_mean"] == pytest.approx(0.8)  # 0.8 at 50 MACs; seed 1 has none
     assert (out / "fronts.png").stat().st_size > 10_000
     assert json.loads((out / "report.json").read_text())["reference_point"] == {"error": 1.0, "macs": {"d": 200.0}}
-    assert "| d | aebnas | 2 | 50 | 0.8000 (1/2 seeds) | - | - | 0.5413" in capsys.readouterr().out
+    assert "| d | aebnas | nsga2 | 2 | 50 | 0.8000 (1/2 seeds) | - | - | 0.5413" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("setup, fragment", [

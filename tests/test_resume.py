@@ -16,7 +16,11 @@ from aebnas.analysis import load_run
 
 ARGS = ["dataset=synthetic", "dataset.num_samples=400", "dataset.resolution=8", "dataset.channels=1",
         "dataset.num_classes=4", "search.pop_size=4", "search.generations=3", "trainer.epochs=2",
-        "trainer.device=cpu", "trainer.num_threads=1", "progress=false", "seed=3"]
+        "trainer.device=cpu", "trainer.num_threads=1", "progress=false", "seed=3", "search=nsga2"]
+# The surrogate loop on the same budget of 12: 4 sampled, then 4 iterations of 2 chosen from a small inner search.
+MSUNAS_ARGS = [a for a in ARGS if a != "search=nsga2"] + [
+    "search=msunas", "search.n_doe=4", "search.per_iteration=2", "search.inner_pop_size=8",
+    "search.inner_generations=3", "search.predictor=adaptive"]
 
 
 def _start(hydra_dir: Path, *args: str) -> subprocess.Popen:
@@ -53,11 +57,20 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _kill_after(proc: subprocess.Popen, run_dir: Path, n_rows: int, timeout: float = 240) -> None:
+def _generation_rows(run_dir: Path) -> int:
+    path = run_dir / "generations.csv"
+    return max(0, len(path.read_text().splitlines()) - 1) if path.exists() else 0
+
+
+def _kill_after(proc: subprocess.Popen, run_dir: Path, n_rows: int, timeout: float = 240,
+                generations: int | None = None) -> None:
+    """SIGKILL once the archive holds ``n_rows`` (or, with ``generations``, once generations.csv has that many
+    rows: for msunas, right when predictors start fitting for the next iteration)."""
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         try:
-            if len(_archive(run_dir)) >= n_rows:
+            if (_generation_rows(run_dir) >= generations if generations is not None
+                    else len(_archive(run_dir)) >= n_rows):
                 break
         except sqlite3.OperationalError:
             pass  # the database is being created
@@ -127,3 +140,34 @@ def test_resume_refuses_another_config(tmp_path):
     proc = _start(tmp_path / "log2", f"resume={tmp_path / 'nothing'}")
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "resume: no config.yaml" in err
+
+
+@pytest.mark.slow
+def test_killed_msunas_search_resumes_to_the_same_archive_and_front(tmp_path):
+    """Killed right after the sampled networks (while the predictors fit and the inner NSGA-II runs), then inside
+    an iteration's training, then resumed: the same archive, front and per-iteration records as a clean run."""
+    run = tmp_path / "killed"
+    _kill_after(_start(run, *MSUNAS_ARGS), run, 0, generations=1)     # the sampling row written: fitting now
+    first = _archive(run)
+    assert len(first) == 4 and not (run / "pareto.csv").exists()
+    _kill_after(_start(tmp_path / "log1", f"resume={run}"), run, 7)  # inside the third iteration's training
+    second = _archive(run)
+    assert second[:len(first)] == first and 7 <= len(second) < 12
+    done = _start(tmp_path / "log2", f"resume={run}")
+    _, err = done.communicate(timeout=300)
+    assert done.returncode == 0, err[-2000:]
+
+    clean = tmp_path / "clean"
+    proc = _start(clean, *MSUNAS_ARGS)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    resumed_rows, clean_rows = _archive(run), _archive(clean)
+    assert [_comparable(r) for r in resumed_rows] == [_comparable(r) for r in clean_rows]
+    assert [r[0] for r in resumed_rows] == list(range(1, 13)) == [r[0] for r in clean_rows]
+    a, b = load_run(run), load_run(clean)
+    assert list(a.pareto["genome"]) == list(b.pareto["genome"])
+    assert list(a.pareto["test_accuracy"]) == list(b.pareto["test_accuracy"])
+    columns = ["generation", "evaluations", "pareto_size", "predictor", "predictor_tau", "cost_predictor"]
+    assert a.generations[columns].equals(b.generations[columns])
+    ca, cb = (json.loads((d / "checkpoint.json").read_text()) for d in (run, clean))
+    assert ca["population"] == cb["population"] and len(ca["population"]) == 12  # msunas: the whole archive

@@ -77,6 +77,15 @@ def method_of(run: Run) -> str:
     return str(run.summary.get("method") or "aebnas")
 
 
+def search_of(run: Run) -> str:
+    """How a run proposed candidates (search.algorithm: msunas, nsga2, random, manual); nsga2 for runs from
+    before the setting was recorded."""
+    search = run.config.get("search")
+    if isinstance(search, dict) and search.get("algorithm"):
+        return str(search["algorithm"])
+    return str(run.summary.get("algorithm") or "nsga2")
+
+
 def front_points(evaluations: pd.DataFrame) -> pd.DataFrame:
     """Successful candidates not dominated in (val error, expected MACs), cheapest first."""
     ok = evaluations[evaluations["status"] == "ok"]
@@ -96,6 +105,7 @@ def run_row(run: Run, target_macs: float | None, macs_ref: float) -> dict:
     row = {
         "dataset": run.config["dataset"]["name"],
         "method": method_of(run),
+        "search": search_of(run),
         "seed": run.config.get("seed"),
         "target_macs": target_macs,
         "macs_ref": macs_ref,
@@ -177,12 +187,12 @@ def method_key(method: str) -> tuple[int, str]:
 
 
 def aggregate(per_run: pd.DataFrame) -> pd.DataFrame:
-    """Mean and sample std over seeds per (dataset, method); std is NaN for a single seed.
+    """Mean and sample std over seeds per (dataset, method, search); std is NaN for a single seed.
 
     A seed with no candidate at or below the target has no accuracy there; the
     ``*_seeds`` columns count the seeds a mean is taken over.
     """
-    groups = per_run.groupby(["dataset", "method"], sort=False)
+    groups = per_run.groupby(["dataset", "method", "search"], sort=False)
     table = groups[list(METRICS)].agg(["mean", "std", "count"])
     table.columns = [f"{m}_{'seeds' if stat == 'count' else stat}" for m, stat in table.columns]
     table.insert(0, "seeds", groups.size())
@@ -201,10 +211,11 @@ def _cell(mean: float, std: float, digits: int, pm: str, seeds: int, of: int) ->
 
 
 def _display(table: pd.DataFrame, pm: str) -> tuple[list[str], list[list[str]]]:
-    header = ["dataset", "method", "seeds", "target MACs"] + [HEADERS[m] for m in METRICS]
+    header = ["dataset", "method", "search", "seeds", "target MACs"] + [HEADERS[m] for m in METRICS]
     body = []
     for _, r in table.iterrows():
-        cells = [str(r["dataset"]), str(r["method"]), str(int(r["seeds"])), f"{r['target_macs']:.3g}"]
+        cells = [str(r["dataset"]), str(r["method"]), str(r["search"]), str(int(r["seeds"])),
+                 f"{r['target_macs']:.3g}"]
         cells += [_cell(r[f"{m}_mean"], r[f"{m}_std"], DIGITS[m], pm, int(r[f"{m}_seeds"]), int(r["seeds"]))
                   for m in METRICS]
         body.append(cells)
@@ -227,15 +238,18 @@ def to_latex(table: pd.DataFrame) -> str:
     header, body = _display(table, "±")
     styler = pd.DataFrame(body, columns=header).style.hide(axis="index")
     styler = styler.format(escape="latex").format_index(escape="latex", axis=1)
-    tex = styler.to_latex(column_format="ll" + "r" * (len(header) - 2), hrules=True)
+    tex = styler.to_latex(column_format="lll" + "r" * (len(header) - 3), hrules=True)
     return tex.replace("±", r"$\pm$")
 
 
 def fronts_by_dataset(per_run: pd.DataFrame, runs: dict[str, Run]) -> dict[str, dict[str, pd.DataFrame]]:
-    """Each method's front over its runs' candidates pooled across seeds, per dataset, methods in table order."""
+    """Each method's front over its runs' candidates pooled across seeds, per dataset, methods in table order;
+    a method run with more than one search gets one front per search, labelled ``method (search)``."""
     out: dict[str, dict[str, pd.DataFrame]] = {}
-    for (dataset, method), group in sorted(per_run.groupby(["dataset", "method"]),
-                                           key=lambda kv: (kv[0][0], method_key(kv[0][1]))):
+    searches = per_run.groupby(["dataset", "method"])["search"].nunique()
+    for (dataset, method, search), group in sorted(per_run.groupby(["dataset", "method", "search"]),
+                                                   key=lambda kv: (kv[0][0], method_key(kv[0][1]), kv[0][2])):
         pooled = pd.concat([runs[d].evaluations for d in group["run_dir"]], ignore_index=True)
-        out.setdefault(dataset, {})[method] = front_points(pooled)
+        label = method if searches[(dataset, method)] == 1 else f"{method} ({search})"
+        out.setdefault(dataset, {})[label] = front_points(pooled)
     return out

@@ -104,3 +104,13 @@ def manual(space: SearchSpace, settings: SearchSettings, candidate_key: Candidat
     parse_initial_genomes(space, settings)  # checked as for any algorithm, though the manual network replaces them
     initial = manual_genomes(space)
     return _nsga2(space, settings, candidate_key, initial, len(initial), 1)
+
+
+@register_algorithm("msunas")
+def msunas(space: SearchSpace, settings: SearchSettings, candidate_key: CandidateKey) -> AlgorithmPlan:
+    """The surrogate-assisted loop (aebnas.search.msunas): sampled networks, then a few per iteration picked by
+    predictors, until ``settings.budget`` candidates are evaluated."""
+    from aebnas.search.msunas import MSuNAS  # its predictors import scikit-learn: only when asked for
+
+    algorithm = MSuNAS(space, settings, candidate_key, parse_initial_genomes(space, settings))
+    return AlgorithmPlan(algorithm, ("n_gen", algorithm.iterations), settings.per_iteration, settings.budget)

@@ -30,15 +30,18 @@ class GenerationLog(Callback):
         self.cost, self.cost_ref = cost_column, cost_ref
 
     def notify(self, algorithm) -> None:
-        row = self.summary_row(algorithm.n_gen)
+        # an algorithm's own columns (msunas: the predictors' choice and out-of-sample quality) and records
+        row = {**self.summary_row(algorithm.n_gen), **getattr(algorithm, "generation_columns", {})}
         self.run.log_generation(row)
+        if getattr(algorithm, "prediction_rows", None):
+            self.run.log_predictions(algorithm.prediction_rows)
         self.run.checkpoint(row["generation"], [self.space.key(ind.X) for ind in algorithm.pop],
                             algorithm.pop.get("F").tolist(),
                             algorithm.random_state.bit_generator.state if algorithm.random_state is not None else None)
         lowest = cost_text(self.cost, row[f"min_{self.cost}"])
         self.bar.write(f"gen {row['generation']:3d} | evals {row['evaluations']:4d} | pareto {row['pareto_size']:2d} | "
                        f"best acc {row['best_val_accuracy']:.4f} | min {lowest} | "
-                       f"HV {row['hypervolume']:.4f} | {row['elapsed_seconds']:.0f}s{self._workers_text()}")
+                       f"HV {row['hypervolume']:.4f} | {row['elapsed_seconds']:.0f}s{self._workers_text()}{_predictor_text(row)}")
         log.debug("generation %s", json.dumps(row))
 
     def _workers_text(self) -> str:
@@ -65,3 +68,9 @@ class GenerationLog(Callback):
             "hypervolume": hypervolume_2d(pts, (1.0, 1.0)),
             "elapsed_seconds": round(time.perf_counter() - self.start, 3),
         }
+
+
+def _predictor_text(row: dict) -> str:
+    if row.get("predictor_tau") is None:
+        return ""
+    return f" | {row['predictor']} tau {row['predictor_tau']:.2f}"

@@ -57,6 +57,7 @@ class RunDirectory:
         # the killed run's last checkpoint: the witness the replay is compared against
         self._replay_checkpoint = json.loads(checkpoint.read_text()) if checkpoint.exists() else None
         self._generations: CsvLog | None = None
+        self._predictions: CsvLog | None = None
 
     @property
     def weights_dir(self) -> Path:
@@ -78,7 +79,8 @@ class RunDirectory:
         evaluator.preload([Evaluation.from_record(r) for r in self.archive.rows()])
         if self.resume:
             log.info("resuming %s: %d finished evaluations are replayed, not re-run", self.path, len(self.archive))
-            (self.path / "generations.csv").unlink(missing_ok=True)  # rebuilt identically by the replay
+            for name in ("generations.csv", "predictions.csv"):
+                (self.path / name).unlink(missing_ok=True)  # rebuilt identically by the replay
 
         def archive_fresh(ev: Evaluation, fresh: bool) -> None:
             if fresh:
@@ -94,6 +96,13 @@ class RunDirectory:
         rows = [Evaluation.from_record(r).to_row() for r in self.archive.rows()]
         if rows:
             write_csv_atomic(self.path / "evaluations.csv", rows)
+
+    def log_predictions(self, rows: list[dict[str, Any]]) -> None:
+        """predictions.csv (surrogate searches): each trained network's predicted and measured objectives."""
+        if self._predictions is None:
+            self._predictions = CsvLog(self.path / "predictions.csv")
+        for row in rows:
+            self._predictions.append(row)
 
     def checkpoint(self, generation: int, population: list[str], objectives: list[list[float]],
                    rng_state: dict[str, Any] | None) -> None:

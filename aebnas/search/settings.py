@@ -17,8 +17,13 @@ OBJECTIVES = ("avg_macs", "avg_latency", "macs_target")
 # Older names, still read (configs and saved runs) with a one-line warning naming the new one.
 RENAMED_OBJECTIVES = {"error_macs": "avg_macs", "aebnas": "macs_target"}
 # nsga2: the evolutionary search; random: uniform genomes, the same budget (pop_size x generations);
-# manual: the space's middle backbone with every exit on, one global threshold per candidate (conf/method/manual.yaml).
-ALGORITHMS = ("nsga2", "random", "manual")
+# manual: the space's middle backbone with every exit on, one global threshold per candidate (conf/method/manual.yaml);
+# msunas: surrogate-assisted search, a few networks trained per iteration, predictors score the rest (conf/search/msunas.yaml).
+ALGORITHMS = ("nsga2", "random", "manual", "msunas")
+# Surrogate models of search.predictor (aebnas.search.predictors); adaptive picks one per iteration and objective.
+PREDICTORS = ("mlp", "rbf", "gp", "trees", "adaptive")
+# How msunas predicts expected cost: from predicted exit rates and the analytic path costs, or the cost itself.
+COST_MODELS = ("exit_rates", "direct")
 
 
 class SearchConfigError(ConfigError):
@@ -76,10 +81,28 @@ class SearchSettings(Settings):
                                                help="Genome texts placed in the initial population (e.g. a known "
                                                     "network to improve on).")
     algorithm: str = setting("nsga2", choices=ALGORITHMS,
-                             help="How candidates are proposed: nsga2, random (uniform genomes, the same budget) or "
-                                  "manual (one hand-designed network at each global threshold); set by method=.")
+                             help="How candidates are proposed: nsga2, random (uniform genomes, the same budget), "
+                                  "manual (one hand-designed network at each global threshold) or msunas (surrogate-"
+                                  "assisted: a few networks trained per iteration, predictors score the rest); set by "
+                                  "search= and method=.")
     final_epochs: int = setting(0, lo=0, help="Epochs each Pareto network trains after the search, before it is "
                                               "scored on test and saved (0: as the search evaluated it).")
+    # search=msunas only (docs/concepts/surrogate-search.md)
+    n_doe: int | None = setting(None, lo=2, help="msunas: networks sampled (Latin hypercube over the genes) and trained "
+                                                 "before any predictor is fitted; null: a third of the budget, at most "
+                                                 "100.")
+    per_iteration: int = setting(8, lo=1, help="msunas: networks trained per iteration, spread along the inner "
+                                               "search's predicted front (at most inner_pop_size).")
+    max_evaluations: int | None = setting(None, lo=2, help="msunas: candidates evaluated in all, sampling included; "
+                                                           "null: pop_size x generations (NSGA-II's budget).")
+    inner_pop_size: int = setting(40, lo=2, help="msunas: population of the inner NSGA-II on predicted objectives.")
+    inner_generations: int = setting(20, lo=1, help="msunas: generations of the inner NSGA-II per iteration.")
+    predictor: str = setting("adaptive", choices=PREDICTORS,
+                             help="msunas: mlp, rbf, gp, trees, or adaptive (per iteration and objective, the model "
+                                  "with the best cross-validated Kendall tau).")
+    cost_model: str = setting("exit_rates", choices=COST_MODELS,
+                              help="msunas: exit_rates (predict the exit rates, price them with the analytic path "
+                                   "costs) or direct (predict log expected cost).")
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> "SearchSettings":
@@ -97,9 +120,31 @@ class SearchSettings(Settings):
         return s
 
     def check_together(self) -> None:
+        if self.algorithm == "msunas":
+            if self.doe_size > self.budget:
+                raise SearchConfigError(f"search.n_doe: {self.n_doe} sampled networks do not fit the budget of "
+                                        f"{self.budget} evaluations (search.max_evaluations, or search.pop_size x "
+                                        "search.generations when it is null); lower n_doe or raise the budget")
+            if self.per_iteration > self.inner_pop_size:
+                raise SearchConfigError(f"search.per_iteration: {self.per_iteration} is more than the inner "
+                                        f"population (search.inner_pop_size={self.inner_pop_size}) it is chosen "
+                                        "from; lower per_iteration or raise inner_pop_size")
         if len(self.initial_genomes) > self.pop_size:
             raise SearchConfigError(f"search.initial_genomes: {len(self.initial_genomes)} genomes do not fit a "
                                     f"population of {self.pop_size}")
+
+    @property
+    def budget(self) -> int:
+        """Candidates a search evaluates: msunas's max_evaluations, else NSGA-II's pop_size x generations
+        (msunas's default, so the two compare at an equal number of trained networks)."""
+        if self.algorithm == "msunas" and self.max_evaluations is not None:
+            return self.max_evaluations
+        return self.pop_size * self.generations
+
+    @property
+    def doe_size(self) -> int:
+        """msunas's sampled first networks: n_doe, or when null a third of the budget up to MSuNAS's 100."""
+        return self.n_doe if self.n_doe is not None else max(2, min(100, self.budget // 3))
 
     @property
     def needs_latency(self) -> bool:

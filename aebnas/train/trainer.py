@@ -11,7 +11,7 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any, Callable, ClassVar, ContextManager, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, ClassVar, ContextManager, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
