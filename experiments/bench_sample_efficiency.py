@@ -89,7 +89,7 @@ def run_one(run_dir: Path, overrides: list[str]) -> float:
 
 
 def summarise(results: dict[str, Any]) -> dict[str, Any]:
-    """The issue's three targets, over the seeds that have both searches."""
+    """The three sample-efficiency targets, over the seeds that have both searches."""
     reach, above = [], {}
     for seed, runs in results["runs"].items():
         if "msunas" in runs and "nsga2" in runs:

@@ -6,7 +6,7 @@ For every combination of bf16 autocast, channels_last and cuDNN autotuning, a
 candidate never seen before in this process is trained: the first step (every
 layer shape new to the process) and the mean of ``--steps`` later steps are
 timed. On an H100 the first epoch of each new candidate cost 27-36 s against
-2.3-2.9 s for later ones (docs/benchmarks.md), so the cold step is the figure
+2.3-2.9 s for later ones (docs/results/supernet.md), so the cold step is the figure
 to drive down. The suspect: cuDNN 9.10 and later compile depthwise engines at
 run time, about 1.5 s per new configuration (NVIDIA/cudnn-frontend issue #1066).
 So some rows run the depthwise convolutions on PyTorch's own kernel

@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
-# The GPU figures still open (docs/benchmarks.md, "Not measured yet"), in stages that fit a lent GPU's
-# limits: 10 minutes a command, at most 8 files back from $OUT, and (since 2026-12) 15 minutes of device time a
-# task, machine starts included: one probe, or one long-stage call of about 10 minutes, per lent task.
+# The GPU figures still open (docs/results/index.md, "Not measured"), in stages that fit a device machine's
+# limits: 10 minutes a command, at most 8 files back from $OUT, and 15 minutes of device time a budget,
+# machine starts included: one probe, or one long-stage call of about 10 minutes, per budget.
 #
 #   STAGE=probe  OUT=$OUT bash experiments/gpu_session.sh                         # one call, <= 9.5 min
 #   STAGE=search CUDNN_DEPTHWISE=false OUT=$OUT bash experiments/gpu_session.sh   # again until "finished" (a 15-min
-#                                                            task holds one such call)
+#                                                            budget holds one such call)
 #   STAGE=ranking CUDNN_DEPTHWISE=false OUT=$OUT bash experiments/gpu_session.sh  # likewise
 #   STAGE=methods CUDNN_DEPTHWISE=false OUT=$OUT bash experiments/gpu_session.sh  # likewise
 #
 # probe: PyTorch's depthwise kernel against cuDNN's (numbers), then what a training step costs with and
 #   without it and autotuning, and recorded as a CUDA graph, each in a fresh process (bench_train_step.py
 #   --fresh); three supernet-path candidates with trainer.cudnn_depthwise=false and trainer.cuda_graphs=true (the first epoch
-#   of a new candidate cost 27-36 s with cuDNN on an H100); the #6 stream benchmark on the network trained
+#   of a new candidate cost 27-36 s with cuDNN on an H100); the adaptive-runtime stream benchmark on the network trained
 #   on the CPU (.gpu/fmnist_stream_run, or, where this checkout lacks it, the same genome trained on the GPU
 #   first: STREAM_EPOCHS, default 15, within LIMIT_STREAM_TRAIN, default 240 s); latency tables of the GPU
-#   it runs on (#5: h100 or h200, batch 1 and 256, by nvidia-smi's name). Each step has its own time
+#   it runs on (h100 or h200, batch 1 and 256, by nvidia-smi's name). Each step has its own time
 #   limit, capped so the whole probe
 #   ends by PROBE_BUDGET seconds, and the results are re-packed after every step: a call cut short still
 #   returns what finished. Returns probe.log and probe.tar.gz.
@@ -25,10 +25,10 @@
 #   machine's warm time (30 s), or the machine and the job are gone. A call with other settings than the
 #   running job's, or RESTART=1, sets the old job aside and starts anew. Job state: /tmp/aebnas-gpu-jobs.
 #   search: experiment=fashion_mnist_gpu (40 x 9 = 360 candidates of the supernet path), the whole
-#   search timed by the clock, supernet training included (#3's <= 30 min target).
-#   ranking: bench_ranking.py, 20 genomes, supernet path vs 15 epochs from scratch (#3's Kendall tau),
+#   search timed by the clock, supernet training included (the target: <= 30 min on one GPU).
+#   ranking: bench_ranking.py, 20 genomes, supernet path vs 15 epochs from scratch (the Kendall tau target),
 #   with fresh exit heads, then with joint ones (supernet.exits=joint) against the same from-scratch half.
-#   methods: #7's comparison, experiment=methods_fashion_mnist_gpu (6 methods x 3 seeds, from scratch),
+#   methods: the method comparison, experiment=methods_fashion_mnist_gpu (6 methods x 3 seeds, from scratch),
 #   then aebnas-report on the sweep; the report's tables and figure come back.
 #
 # Run from the repo root with the package importable: the device call's command starts with the
@@ -36,7 +36,7 @@
 # carries .gpu. .git does not travel: pass GIT_REV=$(git rev-parse --short HEAD) so results name the code.
 # Knobs (env): CUDNN_DEPTHWISE (trainer.cudnn_depthwise of the long stages; required, from the probe),
 # DATA_DIR (Fashion-MNIST idx .gz files, default .gpu/fashion-mnist), WORKERS (candidates at once,
-# default 4), SUPERNET_EPOCHS (default 10: 237.7 s on an H100 in the third session), WAIT (seconds a
+# default 4), SUPERNET_EPOCHS (default 10: 237.7 s measured on an H100), WAIT (seconds a
 # long-stage call waits, default 540), PROBE_BUDGET (default 540), EXTRA (more Hydra overrides for the
 # long stages, space-separated), RESTART=1.
 # STAGE=smoke runs every stage's commands at toy sizes on a CPU in a few minutes: a check of the script,
@@ -114,7 +114,7 @@ probe() {
     pack_probe "$w"
   fi
   # The supernet's quality does not change a candidate's time: one epoch is enough to time candidates. They
-  # run with every setting built against #3's 4 s (PyTorch's depthwise kernel, the step as a CUDA graph;
+  # run with every setting built against the 4 s per-candidate target (PyTorch's depthwise kernel, the step as a CUDA graph;
   # PROBE_GRAPHS=false for eager steps): the figure closest to the target. The JSON's overrides name them.
   step "${LIMIT_CANDIDATES:-150}" python3 experiments/bench_search_speed.py \
     --out "$w/candidates.json" --candidates "${PROBE_CANDIDATES:-3}" \
@@ -208,7 +208,7 @@ search() {
 }
 
 # Fresh exit heads against training from scratch, then joint heads (supernet.exits=joint) against the same
-# from-scratch half: which ranks better is #3's question about exits.
+# from-scratch half: which ranks better is the open question about exit heads.
 ranking() {
   local r=$JOBS/ranking
   start_job ranking bash -c 'python3 experiments/bench_ranking.py --out "$0/ranking.json" "$@" &&

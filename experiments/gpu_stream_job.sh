@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Issue #6 on a GPU: train the stream network of docs/benchmarks.md properly, then time it on CUDA.
+# The adaptive runtime on a GPU: train the stream network of docs/results/runtime.md properly, then time it
+# on CUDA.
 #
-# The CPU figures in docs/benchmarks.md ("Adaptive runtime (#6)") come from a network
+# The CPU figures in docs/results/runtime.md ("Adaptive against static inference") come from a network
 # trained 3 epochs on 6,000 images (~79 % accuracy), too weak for the accuracy and MACs
 # targets. This job trains the same hand-written genome on the full Fashion-MNIST train
 # split (5,000 held out for val, which the thresholds are chosen on) on the GPU, then runs
@@ -11,13 +12,13 @@
 #
 #   OUT=/tmp/stream_out bash experiments/gpu_stream_job.sh                    # on the GPU machine
 #   RUN_FROM=.gpu/fmnist_stream_run OUT=/tmp/stream_out bash experiments/gpu_stream_job.sh
-#                                 # no training: time the network trained on the CPU (docs/benchmarks.md)
+#                                 # no training: time the network trained on the CPU (docs/results/runtime.md)
 #   STREAM_SMOKE=1 OUT=/tmp/stream_out bash experiments/gpu_stream_job.sh     # tiny check on a CPU
 #
 # Run from the repo root with the package importable (PYTHONPATH=$PWD). Knobs (env):
 # DATA_DIR (the four Fashion-MNIST idx .gz files), RUN_FROM (a run directory of this genome to
 # stream instead of training one), EPOCHS, BATCH, LR, DEVICE, N_BATCH1, FLOOR (val-accuracy floor of
-# the extra operating point; default: the final exit's val accuracy less 0.2 points, docs/benchmarks.md).
+# the extra operating point; default: the final exit's val accuracy less 0.2 points, docs/results/runtime.md).
 # Writes 5 files to $OUT: stream_job.log, stream_run.tar.gz (the run directory: config,
 # CSVs, models/00_*/ with weights and operating_points.json), stream_gpu.json (every
 # aebnas-stream result, keyed by pass), stream_b1.png, stream_batched.png.
@@ -146,7 +147,7 @@ stream_pass b1 n_images="$N_BATCH1" batch_size=1 operating_point=balanced
 # the batched stream on every test image, at several batches (a GPU's throughput depends on it)
 stream_pass batched n_images="$N_TEST" "batch_size=$BATCHES" batch_one=false operating_point_table=false \
   operating_point=balanced
-# the cheapest point within 0.2 points of the final exit on val (the rule of docs/benchmarks.md), batched
+# the cheapest point within 0.2 points of the final exit on val (the rule of docs/results/runtime.md), batched
 if [[ -z "$FLOOR" ]]; then
   FLOOR=$(python3 -c "import json, pandas; h = json.loads(pandas.read_csv('$RUN/pareto.csv').iloc[0]['head_accuracies']); print(f'{h[-1] - 0.002:.4f}')")
   stamp "floor: the final exit's val accuracy less 0.2 points = $FLOOR"

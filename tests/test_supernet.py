@@ -1,4 +1,4 @@
-"""The weight-sharing supernet (issue #3): exact subnet extraction, sandwich training, on-disk cache,
+"""The weight-sharing supernet: exact subnet extraction, sandwich training, on-disk cache,
 BatchNorm recalibration, and candidates that inherit supernet weights in the evaluator and in a search."""
 
 from __future__ import annotations

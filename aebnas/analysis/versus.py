@@ -2,7 +2,7 @@
 
 A table of means +- std leaves the reader to judge whether a lead of 0.8
 points over three seeds is real. On the CPU one supernet per seed moves a
-method's outcome as much as the method does (docs/results.md), so the
+method's outcome as much as the method does (docs/results/method-comparison.md), so the
 comparison a paper needs is the difference with its uncertainty:
 
 * difference: the method's mean minus the baseline's, each over the runs that

@@ -1,7 +1,7 @@
 """Depthwise convolutions that can bypass cuDNN on CUDA, forward and backward.
 
 On an H100 the first epoch of every new candidate took 27-36 s against 2.3-2.9 s
-for later ones (docs/benchmarks.md). The suspect is cuDNN >= 9.10 compiling a
+for later ones (docs/results/supernet.md). The suspect is cuDNN >= 9.10 compiling a
 depthwise engine at run time for each new layer shape (NVIDIA/cudnn-frontend#1066);
 PyTorch's own CUDA depthwise kernel needs no such set-up. Switching cuDNN off for a
 whole network is no answer: every other convolution then falls back to a kernel

@@ -17,7 +17,7 @@ def fold_batchnorm(net: EarlyExitNet) -> EarlyExitNet:
     layer and one pass less over the activations. On the 2-core CPU, in two runs over 10,000 Fashion-MNIST
     test images with the same answers, it made a found network's static form 1.38-1.40x faster at batch 1
     and 1.16-1.30x at batch 256, its adaptive form 1.24-1.33x at batch 1 and 1.01-1.25x at batch 256
-    (``experiments/bench_export.py``, docs/benchmarks.md). torch.export needs it too: it cannot trace a
+    (``experiments/bench_export.py``, docs/results/runtime.md). torch.export needs it too: it cannot trace a
     BatchNorm on a batch whose size depends on the data, as a compacted batch's does. Logits change
     only by float rounding; ``net`` itself is left as it is (training needs its BatchNorm).
     """

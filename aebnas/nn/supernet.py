@@ -117,7 +117,7 @@ class Supernet(nn.Module):
         One backbone pass serves every head set, so a sandwich step trains several head
         designs per exit position without repeating the backbone (``supernet.head_samples``;
         on the tiny space three designs still cost 1.2-1.9x the supernet time of one,
-        docs/results.md).
+        docs/results/method-comparison.md).
         """
         if self.exit_heads is None:
             raise ValueError("Supernet.forward_head_sets: this supernet has no exit heads (built with exits=False)")

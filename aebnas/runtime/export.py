@@ -235,7 +235,7 @@ def export_adaptive(model: AdaptiveModel, example: torch.Tensor,
     ``torch.export.load(path).module()(x)``; it returns ``(prediction, exit_index)``.
 
     Do not compile it with AOTInductor on torch 2.14.1: ``experiments/bench_export.py --aoti`` measured
-    wrong exits from the compiled program at batch 1 and a refused batch of 256 (docs/benchmarks.md).
+    wrong exits from the compiled program at batch 1 and a refused batch of 256 (docs/results/runtime.md).
     """
     module = ExportableAdaptive(fold_batchnorm(model.net), model.thresholds, model.metric).eval()
     example = dynamic_batch_example(example)

@@ -52,8 +52,8 @@ class TrainedNetwork:
 class EpochLog:
     """``fit``'s on_epoch for a candidate: an INFO line per epoch once the training has run ``after_seconds``.
 
-    Short candidates stay quiet; a long one (a big network on a CPU: 45 min in
-    docs/benchmarks.md) shows that it is alive and how its loss goes.
+    Short candidates stay quiet; a long one (a big network on a CPU can train for tens of
+    minutes) shows that it is alive and how its loss goes.
     """
 
     def __init__(self, network_key: str, epochs: int, after_seconds: float):

@@ -104,7 +104,7 @@ def _batches(n: int, batch_size: int, generator: torch.Generator | None = None,
 
 def cudnn_autotune(enabled: bool) -> ContextManager[None]:
     """cuDNN autotuning while a block runs: it pays for one fixed network (a candidate: 25 vs 38 ms per
-    step on an H100, docs/benchmarks.md) and costs seconds per step when every step brings new shapes
+    step on an H100, docs/results/supernet.md) and costs seconds per step when every step brings new shapes
     (supernet sandwich steps: 2.9 s vs 0.13 s)."""
     return cudnn_flags(benchmark=enabled)
 
@@ -119,7 +119,7 @@ def candidate_cudnn(cfg: TrainerSettings, device: torch.device, autotune: bool =
     ``trainer.cudnn_depthwise=false`` routes depthwise convolutions to PyTorch's own CUDA kernel
     (``aebnas.nn.depthwise``): cuDNN >= 9.10 compiles a depthwise engine at run time for every new layer
     shape (NVIDIA/cudnn-frontend#1066), the suspect for the 27-36 s first epoch of each new candidate on an
-    H100 (docs/benchmarks.md). On the CPU both settings are no-ops.
+    H100 (docs/results/supernet.md). On the CPU both settings are no-ops.
     """
     if device.type != "cuda":
         yield
