@@ -61,12 +61,13 @@ def data_root(tmp_path_factory):
 @pytest.mark.slow
 def test_paper_sweep_reduced_end_to_end(data_root, tmp_path):
     """experiment=paper on each dataset, each with one of the paper's methods (every dataset and every method run),
-    shrunk to 2 candidates of 1 epoch in the tiny space on the files resized to 8x8."""
+    shrunk to 2 candidates of 1 epoch in the tiny space on the files resized to 8x8 (both sampled: the surrogate
+    search's first networks shrink with the budget)."""
     runs = (("cifar10", "aebnas"), ("cifar100", "edanas"), ("svhn", "nachos"))
     for dataset, method in runs:
         cfg = compose_config(["experiment=paper", f"dataset={dataset}", f"method={method}", "seed=0",
                         f"dataset.data_dir={data_root}", "dataset.val_size=10", "dataset.resolution=8",
-                        "space=tiny", "search.pop_size=2", "search.generations=1", "trainer.epochs=1",
+                        "space=tiny", "search.pop_size=2", "search.generations=1", "search.n_doe=2", "trainer.epochs=1",
                         "trainer.device=cpu", "trainer.batch_size=16", "search.target_macs=2e5", "progress=false"])
         search(cfg, tmp_path / "sweep" / f"{dataset}_{method}")
     report([str(tmp_path / "sweep")], tmp_path / "report")
