@@ -35,24 +35,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-from aebnas.cli.common import config_dir
+from bench_common import stream_settings
 from aebnas.runtime import AdaptiveModel
 from aebnas.runtime.budget import Budget, BudgetController
 from aebnas.runtime.run_network import load_run_network
-from aebnas.runtime.stream import (StreamSettings, _cpu_name, prepare_stream, run_controlled, run_static,
+from aebnas.runtime.stream import (_cpu_name, prepare_stream, run_controlled, run_static,
                                    window_summary)
 from aebnas.exits import confidence, exit_indices
-
-
-def _settings(overrides: list[str]) -> StreamSettings:
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose(config_name="stream", overrides=overrides)
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    plain.pop("hydra", None)
-    return StreamSettings.from_dict(plain)
 
 
 class BackgroundLoad:
@@ -119,7 +109,7 @@ def main() -> None:
     ap.add_argument("--load-procs", type=int, default=1)
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
-    settings = _settings(args.overrides)
+    settings = stream_settings(args.overrides)
     inputs = load_run_network(settings.run, settings.model, settings.device, settings.num_threads, settings.data_dir,
                               settings.recompute_operating_points)
     saved, data = inputs.saved, inputs.data

@@ -23,6 +23,7 @@ from aebnas.cli.common import config_dir
 from aebnas.data import DataSplits, load_dataset
 from aebnas.nn.supernet import Supernet
 from aebnas.search import SearchSettings
+from aebnas.runtime.stream import StreamSettings
 from aebnas.search.evaluator import CandidateEvaluator
 from aebnas.space import Genome, SearchSpace, SpaceSettings
 from aebnas.train import TrainerSettings, resolve_device
@@ -127,3 +128,12 @@ def write_json(path: str | Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=float))
     tmp.replace(path)
+
+
+def stream_settings(overrides: list[str]) -> StreamSettings:
+    """aebnas-stream's settings (conf/stream.yaml with ``overrides``), checked as the CLI checks them."""
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose(config_name="stream", overrides=overrides)
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain.pop("hydra", None)
+    return StreamSettings.from_dict(plain)

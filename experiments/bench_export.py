@@ -30,22 +30,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-from aebnas.cli.common import config_dir
+from bench_common import stream_settings
 from aebnas.runtime import AdaptiveModel
 from aebnas.runtime.export import export_adaptive
 from aebnas.runtime.run_network import load_run_network
 from aebnas.runtime.stream import StreamSettings, adaptive_step, prepare_stream, static_step, timed_stream
-
-
-def _settings(overrides: list[str]) -> StreamSettings:
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose(config_name="stream", overrides=overrides)
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    plain.pop("hydra", None)
-    return StreamSettings.from_dict(plain)
 
 
 def _at_point(model: AdaptiveModel, settings: StreamSettings) -> AdaptiveModel:
@@ -80,7 +70,7 @@ def main() -> None:
     p.add_argument("--aoti", action="store_true", help="also compile the exported program with AOTInductor")
     p.add_argument("overrides", nargs="*", help="aebnas-stream settings, key=value (run= is required)")
     args = p.parse_args()
-    settings = _settings([*args.overrides, "progress=false"])
+    settings = stream_settings([*args.overrides, "progress=false"])
     inputs = load_run_network(settings.run, settings.model, settings.device, settings.num_threads, settings.data_dir,
                               settings.recompute_operating_points)
     plain = _at_point(AdaptiveModel.from_saved(inputs.saved, inputs.points), settings)
