@@ -58,15 +58,6 @@ def _mbconv(c: int, e: int) -> nn.Module:
                          nn.Hardswish(), _conv(h, c, 1), nn.BatchNorm2d(c))
 
 
-class _Flat(nn.Module):
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x.flatten(1))
-
-
 class _Add(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + x
