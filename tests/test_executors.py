@@ -1,5 +1,6 @@
 """Candidates trained on Dask workers: same results as one by one, failures isolated, killed workers survived."""
 
+import logging
 import multiprocessing
 import os
 import signal
@@ -289,3 +290,11 @@ def test_the_slurm_cluster_is_built_without_submitting_a_job():
         assert cluster.workers == {} and cluster.scheduler_info["workers"] == {}  # nothing submitted
     finally:
         cluster.close()
+
+
+def test_importing_the_dask_executor_keeps_the_runs_log_level_for_distributed():
+    """distributed resets its logger to INFO on import; the run's WARNING (conf/config.yaml) must survive it."""
+    code = ("import logging; logging.getLogger('distributed').setLevel(logging.WARNING); "
+            "import aebnas.search.executors.dask_cluster; print(logging.getLogger('distributed').level)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == str(logging.WARNING)

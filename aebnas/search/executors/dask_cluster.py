@@ -30,8 +30,15 @@ from typing import Any
 
 import dask
 import torch
-from distributed import Client, Future, Nanny, Scheduler, SpecCluster, WorkerPlugin, get_worker, wait
-from distributed.scheduler import KilledWorker
+
+# Importing distributed sets its logger to its own default (INFO); keep the level the run configured
+# (conf/config.yaml: WARNING), so the console shows aebnas's lines, not every scheduler start and close.
+_run_level = logging.getLogger("distributed").level
+from distributed import Client, Future, Nanny, Scheduler, SpecCluster, WorkerPlugin, get_worker, wait  # noqa: E402
+from distributed.scheduler import KilledWorker  # noqa: E402
+
+if _run_level != logging.NOTSET:
+    logging.getLogger("distributed").setLevel(_run_level)
 
 from aebnas.nn.supernet import Supernet
 from aebnas.search.executors import ClusterLost, WorkerStartError, unreachable_message
