@@ -152,7 +152,7 @@ def main() -> None:
     rec = {k: np.asarray(v) for k, v in run["records"].items()}
     correct = rec["correct"]
     window = settings.budget.window
-    windows = window_summary(run["records"], window, "images_per_s")
+    windows = window_summary(run["records"], window, "images_per_s", top_point=len(ladder) - 1)
     for w in windows:
         w["load"] = any(lo <= w["first_image"] < hi and loaded for lo, hi, _, loaded in segments)
     seg_rows = []
@@ -166,10 +166,12 @@ def main() -> None:
             "images": [lo, hi], "target_images_per_s": target, "target_x_static": target / rate, "load": loaded,
             "images_per_s": float((hi - lo) / rec["seconds"][lo:hi].sum()),
             "accuracy": float(correct[lo:hi].mean()),
+            "accuracy_se": float(np.sqrt(correct[lo:hi].mean() * (1 - correct[lo:hi].mean()) / (hi - lo))),
             "fixed_point": fixed, "fixed_point_images_per_s": None if fixed is None else float(rates[fixed]),
             "fixed_point_accuracy": fixed_acc,
             "windows": len(seg_w), "windows_within_10pct": sum(w["within_10pct"] for w in seg_w),
             "windows_within_10pct_after_first": sum(w["within_10pct"] for w in seg_w[1:]),
+            "windows_held": sum(w["held"] for w in seg_w),
             "switches": sum(lo <= s["image"] < hi for s in run["switches"]),
         })
     after = [w for w in windows if w["first_image"] >= 200]
@@ -188,19 +190,22 @@ def main() -> None:
         "stream": {"images_per_s": float(n / rec["seconds"].sum()), "accuracy": float(correct.mean()),
                    "switches": len(run["switches"]),
                    "windows_after_warmup": len(after), "windows_within_10pct": sum(w["within_10pct"] for w in after),
-                   "windows_meeting_target": sum(w["meets"] for w in after)},
+                   "windows_meeting_target": sum(w["meets"] for w in after),
+                   "windows_held": sum(w["held"] for w in after)},
         "segments": seg_rows, "windows": windows, "switches": run["switches"],
     }
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"static {rate:.1f} img/s; controlled {result['stream']['images_per_s']:.1f} img/s acc "
           f"{result['stream']['accuracy']:.4f}, {len(run['switches'])} switches, "
-          f"{result['stream']['windows_within_10pct']}/{len(after)} windows within +-10 % after 200 images")
+          f"{result['stream']['windows_within_10pct']}/{len(after)} windows within +-10 % after 200 images, "
+          f"{result['stream']['windows_held']} held (within, or above it on the most accurate point)")
     for s in seg_rows:
         print(f"  images {s['images'][0]:5d}-{s['images'][1]:5d} target {s['target_x_static']:.1f}x "
               f"({s['target_images_per_s']:.0f}) load {'on ' if s['load'] else 'off'}: {s['images_per_s']:6.1f} img/s "
               f"acc {s['accuracy']:.4f} | fixed point {s['fixed_point']} "
               f"{s['fixed_point_images_per_s'] or float('nan'):6.1f} img/s acc {s['fixed_point_accuracy'] or float('nan'):.4f}"
-              f" | windows within 10 %: {s['windows_within_10pct']}/{s['windows']}, switches {s['switches']}")
+              f" | windows within 10 %: {s['windows_within_10pct']}/{s['windows']}, held {s['windows_held']}, "
+              f"switches {s['switches']}")
     if args.plot:
         plot(result, args.plot)
 

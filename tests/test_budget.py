@@ -205,3 +205,25 @@ def test_budget_outside_every_point_is_refused_with_the_reachable_range():
     with pytest.raises(ConfigError, match="budget.p99_latency_ms: needs the network's cost"):
         BudgetController(LADDER, Budget("p99_latency_ms", 5))
     assert budget_from({"images_per_s": None}) is None
+
+
+def _records(seconds_per_image, points, target):
+    n = len(points)
+    return {"images": [1] * n, "seconds": list(seconds_per_image), "macs": [1.0] * n, "correct": [1] * n,
+            "clock": list(np.cumsum(seconds_per_image)), "target": [target] * n, "point": list(points)}
+
+
+def test_a_window_above_a_throughput_target_counts_as_held_only_on_the_most_accurate_point():
+    from aebnas.runtime.stream import window_summary
+
+    fast = [1 / 150.0] * 20  # 150 images/s against a target of 100: 50 % over
+    on_top = window_summary(_records(fast, [3] * 20, 100.0), 10, top_point=3)
+    below_top = window_summary(_records(fast, [2] * 20, 100.0), 10, top_point=3)
+    on_target = window_summary(_records([1 / 95.0] * 20, [2] * 20, 100.0), 10, top_point=3)
+    too_slow = window_summary(_records([1 / 50.0] * 20, [3] * 20, 100.0), 10, top_point=3)
+    assert [w["within_10pct"] for w in on_top] == [False, False]
+    assert [w["held"] for w in on_top] == [True, True]
+    assert [w["held"] for w in below_top] == [False, False]  # slack left unspent on a cheaper point
+    assert [w["held"] for w in on_target] == [True, True]
+    assert [w["held"] for w in too_slow] == [False, False]
+    assert math.isclose(on_top[0]["value"], 150.0)

@@ -232,9 +232,13 @@ def run_controlled(model: AdaptiveModel, cost: NetworkCost, x: torch.Tensor, lab
 
 
 def window_summary(records: Mapping[str, Sequence[float]], window: int, kind: str = "images_per_s",
-                   skip: int = 0) -> list[dict]:
+                   skip: int = 0, top_point: int | None = None) -> list[dict]:
     """Per window of ``window`` images (after the first ``skip``): the measured quantity against the target,
-    accuracy, MACs and the points used; ``within_10pct`` for the target's +-10 % band."""
+    accuracy, MACs and the points used; ``within_10pct`` for the target's +-10 % band.
+
+    ``held`` also counts a window that beats the target while it ran only the most accurate point
+    (``top_point``, the ladder's last index): there the controller has no dearer point to spend the slack on.
+    """
     r = {k: np.asarray(v, dtype=float) for k, v in records.items()}
     first = np.cumsum(r["images"]) - r["images"]  # image index each batch starts at
     out = []
@@ -252,6 +256,9 @@ def window_summary(records: Mapping[str, Sequence[float]], window: int, kind: st
                     "value": float(value), "target": target, "ratio": float(value / target),
                     "within_10pct": bool(abs(value / target - 1) <= 0.10),
                     "meets": bool(value >= target * 0.9 if KINDS[kind][1] else value <= target * 1.1),
+                    "held": bool(abs(value / target - 1) <= 0.10 or (
+                        top_point is not None and set(int(p) for p in r["point"][m]) == {top_point}
+                        and (value > target if KINDS[kind][1] else value < target))),
                     "accuracy": float(r["correct"][m].sum() / n), "macs_per_image": float(r["macs"][m].sum() / n),
                     "points": sorted(set(int(p) for p in r["point"][m]))})
     return out
@@ -348,7 +355,8 @@ def controlled_stream(model: AdaptiveModel, cost: NetworkCost, x: torch.Tensor, 
             "accuracy": float(r["correct"].sum() / n), "accuracy_se": binomial_se(float(r["correct"].sum() / n), int(n)),
             "effective_macs": float(r["macs"].sum() / n), "switch_count": len(run["switches"]),
             "settings": {f.name: getattr(settings, f.name) for f in fields(settings)},
-            "windows": window_summary(run["records"], settings.window, budget.kind), **run}
+            "windows": window_summary(run["records"], settings.window, budget.kind,
+                                      top_point=len(run["ladder"]) - 1), **run}
 
 
 def _cpu_name() -> str:
