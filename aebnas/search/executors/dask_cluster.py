@@ -191,11 +191,34 @@ class PendingCandidate:
     executor: "DaskExecutor"
     genome: Genome
     future: Future | None = None
+    outcome: tuple[Any, BaseException | None] | None = None  # (result, error) once fetched from the worker
+
+    @property
+    def finished(self) -> bool:
+        return self.outcome is not None or (self.future is not None and self.future.done())
+
+    def collect(self) -> None:
+        """Fetch the finished candidate's outcome now and let its worker forget it.
+
+        A result left on its worker until the search asks for it would be lost, and trained again on another
+        worker, if that worker died in the meantime.
+        """
+        if self.outcome is not None:
+            return
+        try:
+            self.outcome = (self.future.result(), None)
+        except BaseException as exc:  # kept, and raised in the search's own terms by result()
+            self.outcome = (None, exc)
+        self.future.release()
 
     def result(self) -> TrainedNetwork:
         self.executor._wait_for(self)
+        self.collect()
+        value, error = self.outcome
+        if error is None:
+            return value
         try:
-            return self.future.result()
+            raise error
         except KilledWorker:
             retries = self.executor.settings.retries
             raise CandidateWorkerDied(f"the worker training it died {retries + 1} time(s) "
@@ -318,8 +341,15 @@ class DaskExecutor:
         except Exception:
             return 1
 
+    def _collect_finished(self) -> None:
+        """Fetch every finished candidate's outcome (see ``PendingCandidate.collect``); keep those still training."""
+        for p in self._in_flight:
+            if p.finished:
+                p.collect()
+        self._in_flight = [p for p in self._in_flight if p.outcome is None]
+
     def _top_up(self) -> None:
-        self._in_flight = [p for p in self._in_flight if not p.future.done()]
+        self._collect_finished()
         free = self._capacity() - len(self._in_flight)
         while free > 0 and self._queue:
             pending = self._queue.popleft()
@@ -333,7 +363,7 @@ class DaskExecutor:
         """Block until ``pending`` is done, handing queued candidates to workers as others finish."""
         while True:
             self._top_up()
-            if pending.future is not None and pending.future.done():
+            if pending.finished:
                 return
             try:  # wake on any finished candidate, and every second to see workers that joined (SLURM jobs)
                 wait([p.future for p in self._in_flight], timeout=1, return_when="FIRST_COMPLETED")
@@ -342,7 +372,7 @@ class DaskExecutor:
 
     def busy(self) -> tuple[int, int]:
         """(workers training a candidate now, workers connected); logs once when fewer are up than started."""
-        self._in_flight = [p for p in self._in_flight if not p.future.done()]
+        self._collect_finished()
         n = self.workers
         if self.expected_workers is not None and n < self.expected_workers and not self._short_of_workers:
             log.warning("executor: %d of %d workers connected (one was lost; its candidate goes to another worker "
