@@ -298,3 +298,16 @@ def test_importing_the_dask_executor_keeps_the_runs_log_level_for_distributed():
             "import aebnas.search.executors.dask_cluster; print(logging.getLogger('distributed').level)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == str(logging.WARNING)
+
+
+def _malloc_trim_threshold():
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_")
+
+
+def test_local_workers_keep_glibcs_own_malloc_thresholds(synthetic, monkeypatch):
+    """Dask's default MALLOC_TRIM_THRESHOLD_ makes torch on the CPU fault in every tensor anew: workers start without it."""
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    evaluator = CandidateEvaluator(synthetic, TRAINER, SearchSettings(exit_metric="max_softmax"), CPU)
+    with start_executor(TWO, evaluator.training, pop_size=2) as executor:
+        seen = executor.client.run(_malloc_trim_threshold)
+    assert len(seen) == 2 and set(seen.values()) == {None}
