@@ -39,6 +39,7 @@ import torch
 from bench_common import stream_settings
 from aebnas.runtime import AdaptiveModel
 from aebnas.runtime.budget import Budget, BudgetController
+from aebnas.runtime.operating_points import binomial_se
 from aebnas.runtime.run_network import load_run_network
 from aebnas.runtime.stream import (_cpu_name, prepare_stream, run_controlled, run_static,
                                    window_summary)
@@ -166,7 +167,7 @@ def main() -> None:
             "images": [lo, hi], "target_images_per_s": target, "target_x_static": target / rate, "load": loaded,
             "images_per_s": float((hi - lo) / rec["seconds"][lo:hi].sum()),
             "accuracy": float(correct[lo:hi].mean()),
-            "accuracy_se": float(np.sqrt(correct[lo:hi].mean() * (1 - correct[lo:hi].mean()) / (hi - lo))),
+            "accuracy_se": binomial_se(float(correct[lo:hi].mean()), hi - lo),
             "fixed_point": fixed, "fixed_point_images_per_s": None if fixed is None else float(rates[fixed]),
             "fixed_point_accuracy": fixed_acc,
             "windows": len(seg_w), "windows_within_10pct": sum(w["within_10pct"] for w in seg_w),

@@ -252,15 +252,16 @@ def window_summary(records: Mapping[str, Sequence[float]], window: int, kind: st
                  "p99_latency_ms": float(np.percentile(r["seconds"][m], 99)) * 1e3,
                  "macs_per_image": r["macs"][m].sum() / n}[kind]
         target = float(np.average(r["target"][m], weights=r["images"][m]))
+        within = bool(abs(value / target - 1) <= 0.10)
+        points = sorted(set(int(p) for p in r["point"][m]))
+        beats = bool(value > target if KINDS[kind][1] else value < target)
         out.append({"first_image": int(lo), "images": int(n), "start_s": float(r["clock"][m][0]),
                     "value": float(value), "target": target, "ratio": float(value / target),
-                    "within_10pct": bool(abs(value / target - 1) <= 0.10),
+                    "within_10pct": within,
                     "meets": bool(value >= target * 0.9 if KINDS[kind][1] else value <= target * 1.1),
-                    "held": bool(abs(value / target - 1) <= 0.10 or (
-                        top_point is not None and set(int(p) for p in r["point"][m]) == {top_point}
-                        and (value > target if KINDS[kind][1] else value < target))),
+                    "held": within or (top_point is not None and points == [top_point] and beats),
                     "accuracy": float(r["correct"][m].sum() / n), "macs_per_image": float(r["macs"][m].sum() / n),
-                    "points": sorted(set(int(p) for p in r["point"][m]))})
+                    "points": points})
     return out
 
 

@@ -2,7 +2,7 @@
 
 Why a graph: on an H100 a warm training step of an mbv3_32 candidate at batch 512 took 25 ms (2.3-2.9 s an
 epoch of 45,000 images), so 5 fine-tune epochs cost 11.5-14.5 s against the target of 4 s per candidate on a
-GPU. Its forward and backward alone issue 700-960 operators (eight random mbv3_32 candidates, counted
+GPU. Its forward and backward alone launch 700-960 operators (eight random mbv3_32 candidates, counted
 on the CPU by ``bench_train_step.py --count-ops``, docs/results/supernet.md), each paying Python and dispatcher
 costs on the host, and a kernel launch where it computes. Where those costs, not the
 GPU's arithmetic, set the pace, replaying one recorded graph per step removes them. Whether they do is for
