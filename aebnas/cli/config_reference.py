@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from aebnas.cli.common import group_options
-from aebnas.cli.config_schema import GROUP_SCHEMAS, PRIMARY_SCHEMAS, SECTION_SCHEMAS
+from aebnas.cli.config_schema import ENTRY_POINTS, GROUP_SCHEMAS, PRIMARY_SCHEMAS, SECTION_SCHEMAS
 from aebnas.config_checks import Settings, allowed_text, type_name
 from aebnas.runtime.stream import BudgetSettings, StreamSettings
 from aebnas.space.config import BranchChoices, SpaceSettings
@@ -33,12 +33,16 @@ class Section(NamedTuple):
 
 def sections() -> list[Section]:
     """Every schema in the order a user meets them: the search's groups, then the other entry points."""
-    out = [Section("space", SpaceSettings, "aebnas-search, aebnas-profile: group `space` (conf/space/)"),
+    out = [Section("aebnas-search", PRIMARY_SCHEMAS["config"],
+                   "aebnas-search: top level of conf/config.yaml (over `config_base`), e.g. `seed=3 workers=2`"),
+           Section("space", SpaceSettings, "aebnas-search, aebnas-profile: group `space` (conf/space/)"),
            Section("space.branch", BranchChoices, "aebnas-search: `space.branch` inside a space preset")]
     for group, schema in GROUP_SCHEMAS.items():
         out.append(Section(group, schema, f"group `{group}` (conf/{group}/, presets over `{group}/base`)"))
     for config, schema in PRIMARY_SCHEMAS.items():
-        out.append(Section(f"aebnas-{config}", schema, f"top level of conf/{config}.yaml (over `{config}_base`)"))
+        if config == "config":
+            continue  # aebnas-search's own, listed first
+        out.append(Section(ENTRY_POINTS[config], schema, f"top level of conf/{config}.yaml (over `{config}_base`)"))
         if schema is StreamSettings:
             out.append(Section("budget", BudgetSettings, "aebnas-stream: `budget.<key>` (the budget controller)"))
     for (config, section), schema in SECTION_SCHEMAS.items():

@@ -18,7 +18,7 @@ from aebnas.data.config import DataSettings
 from aebnas.runtime.export_run import ExportSettings
 from aebnas.runtime.stream import StreamSettings
 from aebnas.search.executors import ExecutorSettings
-from aebnas.search.settings import SearchSettings
+from aebnas.search.settings import RunSettings, SearchSettings
 from aebnas.train.supernet import SupernetSettings
 from aebnas.train.trainer import TrainerSettings
 
@@ -32,11 +32,15 @@ GROUP_SCHEMAS: dict[str, type[Settings]] = {
     "executor": ExecutorSettings,
 }
 
-#: A primary config (conf/<name>.yaml, an entry point's own) -> the settings its top level is read into.
+#: A primary config (conf/<name>.yaml, an entry point's own) -> the settings its top level is read into
+#: (config.yaml's: aebnas-search's seed, run_name, progress, workers and resume, beside its groups).
 PRIMARY_SCHEMAS: dict[str, type[Settings]] = {
+    "config": RunSettings,
     "stream": StreamSettings,
     "export": ExportSettings,
 }
+#: The command that reads each primary config.
+ENTRY_POINTS: dict[str, str] = {"config": "aebnas-search", "stream": "aebnas-stream", "export": "aebnas-export"}
 #: Sections of a primary config with their own schema: (config, section) -> settings (conf/profile.yaml's profile).
 SECTION_SCHEMAS: dict[tuple[str, str], type[Settings]] = {
     ("profile", "profile"): ProfileSettings,

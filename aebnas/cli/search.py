@@ -15,14 +15,14 @@ from aebnas.cli.common import (check_group_choices, check_overrides, config_dir,
                                require_config_dir, user_errors)
 from aebnas.cost.latency import InputShape, LatencyTable
 from aebnas.data import load_dataset
-from aebnas.search import SearchJob, SearchSettings, run_search
+from aebnas.search import RunSettings, SearchJob, SearchSettings, run_search
 from aebnas.search.algorithms import parse_initial_genomes
 from aebnas.search.executors import ExecutorSettings, check_scheduler_reachable
 from aebnas.search.rundir_lock import RunDirLock
 from aebnas.space import SearchSpace, SpaceSettings
 from aebnas.train import TrainerSettings, resolve_device
 from aebnas.train.supernet import SupernetSettings
-from aebnas.config_checks import ConfigError, check_int
+from aebnas.config_checks import ConfigError
 
 log = logging.getLogger("aebnas")
 
@@ -54,6 +54,7 @@ def resumed_config(cfg: DictConfig, user_overrides: list[str]) -> tuple[DictConf
 
 def search(cfg: DictConfig, run_dir: Path, user_overrides: list[str] | None = None) -> Path:
     """Validate every setting, then load data and search; returns the run directory."""
+    RunSettings.from_config(cfg)  # a bad seed or workers stops here, before the run directory is locked
     resume = cfg.get("resume") not in (None, "")
     if resume:
         cfg, run_dir = resumed_config(cfg, user_overrides or [])
@@ -63,16 +64,14 @@ def search(cfg: DictConfig, run_dir: Path, user_overrides: list[str] | None = No
 
 def _search(cfg: DictConfig, run_dir: Path, resume: bool) -> Path:
     plain = OmegaConf.to_container(cfg, resolve=True)
+    run = RunSettings.from_config(plain)
     space = SearchSpace(SpaceSettings.from_dict(plain["space"]))
     settings = SearchSettings.from_dict(plain["search"])
     parse_initial_genomes(space, settings)
     trainer = TrainerSettings.from_dict(plain["trainer"])
     supernet = SupernetSettings.from_dict(plain["supernet"]) if trainer.init == "supernet" else None
     device = resolve_device(trainer.device)
-    check_int(plain.get("seed"), "seed", lo=0)
-    workers = plain.get("workers")
-    executor = ExecutorSettings.from_dict(plain.get("executor")).with_workers(
-        None if workers is None else check_int(workers, "workers", lo=1))
+    executor = ExecutorSettings.from_dict(plain.get("executor")).with_workers(run.workers)
     check_scheduler_reachable(executor)
     if trainer.num_threads:
         torch.set_num_threads(trainer.num_threads)
@@ -93,8 +92,8 @@ def _search(cfg: DictConfig, run_dir: Path, resume: bool) -> Path:
              data.name, len(data.train), len(data.val), len(data.test), data.num_classes,
              data.in_channels, data.resolution, data.resolution, device)
     record = {k: v for k, v in plain.items() if k not in IGNORED_FOR_IDENTITY}
-    result = run_search(SearchJob(space, data, trainer, settings, device, run_dir, seed=plain["seed"],
-                                  progress=bool(plain.get("progress", True)), resume=resume, config_record=record,
+    result = run_search(SearchJob(space, data, trainer, settings, device, run_dir, seed=run.seed,
+                                  progress=run.progress, resume=resume, config_record=record,
                                   latency_table=latency_table, method=(plain.get("method") or {}).get("name"),
                                   supernet=supernet, executor=executor))
     best = max(result.pareto, key=lambda r: r["test_accuracy"], default=None)

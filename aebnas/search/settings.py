@@ -155,3 +155,32 @@ class SearchSettings(Settings):
     def cost_column(self) -> str:
         """The expected cost the second objective is about: expected_macs or expected_latency_ms."""
         return "expected_latency_ms" if self.objective == "avg_latency" else "expected_macs"
+
+
+@dataclass(frozen=True)
+class RunSettings(Settings):
+    """How one ``aebnas-search`` run is carried out: the top level of conf/config.yaml, beside the groups.
+
+    Only ``seed`` and ``run_name`` change what a run computes or where it lands; ``progress``,
+    ``workers`` and ``resume`` change how it runs, so a resume may set them anew.
+    """
+
+    section: ClassVar[str] = "config"
+    prefix: ClassVar[str | None] = ""  # top-level keys: errors name them bare (seed, workers)
+
+    seed: int = setting(0, lo=0, help="Seeds the data split, the sampling, the search and every candidate's "
+                                      "training: one seed, one archive (on the CPU, to the last digit).")
+    run_name: str = setting("${dataset.name}", help="Label of the run; the run directory is "
+                                                    "outputs/<run_name>/<timestamp>.")
+    progress: bool = setting(True, help="Progress bar over candidates (tqdm); per-generation lines are printed "
+                                        "either way, and a candidate still training after 30 s logs each epoch.")
+    workers: int | None = setting(None, lo=1, help="Shorthand: N > 1 trains N candidates at once on a local Dask "
+                                                   "cluster (executor=dask, executor.n_workers=N); 1 trains in the "
+                                                   "search's process; null: the executor group decides.")
+    resume: str | None = setting(None, help="Continue a killed search: the run directory it wrote. Its saved config "
+                                            "is used; finished evaluations are replayed from archive.sqlite.")
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> "RunSettings":
+        """The run settings out of a whole composed config (its groups are other schemas' business)."""
+        return parse_settings(cls, {f: cfg[f] for f in cls.__dataclass_fields__ if f in cfg})
