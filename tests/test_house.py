@@ -33,6 +33,36 @@ def test_rooms_below_the_search_never_import_it(room):
     assert not offending
 
 
+HELPERS = {"config_checks", "atomic_write"}  # torch-free modules at the package's root, below every room
+#: Each room and the rooms it may import (docs/design.md): space <- nn <- cost <- train <- search <- runtime <- cli,
+#: data below train, the exit rule below search and runtime, the analysis torch-free on the space alone.
+MAY_IMPORT = {
+    "space": set(),
+    "data": set(),
+    "nn": {"space"},
+    "cost": {"space", "nn"},
+    "exits": {"space", "nn", "cost"},
+    "analysis": {"space"},
+    "train": {"space", "nn", "cost", "exits", "data"},
+    "search": {"space", "nn", "cost", "exits", "data", "train", "analysis"},
+    "runtime": {"space", "nn", "cost", "exits", "data", "train", "analysis"},
+    "cli": {"space", "nn", "cost", "exits", "data", "train", "analysis", "search", "runtime"},
+}
+
+
+def test_every_room_imports_only_the_rooms_below_it():
+    rooms = {p.name for p in (ROOT / "aebnas").iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert rooms == set(MAY_IMPORT)  # a new room gets its place here and on the design page
+    offending = []
+    for room, allowed in MAY_IMPORT.items():
+        for f in sorted((ROOT / "aebnas" / room).rglob("*.py")):
+            for m in imported_modules(f):
+                parts = m.split(".")
+                if parts[0] == "aebnas" and len(parts) > 1 and parts[1] not in allowed | HELPERS | {room}:
+                    offending.append(f"{f.relative_to(ROOT)}: {m}")
+    assert not offending
+
+
 def test_the_import_parser_sees_lazy_imports(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text("import os\n\ndef f():\n    from aebnas.search.settings import SearchSettings\n")

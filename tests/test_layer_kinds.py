@@ -1,5 +1,5 @@
-"""The table of exit-branch layer kinds: a kind registered from outside the package is searched, built, costed,
-sliced out of the supernet and drawn, with no other code knowing its name."""
+"""The table of exit-branch layer kinds: a kind registered from outside the package (its declaration and its
+modules) is searched, built, costed, sliced out of the supernet and drawn, with no other code knowing its name."""
 
 from __future__ import annotations
 
@@ -13,7 +13,11 @@ from aebnas.cost import network_cost, space_ops
 from aebnas.nn import build_model
 from aebnas.nn.supernet import Supernet, genome_heads, inherit_weights
 from aebnas.space import SpaceConfigError
-from aebnas.space.layer_kinds import LayerKind, layer_kind_names, register_layer_kind, unregister_layer_kind
+from aebnas.nn.blocks import ConvBNAct
+from aebnas.nn.layer_modules import LayerModules, layer_modules, register_layer_modules, unregister_layer_modules
+from aebnas.nn.slicing import copy_conv_bn, sliced_conv_bn_act
+from aebnas.space.layer_kinds import (Convolution, LayerKind, layer_kind_names, register_layer_kind,
+                                      unregister_layer_kind)
 from tests.test_cost import _flop_macs
 from tests.test_supernet import make_space, randomise_batchnorm
 
@@ -21,14 +25,16 @@ from tests.test_supernet import make_space, randomise_batchnorm
 class PointwiseThenDepthwise(LayerKind):
     """A dwsep layer turned around: 1x1 to the new width first, then the k x k depthwise conv at that width."""
 
-    name, display_name, n_modules = "pwdw", "pointwise-then-depthwise conv", 2
+    name, display_name = "pwdw", "pointwise-then-depthwise conv"
 
-    def macs(self, size, c_in, width, kernel, expansion):
-        return size * size * (c_in * width + width * kernel * kernel)
+    def convolutions(self, c_in, width, kernel, expansion):
+        return [Convolution(c_in, width, 1), Convolution(width, width, kernel, groups=width)]
+
+
+class PointwiseThenDepthwiseModules(LayerModules):
+    kind, n_modules = "pwdw", 2
 
     def build(self, c_in, width, kernel, activation, expansion):
-        from aebnas.nn.blocks import ConvBNAct
-
         return [ConvBNAct(c_in, width, 1, activation=activation),
                 ConvBNAct(width, width, kernel, groups=width, activation=activation)]
 
@@ -36,14 +42,10 @@ class PointwiseThenDepthwise(LayerKind):
         return nn.Sequential(*self.build(c_in, width, kernel, activation, expansion))
 
     def forward_slice(self, module, x, width, kernel, expansion):
-        from aebnas.nn.slicing import sliced_conv_bn_act
-
         y = sliced_conv_bn_act(x, module[0], width, 1)
         return sliced_conv_bn_act(y, module[1], width, kernel, depthwise=True)
 
     def copy_slice(self, module, dst, expansion):
-        from aebnas.nn.slicing import copy_conv_bn
-
         pw, dw = dst
         copy_conv_bn(pw, module[0])
         copy_conv_bn(dw, module[1], depthwise=True)
@@ -52,7 +54,9 @@ class PointwiseThenDepthwise(LayerKind):
 @pytest.fixture
 def toy_kind():
     kind = register_layer_kind(PointwiseThenDepthwise())
+    register_layer_modules(PointwiseThenDepthwiseModules())
     yield kind
+    unregister_layer_modules(kind.name)
     unregister_layer_kind(kind.name)
 
 
@@ -111,3 +115,14 @@ def test_unknown_kinds_and_bad_names_are_refused():
         register_layer_kind(type("Bad", (PointwiseThenDepthwise,), {"name": "pw2"})())
     with pytest.raises(ValueError, match="already registered"):
         register_layer_kind(type("Twice", (PointwiseThenDepthwise,), {"name": "conv"})())
+    with pytest.raises(ValueError, match="exit layer type 'pwdw' is unknown"):
+        register_layer_modules(PointwiseThenDepthwiseModules())
+
+
+def test_a_declared_kind_without_modules_says_what_to_register():
+    kind = register_layer_kind(PointwiseThenDepthwise())
+    try:
+        with pytest.raises(ValueError, match="'pwdw' is declared but has no modules; register a LayerModules"):
+            layer_modules("pwdw")
+    finally:
+        unregister_layer_kind(kind.name)

@@ -48,7 +48,8 @@ def branch_layer_macs(layer: BranchLayer, size: int, c_in: int, ir_expansion: in
     keeps the resolution it gets)."""
     if layer.pool != "none":  # pooling comes first in an exit layer
         size = pool_out(size)
-    return layer_kind(layer.type).macs(size, c_in, layer.width, layer.kernel, ir_expansion), size
+    convs = layer_kind(layer.type).convolutions(c_in, layer.width, layer.kernel, ir_expansion)
+    return sum(conv_macs(size, c.c_in, c.c_out, c.kernel, groups=c.groups) for c in convs), size
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,8 @@ from torch import nn
 
 from aebnas.space import BranchLayer, SpaceSettings
 from aebnas.space.genome import parse_layers
-from aebnas.space.layer_kinds import layer_kind, layer_kind_names
+from aebnas.nn.layer_modules import layer_modules
+from aebnas.space.layer_kinds import layer_kind_names
 
 HeadLayers = tuple[BranchLayer, ...]
 Heads = Mapping[int, HeadLayers]   # exit stage (1-based) -> its branch layers
@@ -73,7 +74,7 @@ def _pool(x: torch.Tensor, pool: str) -> torch.Tensor:
 
 class ElasticBranchLayer(nn.Module):
     """One layer slot of an exit head at its largest: a module per layer kind (named after it), largest width and
-    kernel; each kind slices its own module (``aebnas.space.layer_kinds``)."""
+    kernel; each kind slices its own module (``aebnas.nn.layer_modules``)."""
 
     def __init__(self, c_in: int, choices: SlotChoices, activation: str, ir_expansion: int):
         super().__init__()
@@ -81,17 +82,17 @@ class ElasticBranchLayer(nn.Module):
         w, k = max(choices.widths), max(choices.kernels)
         for name in layer_kind_names():  # table order, so module creation (and seeded init) ignores choice order
             if name in choices.types:
-                self.add_module(name, layer_kind(name).build_elastic(c_in, w, k, activation, ir_expansion))
+                self.add_module(name, layer_modules(name).build_elastic(c_in, w, k, activation, ir_expansion))
 
     def forward(self, x: torch.Tensor, layer: BranchLayer) -> torch.Tensor:
         x = _pool(x, layer.pool)
-        return layer_kind(layer.type).forward_slice(getattr(self, layer.type), x, layer.width, layer.kernel,
+        return layer_modules(layer.type).forward_slice(getattr(self, layer.type), x, layer.width, layer.kernel,
                                                     self.ir_expansion)
 
     @torch.no_grad()
     def copy_into(self, modules: Sequence[nn.Module], layer: BranchLayer) -> None:
         """Copy the slice for ``layer`` into the candidate's modules of that layer (pooling excluded)."""
-        layer_kind(layer.type).copy_slice(getattr(self, layer.type), modules, self.ir_expansion)
+        layer_modules(layer.type).copy_slice(getattr(self, layer.type), modules, self.ir_expansion)
 
 
 class ElasticExitHead(nn.Module):
@@ -120,7 +121,7 @@ class ElasticExitHead(nn.Module):
         """Copy the slice for ``layers`` into ``head``, a module built by ``nn.network.build_exit_head``."""
         modules = [m for m in head if not isinstance(m, (nn.MaxPool2d, nn.AvgPool2d))]
         for slot, layer in zip(self.slots, layers):
-            n = layer_kind(layer.type).n_modules
+            n = layer_modules(layer.type).n_modules
             slot.copy_into(modules[:n], layer)
             modules = modules[n:]
         (classifier,) = modules

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from aebnas.nn.blocks import Classifier, ConvBNAct, MBConv
+from aebnas.nn.layer_modules import layer_modules
 from aebnas.space import BranchLayer, Genome, SpaceSettings
-from aebnas.space.layer_kinds import layer_kind
 
 
 def build_stage(space: SpaceSettings, stage_index: int, blocks, c_in: int) -> nn.Sequential:
@@ -33,7 +33,7 @@ def build_branch_layer(layer: BranchLayer, c_in: int, activation: str, ir_expans
         mods.append(nn.MaxPool2d(2, ceil_mode=True))
     elif layer.pool == "avg":
         mods.append(nn.AvgPool2d(2, ceil_mode=True))
-    return mods + layer_kind(layer.type).build(c_in, layer.width, layer.kernel, activation, ir_expansion)
+    return mods + layer_modules(layer.type).build(c_in, layer.width, layer.kernel, activation, ir_expansion)
 
 
 def build_exit_head(layers: tuple[BranchLayer, ...], c_in: int, num_classes: int, space: SpaceSettings) -> nn.Sequential:
