@@ -72,9 +72,13 @@ def synthetic_archive(setup, rows: int, seed: int) -> list[Evaluation]:
 
 def cross_validated(setup, evaluations: list[Evaluation], predictors, cost_models, seed: int) -> list[dict[str, Any]]:
     """5-fold Kendall tau of each predictor x cost model on held-out rows of a real archive."""
+    import warnings
     from dataclasses import replace
 
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import KFold
+
+    warnings.simplefilter("ignore", ConvergenceWarning)  # the MLP's lbfgs stops at max_iter by design, as in the search
 
     from aebnas.search.predictors import kendall_tau
 
