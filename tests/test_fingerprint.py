@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -115,29 +116,53 @@ def test_a_gpu_table_is_checked_against_the_gpu_and_driver(monkeypatch, tiny_spa
     assert same.warning is None
 
 
-def test_calibration_recovers_a_known_factor(tiny_space, tmp_path):
-    then = synthetic()
-    cal = fit(then.reference_ms, synthetic(1.7).reference_ms)
-    assert cal.factor == pytest.approx(1.7, rel=1e-6) and cal.offset_ms == 0.0 and cal.fit_mape_pct < 1e-4
-    # a per-call cost the new machine adds (dispatch-bound operators show it): factor and offset both recovered
-    cal = fit(then.reference_ms, synthetic(1.3, 0.02).reference_ms)
-    assert cal.factor == pytest.approx(1.3, rel=1e-4) and cal.offset_ms == pytest.approx(0.02, rel=1e-3)
-    # a faster dispatcher would need a negative offset: never fitted, the factor alone carries the table
-    assert fit(then.reference_ms, synthetic(0.5, -0.002).reference_ms).offset_ms == 0.0
-    # 3% noise on each reference operator: the factor within 3%
-    rng = np.random.default_rng(0)
-    noisy = {k: v * 0.4 * rng.uniform(0.97, 1.03) for k, v in then.reference_ms.items()}
-    assert fit(then.reference_ms, noisy).factor == pytest.approx(0.4, rel=0.03)
+def _probes(table, space, scale: float, offset: float = 0.0, networks: int = 6, noise: float = 0.0):
+    """Probe timings of a machine that runs each path at ``scale`` x the table's sum + ``offset`` ms."""
+    rng = np.random.default_rng(1)
+    sums = [p for _ in range(networks) for p in table.path_ms(space.sample(rng))]
+    return sums, [(scale * p + offset) * rng.uniform(1 - noise, 1 + noise) for p in sums], networks
 
-    table = table_with(then, tiny_space)
-    scaled, cal = calibrate(table, synthetic(2.5), source="shipped.json")
+
+def test_calibration_recovers_a_known_factor(tiny_space, tmp_path):
+    table = table_with(synthetic(), tiny_space)
+    p, m, _ = _probes(table, tiny_space, 1.7)
+    cal = fit(p, m)
+    assert cal.factor == pytest.approx(1.7, rel=1e-6) and cal.offset_ms == 0.0 and cal.fit_mape_pct < 1e-4
+    # a fixed cost per path that the operators' sum misses: factor and offset both recovered
+    cal = fit(*_probes(table, tiny_space, 1.3, 0.02)[:2])
+    assert cal.factor == pytest.approx(1.3, rel=1e-4) and cal.offset_ms == pytest.approx(0.02, rel=1e-3)
+    # a negative time per path cannot exist: never fitted, the factor alone carries the table
+    assert fit(*_probes(table, tiny_space, 0.5, -0.002)[:2]).offset_ms == 0.0
+    # 3% noise on each path: the factor within 3%
+    assert fit(*_probes(table, tiny_space, 0.4, noise=0.03)[:2]).factor == pytest.approx(0.4, rel=0.03)
+    with pytest.raises(LatencyTableError, match="at least 3"):
+        fit([1.0, 2.0], [1.0, 2.0])
+
+    scaled, cal = calibrate(table, tiny_space, HardwareSettings.from_dict(FAST), synthetic(2.5),
+                            source="shipped.json", probes=_probes(table, tiny_space, 2.5, 0.1))
     genome = tiny_space.sample(np.random.default_rng(3))
-    assert scaled.path_ms(genome) == pytest.approx([2.5 * p for p in table.path_ms(genome)])
+    assert scaled.path_ms(genome) == pytest.approx([2.5 * p + 0.1 for p in table.path_ms(genome)], rel=1e-3)
     assert scaled.meta["calibration"]["factor"] == pytest.approx(2.5) and scaled.meta["calibration"]["source"] == \
         "shipped.json"
+    assert scaled.meta["calibration"]["networks"] == 6 and "validation" not in scaled.meta
     assert check_message(scaled, synthetic(2.5), "c.json", "R") is None  # the copy describes this machine now
-    with pytest.raises(LatencyTableError, match="has no fingerprint"):
-        calibrate(table_with(None, tiny_space), synthetic())
+    # a table without a fingerprint is calibrated all the same: the probes, not the reference set, carry it
+    bare, cal = calibrate(table_with(None, tiny_space), tiny_space, HardwareSettings.from_dict(FAST),
+                          probes=_probes(table, tiny_space, 0.8))
+    assert cal.factor == pytest.approx(0.8) and "fingerprint" not in bare.meta
+
+
+def test_probe_networks_are_timed_here_and_recover_a_distorted_table(tiny_space, tmp_path):
+    """A real table of this machine, every entry x3 (a slower machine's table): timing the probe networks here
+    brings the factor back near 1/3 (within what a summation misses, and timing noise with few repeats)."""
+    hw = HardwareSettings.from_dict({**FAST, "repeats": 5, "passes": 2})
+    table = profile_space(tiny_space.config, InputShape(4, 1, 5), hw, tmp_path / "t.json", progress=False)
+    stale = LatencyTable(dict(table.meta), {s: replace(o, median_ms=3 * o.median_ms) for s, o in table.ops.items()})
+    threads = torch.get_num_threads()
+    scaled, cal = calibrate(stale, tiny_space, hw)
+    assert torch.get_num_threads() == threads  # the table's thread count held while timing, not after
+    assert cal.networks == 8 and cal.paths >= 8 and 0.15 < cal.factor < 0.6 and cal.seconds > 0
+    assert all(o.median_ms == pytest.approx(cal.factor * 3 * table.ops[s].median_ms) for s, o in scaled.ops.items())
 
 
 def test_hardware_calibrate_writes_the_copy_beside_the_users_tables(tiny_space, tmp_path, monkeypatch, capsys):
@@ -146,13 +171,16 @@ def test_hardware_calibrate_writes_the_copy_beside_the_users_tables(tiny_space, 
     shape = InputShape(8, 1, 10)
     src = tmp_path / "t.json"
     table_with(synthetic(), tiny_space).save(src)
-    used = use_table(LatencyTable.load(src), hw, str(src), "R", str(calibrated_table_path(hw, shape)),
-                     now=synthetic(0.5))
+    table = LatencyTable.load(src)
+    used = use_table(table, hw, str(src), "R", str(calibrated_table_path(hw, shape)), now=synthetic(0.5),
+                     probes=_probes(table, tiny_space, 0.5))
     assert used.warning is None and used.calibration.factor == pytest.approx(0.5)
     written = tmp_path / "cache" / "latency" / "cpu_x86_2t" / "r8_c1_n10.calibrated.json"
     assert used.calibrated_path == str(written) and written.parent == user_table_path(hw, shape).parent
     assert LatencyTable.load(written).meta["calibration"]["factor"] == pytest.approx(0.5)
     assert "factor 0.500" in used.describe() and str(written) in used.describe()
+    with pytest.raises(ValueError, match="needs the space"):
+        use_table(table, hw, str(src), "R", now=synthetic(0.5))
 
 
 @pytest.mark.slow
@@ -169,7 +197,7 @@ def test_profile_validate_and_calibrate_write_nothing_under_the_package(tiny_spa
     common = [sys.executable, "-m", "aebnas.cli.profile", "hardware=cpu_x86_2t", "experiment=quickstart",
               "profile.validate=true", "profile.networks=2", "hardware.threads=1", "hardware.warmup=0", "hardware.repeats=1",
               "hardware.passes=1", "progress=false"]
-    for i, extra in enumerate((["hardware.calibrate=true"], ["profile.calibrate=true"])):
+    for i, extra in enumerate((["hardware.calibrate=true"], [])):
         proc = subprocess.run([*common, f"hydra.run.dir={tmp_path / f'run{i}'}", *extra], capture_output=True,
                               text=True, cwd=tmp_path, timeout=300, env=env)
         assert proc.returncode == 0, proc.stderr[-2000:]

@@ -17,7 +17,7 @@ from aebnas.data import DatasetError
 from aebnas.runtime.export_run import ExportCheckError
 from aebnas.search.executors import WorkerStartError
 from aebnas.search.rundir_lock import RunDirBusy
-from aebnas.space import SpaceSettings
+from aebnas.space import SearchSpace, SpaceSettings
 from aebnas.config_checks import ConfigError
 
 register_schemas()  # every entry point composes through this module: the groups' ``base`` defaults must exist
@@ -61,10 +61,20 @@ def check_group_choices(prog: str, argv: list[str]) -> None:
             sys.exit(2)
 
 
+# Settings that were removed, and what does their job now.
+REMOVED_SETTINGS = {"profile.calibrate": "hardware.calibrate=true (it fits the per-path offset too, on probe "
+                                         "networks apart from the validation's)"}
+
+
 def check_overrides(prog: str, argv: list[str], config_name: str = "config") -> None:
     """Compose the config once up front so Hydra's multi-line override errors become one line."""
     if any(a.startswith("-") for a in argv):
         return  # Hydra's own flags (--multirun sweeps, --cfg, --help ...) are Hydra's to handle
+    for arg in argv:
+        key = arg.lstrip("+~").split("=", 1)[0]
+        if key in REMOVED_SETTINGS:
+            print(f"{prog}: error: {key} was removed; use {REMOVED_SETTINGS[key]}", file=sys.stderr)
+            sys.exit(2)
     overrides = [a for a in argv if not a.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))]
     from hydra import compose, initialize_config_dir
     from hydra.errors import ConfigCompositionException, OverrideParseException
@@ -139,7 +149,7 @@ def load_latency_table(hardware: Mapping[str, Any] | None, space: SpaceSettings,
     table = LatencyTable.load(path)
     table.check_covers(space, shape, fill, where=str(path))
     used = use_table(table, hw, str(path), profile_command(hw, space.name, shape, remeasure=True),
-                     str(calibrated_table_path(hw, shape)))
+                     str(calibrated_table_path(hw, shape)), space=SearchSpace(space))
     report_table(used)
     used.table.meta["loaded_from"] = str(path)
     return used.table

@@ -67,7 +67,7 @@ def profile(cfg: DictConfig, run_dir: Path) -> Path:
     if options.validate:
         run_dir.mkdir(parents=True, exist_ok=True)
         used = use_table(table, hw, str(source), profile_command(hw, space.name, shape, remeasure=True),
-                         str(calibrated_table_path(hw, shape)))
+                         str(calibrated_table_path(hw, shape)), space=SearchSpace(space))
         report_table(used)
         table = used.table
         result = validate_table(table, SearchSpace(space), hw, options.networks, seed=int(plain.get("seed", 0)),
@@ -85,23 +85,17 @@ def profile(cfg: DictConfig, run_dir: Path) -> Path:
                                  + (f", calibrated x{used.calibration.factor:.2f}" if used.calibration else ""))
         overhead = summary["fitted_overhead_ms"]
         table.meta["validation"] = {"space": space.name, "date": time.strftime("%Y-%m-%d"), **summary}
-        if options.calibrate:
-            table.meta["overhead_ms"] = table.overhead_ms + max(0.0, overhead)  # a per-path time is never negative
-        # the validation (and a fitted overhead) belong to the copy validated: the calibrated one, or the user's
+        # the validation belongs to the copy validated: the calibrated one, or the user's own table
         target = Path(used.calibrated_path) if used.calibrated_path else user
         written = [run_dir / "validation.json", run_dir / "validation.png"]
-        if used.calibrated_path or source == user or (options.calibrate and overhead > 0):
+        if used.calibrated_path or source == user:
             table.save(target)
             written.insert(0, target)
         a, f = summary["all_paths"], summary["final_paths"]
-        stored = ""
-        if options.calibrate:
-            stored = (" (stored in the table)" if overhead >= 0 else
-                      " (negative: not stored; the table predicts too much, try hardware.calibrate=true)")
         print(f"validation on {summary['networks']} random networks ({summary['paths']} exit paths): "
               f"MAPE {a['mape_pct']:.1f}%, Spearman rho {a['spearman_rho']:.3f} (MACs alone: rho "
               f"{a['macs_spearman_rho']:.3f}); full networks: MAPE {f['mape_pct']:.1f}%, rho {f['spearman_rho']:.3f}; "
-              f"with a fitted {overhead:+.3f} ms per path: MAPE {a['mape_pct_with_overhead']:.1f}%{stored}")
+              f"with a further {overhead:+.3f} ms per path: MAPE {a['mape_pct_with_overhead']:.1f}%")
         print("wrote " + ", ".join(str(p) for p in written))
     return user if user.exists() else source
 

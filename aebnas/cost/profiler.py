@@ -86,9 +86,10 @@ class HardwareSettings(Settings):
     check: bool = setting(True, help="When a table is used, compare this machine with its fingerprint (reference "
                                      "operators' timings); one warning line if the machine differs or runs them "
                                      ">15% faster or slower.")
-    calibrate: bool = setting(False, help="Scale the table to this machine from its reference set (fitted factor, "
-                                          "a per-operator offset only when positive and it earns its place); the "
-                                          "calibrated copy is written beside your own tables.")
+    calibrate: bool = setting(False, help="Scale the table to this machine by timing every exit path of 8 random "
+                                          "networks of its space here (a fitted factor, and a per-path offset only "
+                                          "when positive and it earns its place); the calibrated copy is written "
+                                          "beside your own tables.")
 
     def check_together(self) -> None:
         if self.device == "cpu" and self.dtype != "float32":
@@ -129,8 +130,6 @@ class ProfileSettings(Settings):
     validate: bool = setting(False, help="Then measure `networks` random networks end to end against the table "
                                          "(MAPE, Spearman rho; validation.json and .png in the run directory).")
     networks: int = setting(50, lo=2, help="Random networks of the validation.")
-    calibrate: bool = setting(False, help="Store the fitted per-path overhead (median measured - predicted) in your "
-                                          "copy of the table, used by later predictions; only a positive one.")
     remeasure: bool = setting(False, help="Measure a new table for this machine even if one (yours or a shipped "
                                           "one) already covers the space.")
 
