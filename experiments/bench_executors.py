@@ -106,10 +106,14 @@ def run_cli(args: list[str], run_dir: Path, pythonpath: Path, timeout: float) ->
     return result
 
 
+# The runs both CPU stages compare. workers=null: a preset's `workers: 2` would otherwise override
+# executor.n_workers.
+EXECUTOR_CONFIGS = {"serial": ["workers=1"], "dask_1": ["executor=dask", "executor.n_workers=1", "workers=null"],
+                    "dask_2": ["executor=dask", "executor.n_workers=2", "executor.threads=1", "workers=null"]}
+
+
 def stage_quickstart(args, out_dir: Path) -> dict[str, Any]:
-    # workers=null: the preset's `workers: 2` would otherwise override executor.n_workers
-    configs = {"serial": ["workers=1"], "dask_1": ["executor=dask", "executor.n_workers=1", "workers=null"],
-               "dask_2": ["executor=dask", "executor.n_workers=2", "executor.threads=1", "workers=null"]}
+    configs = dict(EXECUTOR_CONFIGS)
     if args.baseline:
         configs["pool_2"] = ["workers=2"]
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in configs}
@@ -229,12 +233,9 @@ def stage_kills(args, out_dir: Path) -> dict[str, Any]:
 def stage_preset340(args, out_dir: Path) -> dict[str, Any]:
     base = ["experiment=fashion_mnist_supernet_cpu", f"dataset.data_dir={args.fmnist_dir}", "search.final_epochs=0",
             "progress=false", f"supernet.cache_dir={out_dir / 'supernet_cache'}"]
-    # workers=null: the preset's `workers: 2` would otherwise override executor.n_workers
-    configs = {"serial": ["workers=1"], "dask_1": ["executor=dask", "executor.n_workers=1", "workers=null"],
-               "dask_2": ["executor=dask", "executor.n_workers=2", "executor.threads=1", "workers=null"]}
     runs = {}
     for name in args.preset_configs.split(","):
-        runs[name] = run_cli([*base, *configs[name]], out_dir / f"preset340_{name}", ROOT, args.timeout)
+        runs[name] = run_cli([*base, *EXECUTOR_CONFIGS[name]], out_dir / f"preset340_{name}", ROOT, args.timeout)
         print(name, runs[name].get("search_seconds_without_supernet"), flush=True)
     return {"runs": runs, "note": "the first run trains the supernet (cached for the others); "
                                   "search_seconds_without_supernet leaves that out"}

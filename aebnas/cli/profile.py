@@ -66,11 +66,12 @@ def profile(cfg: DictConfig, run_dir: Path) -> Path:
           f"({len(table.ops)} in the table) on {table.meta['device_name']}; {where}")
     if options.validate:
         run_dir.mkdir(parents=True, exist_ok=True)
+        search_space = SearchSpace(space)
         used = use_table(table, hw, str(source), profile_command(hw, space.name, shape, remeasure=True),
-                         str(calibrated_table_path(hw, shape)), space=SearchSpace(space))
+                         str(calibrated_table_path(hw, shape)), space=search_space)
         report_table(used)
         table = used.table
-        result = validate_table(table, SearchSpace(space), hw, options.networks, seed=int(plain.get("seed", 0)),
+        result = validate_table(table, search_space, hw, options.networks, seed=int(plain.get("seed", 0)),
                                 progress=progress)
         summary = result["summary"]
         calibration = asdict(used.calibration) if used.calibration is not None else None

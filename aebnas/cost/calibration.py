@@ -96,12 +96,9 @@ def fit(predicted: Sequence[float], measured: Sequence[float], networks: int = 0
 def time_probes(table: LatencyTable, space: SearchSpace, hw: HardwareSettings,
                 networks: int = PROBE_NETWORKS) -> tuple[list[float], list[float], int]:
     """Table sums and measured times of every exit path of ``networks`` random networks of ``space``, here."""
-    saved = torch.get_num_threads()
-    try:
-        raw = LatencyTable({**table.meta, "overhead_ms": 0.0}, table.ops)  # the fit maps the operators' sums
+    raw = LatencyTable({**table.meta, "overhead_ms": 0.0}, table.ops)  # the fit maps the operators' sums
+    with hw.threads_while_timing():
         rows = validate_table(raw, space, hw, networks, seed=PROBE_SEED, progress=False)["rows"]
-    finally:
-        torch.set_num_threads(saved)  # the table's thread count holds while timing, not for the run that asked
     return [r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows], networks
 
 
@@ -181,12 +178,8 @@ class TableInUse:
 
 def this_machine(hw: HardwareSettings, device: torch.device, fresh: bool = False) -> tuple[Fingerprint, bool]:
     """This machine's fingerprint under the table's setting (its thread count applied only while measuring)."""
-    saved = torch.get_num_threads()
-    hw.apply_threads()
-    try:
+    with hw.threads_while_timing():
         return fingerprint.current(device, DTYPES[hw.dtype], hw.batch_size, fresh=fresh)
-    finally:
-        torch.set_num_threads(saved)
 
 
 def use_table(table: LatencyTable, hw: HardwareSettings, path: str, reprofile: str, calibrated_path: str | None = None,

@@ -18,9 +18,10 @@ import datetime as _dt
 import os
 import platform
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Iterator
 
 import numpy as np
 import torch
@@ -108,6 +109,16 @@ class HardwareSettings(Settings):
         """Fix the CPU thread count: latency at 1 thread and at 16 are different devices."""
         if self.threads is not None:
             torch.set_num_threads(self.threads)
+
+    @contextmanager
+    def threads_while_timing(self) -> Iterator[None]:
+        """The table's thread count while timing inside another run (a search's start), the run's own after."""
+        saved = torch.get_num_threads()
+        self.apply_threads()
+        try:
+            yield
+        finally:
+            torch.set_num_threads(saved)
 
 
 def _check_shape_part(value: Any, name: str, error: type[Exception]) -> int:
