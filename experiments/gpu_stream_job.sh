@@ -30,8 +30,9 @@ mkdir -p "$OUT"
 exec > >(tee -a "$OUT/stream_job.log") 2>&1
 
 GENOME='k3e3-k3e3/k3e3-k3e3-k3e3/k3e4-k3e4-k3e4/k3e4-k3e4-k3e4/k3e4-k3e4-k3e4|t0.9:conv32k3|t0.9:dwsep32k3|off|off'
-# The same network with other thresholds: under threshold tuning both genomes are one candidate
-# (same network key), so a population of 2 (NSGA-II's minimum) trains this one network only.
+# The same network with other thresholds: without threshold tuning the two genomes are two candidates of one
+# network, so a population of 2 (NSGA-II's minimum) trains this one network only. With tuning on they would be
+# one candidate, and NSGA-II would fill the population with a random network, trained for nothing.
 GENOME_TWIN=${GENOME//t0.9:/t0.8:}
 DATA_DIR=${DATA_DIR:-.gpu/fashion-mnist}
 WORK=$(mktemp -d /tmp/aebnas-stream-job.XXXXXX)
@@ -90,7 +91,7 @@ train_network() {
   python3 -m aebnas.cli.search experiment=fashion_mnist dataset.data_dir="$DATA_DIR" space=stream_cpu \
     search.objective=avg_macs search.exit_metric=max_softmax search.pop_size=2 search.generations=1 \
     "search.initial_genomes=['$GENOME','$GENOME_TWIN']" \
-    search.threshold_tuning=true search.max_accuracy_drop=0.005 trainer.epochs="$EPOCHS" \
+    search.threshold_tuning=false trainer.epochs="$EPOCHS" \
     trainer.init=from_scratch trainer.batch_size="$BATCH" trainer.lr="$LR" trainer.crop_padding=2 trainer.device="$DEVICE" \
     dataset.resolution=28 dataset.pad_to_resolution=false "${SIZE_ARGS[@]}" progress=false \
     hydra.run.dir="$RUN"

@@ -1,0 +1,241 @@
+"""How much of a core a batch-1 stream gets under background load, and what that leaves a budget controller.
+
+    python experiments/bench_load_share.py --out load_share.json --load-procs 2 run=<run dir> model=0 \\
+        n_images=10000 num_threads=1 progress=false data_dir=/usr/share/datasets/fashion-mnist
+
+The key=value settings are aebnas-stream's. In one process, batch 1:
+
+1. every operating point of the ladder on ``--point-images`` images in a row, load off, then on
+   (``--load-procs`` busy loops, as in ``bench_budget.py``): per-image times and exit-path MACs;
+2. ``--share-images`` images in a row at the ladder's middle point with the load on. The stream's *share* of
+   a core per ``--bin-ms`` of wall clock is (the idle median time of each image's exit path) / (its time).
+
+Then, offline, the stream of ``bench_budget.py`` (targets ``--targets`` x the static rate, load on in the
+second half of each third) is replayed ``--replays`` times: each image takes an idle time recorded for the
+point that runs it, divided by the recorded share at that moment of the simulated clock. The replay scores
+the budget controller and every fixed point by the same rule as ``bench_budget.py`` (a 200-image window is
+held within +-10 % of the target, or above it on the most accurate point), so it says how many windows any
+controller could hold under this load, without timing noise between the variants compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from bench_budget import BackgroundLoad
+from bench_common import stream_settings
+from aebnas.runtime import AdaptiveModel
+from aebnas.runtime.budget import Budget, BudgetController, ControllerSettings
+from aebnas.runtime.operating_points import OperatingPoint, path_costs_with
+from aebnas.runtime.run_network import load_run_network
+from aebnas.runtime.stream import _cpu_name, prepare_stream, run_static
+
+
+def record_point(model: AdaptiveModel, x: torch.Tensor, paths: np.ndarray, n: int,
+                 start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image seconds and exit-path MACs of ``n`` images in a row at the model's current thresholds."""
+    seconds, macs = np.empty(n), np.empty(n)
+    for j in range(n):
+        i = (start + j) % x.shape[0]
+        t0 = time.perf_counter()
+        out = model(x[i:i + 1])
+        seconds[j] = time.perf_counter() - t0
+        macs[j] = paths[int(out.exit_index[0])]
+    return seconds, macs
+
+
+def share_per_bin(seconds: np.ndarray, macs: np.ndarray, idle_seconds: np.ndarray, idle_macs: np.ndarray,
+                  bin_s: float) -> np.ndarray:
+    """The share of a core per ``bin_s`` of wall clock: idle median time of each image's exit path over its
+    measured time, summed per bin (at most 1; a bin no image started in repeats the one before)."""
+    median = {m: float(np.median(idle_seconds[idle_macs == m])) for m in np.unique(idle_macs)}
+    missing = sorted(set(np.unique(macs)) - set(median))
+    if missing:
+        raise ValueError(f"exit paths {missing} never ran idle at this point; record more images")
+    base = np.array([median[m] for m in macs])
+    starts = np.concatenate([[0.0], np.cumsum(seconds)[:-1]])
+    bins = (starts // bin_s).astype(int)
+    share, last = [], 1.0
+    for b in range(int(bins[-1]) + 1):
+        m = bins == b
+        if m.any():
+            last = min(float(base[m].sum() / seconds[m].sum()), 1.0)
+        share.append(last)
+    return np.array(share)
+
+
+def replay(idle_seconds: np.ndarray, idle_macs: np.ndarray, share: np.ndarray, bin_s: float,
+           ladder: list[OperatingPoint], rate: float, multiples: list[float], n: int,
+           make: Callable[[list[OperatingPoint], Budget], BudgetController], seed: int, window: int = 200,
+           calibration: int = 40) -> list[dict]:
+    """One replayed stream; per (target, load) segment: windows held, rate / target, mean val accuracy run."""
+    rng = np.random.default_rng(seed)
+    recorded = idle_seconds.shape[1]
+    cursor = rng.integers(0, recorded, size=len(ladder))
+    offset = int(rng.integers(0, len(share)))
+    clock = 0.0
+
+    def take(p: int, loaded: bool) -> tuple[float, float]:
+        j = cursor[p] % recorded
+        cursor[p] += 1
+        t = idle_seconds[p, j]
+        return (t / share[(int(clock / bin_s) + offset) % len(share)] if loaded else t), idle_macs[p, j]
+
+    third = n // len(multiples)
+    segments = []
+    for k, m in enumerate(multiples):
+        lo, hi = k * third, n if k == len(multiples) - 1 else (k + 1) * third
+        segments += [(lo, (lo + hi) // 2, m * rate, False), ((lo + hi) // 2, hi, m * rate, True)]
+    controller = make(ladder, Budget("images_per_s", multiples[0] * rate))
+    for j in range(calibration):
+        at = len(ladder) - 1 if j < calibration // 2 else 0
+        controller.observe(1, *take(at, False), point=at)
+    if calibration:
+        controller.finish_calibration()
+    seconds, point = np.empty(n), np.empty(n, dtype=int)
+    loaded = False
+    for i in range(n):
+        for lo, _, target, on in segments:
+            if i == lo:
+                if controller.budget.value != target:
+                    controller.set_budget(Budget("images_per_s", target))
+                loaded = on
+        point[i] = controller.index
+        seconds[i], macs = take(point[i], loaded)
+        clock += seconds[i]
+        controller.observe(1, seconds[i], macs)
+    top = len(ladder) - 1
+    rows = []
+    for lo, hi, target, on in segments:
+        held = total = 0
+        for s in range(max(lo, window), hi - window + 1, window):
+            r = window / seconds[s:s + window].sum()
+            held += abs(r / target - 1) <= 0.10 or (r > target and bool(np.all(point[s:s + window] == top)))
+            total += 1
+        rows.append({"target_x_static": target / rate, "load": on, "held": int(held), "windows": total,
+                     "rate_over_target": float((hi - lo) / seconds[lo:hi].sum() / target),
+                     "val_accuracy_run": float(np.mean([ladder[p].val_accuracy for p in point[lo:hi]]))})
+    return rows
+
+
+class FixedPoint(BudgetController):
+    """A controller that never moves: the fixed points' windows, scored by the same rule."""
+
+    def __init__(self, points, budget, index: int):
+        super().__init__(points, budget)
+        self.index = index
+
+    def observe(self, images, seconds, macs, point=None):
+        return self.index
+
+    def finish_calibration(self):
+        pass
+
+    def set_budget(self, budget):
+        self.budget = budget
+
+
+def summarise(runs: list[list[dict]]) -> dict:
+    """Windows held per (target, load) segment and under load off / on, summed over replays."""
+    out: dict = {"segments": [], "held_load_off": [0, 0], "held_load_on": [0, 0]}
+    for k in range(len(runs[0])):
+        rows = [r[k] for r in runs]
+        held, total = sum(r["held"] for r in rows), sum(r["windows"] for r in rows)
+        out["segments"].append({"target_x_static": rows[0]["target_x_static"], "load": rows[0]["load"],
+                                "held": int(held), "windows": int(total),
+                                "rate_over_target": float(np.mean([r["rate_over_target"] for r in rows])),
+                                "val_accuracy_run": float(np.mean([r["val_accuracy_run"] for r in rows]))})
+        key = "held_load_on" if rows[0]["load"] else "held_load_off"
+        out[key][0] += int(held)
+        out[key][1] += total
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--load-procs", type=int, default=2)
+    ap.add_argument("--point-images", type=int, default=600)
+    ap.add_argument("--share-images", type=int, default=10000)
+    ap.add_argument("--bin-ms", type=float, default=10.0)
+    ap.add_argument("--targets", default="1.5,3,2")
+    ap.add_argument("--replays", type=int, default=6)
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+    settings = stream_settings(args.overrides)
+    inputs = load_run_network(settings.run, settings.model, settings.device, settings.num_threads, settings.data_dir,
+                              settings.recompute_operating_points)
+    saved = inputs.saved
+    model = AdaptiveModel.from_saved(saved, inputs.points, fold=settings.fold_batchnorm)
+    x, labels = prepare_stream(inputs.data.test, inputs.data.mean, inputs.data.std, settings.n_images, inputs.device)
+    static = run_static(model, saved.cost, x[:2000], labels[:2000], 1, settings.warmup, progress=False)
+    rate = static.images_per_second
+    ladder = BudgetController(inputs.points, Budget("images_per_s", rate), saved.cost).ladder
+    paths = [path_costs_with(saved.cost, np.isfinite(p.threshold_array())) for p in ladder]
+    shape = (2, len(ladder), args.point_images)
+    seconds, macs = np.empty(shape), np.empty(shape)
+    mid = len(ladder) // 2
+    load = BackgroundLoad(args.load_procs)
+    try:
+        for li, on in enumerate((False, True)):
+            (load.on if on else load.off)()
+            for p, point in enumerate(ladder):
+                model.set_thresholds(point.thresholds)
+                seconds[li, p], macs[li, p] = record_point(model, x, paths[p], args.point_images, start=977 * p)
+        model.set_thresholds(ladder[mid].thresholds)
+        load.on()
+        long_seconds, long_macs = record_point(model, x, paths[mid], args.share_images)
+    finally:
+        load.close()
+    bin_s = args.bin_ms / 1e3
+    share = share_per_bin(long_seconds, long_macs, seconds[0, mid], macs[0, mid], bin_s)
+    per_100ms = share_per_bin(long_seconds, long_macs, seconds[0, mid], macs[0, mid], 0.1)
+    centred = per_100ms - per_100ms.mean()
+    multiples = [float(m) for m in args.targets.split(",")]
+    n = settings.n_images
+    controller = ControllerSettings(settings.budget.window, settings.budget.interval, settings.budget.margin,
+                                    settings.budget.fit_window)
+    replays = {"controller": summarise([replay(seconds[0], macs[0], share, bin_s, ladder, rate, multiples, n,
+                                               lambda pts, b: BudgetController(pts, b, settings=controller), s)
+                                        for s in range(args.replays)])}
+    for p in range(len(ladder)):
+        replays[f"fixed_{p}"] = summarise([replay(seconds[0], macs[0], share, bin_s, ladder, rate, multiples, n,
+                                                  lambda pts, b, p=p: FixedPoint(pts, b, p), s, calibration=0)
+                                           for s in range(args.replays)])
+    windows_on = {p: [float(200 / seconds[1, p, s:s + 200].sum()) for s in range(0, args.point_images - 199, 200)]
+                  for p in range(len(ladder))}
+    result = {
+        "run": str(inputs.run_path), "device": _cpu_name(), "torch": torch.__version__,
+        "num_threads": torch.get_num_threads(), "load_procs": args.load_procs, "static_images_per_s": rate,
+        "ladder": [{"thresholds": list(p.thresholds), "val_accuracy": p.val_accuracy,
+                    "val_expected_macs": p.expected_macs,
+                    "images_per_s_load_off": float(args.point_images / seconds[0, i].sum()),
+                    "images_per_s_load_on": float(args.point_images / seconds[1, i].sum()),
+                    "images_per_s_load_on_per_200": windows_on[i]} for i, p in enumerate(ladder)],
+        "share_per_100ms": {"percentiles_5_25_50_75_95": np.percentile(per_100ms, [5, 25, 50, 75, 95]).tolist(),
+                            "lag1_autocorrelation": float(np.corrcoef(centred[:-1], centred[1:])[0, 1]),
+                            "bins": len(per_100ms)},
+        "replays": args.replays, "targets": multiples, "replay": replays,
+    }
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    s = result["share_per_100ms"]
+    print(f"static {rate:.1f} img/s; share of a core per 100 ms under load: percentiles 5/25/50/75/95 "
+          + " ".join(f"{v:.2f}" for v in s["percentiles_5_25_50_75_95"])
+          + f", lag-1 autocorrelation {s['lag1_autocorrelation']:.2f}")
+    for name in ["controller", "fixed_0", f"fixed_{len(ladder) - 1}"]:
+        r = replays[name]
+        print(f"  replay {name:11s}: held load off {r['held_load_off'][0]}/{r['held_load_off'][1]}, on "
+              f"{r['held_load_on'][0]}/{r['held_load_on'][1]} | " + " ".join(
+                  f"{g['target_x_static']:g}x{'L' if g['load'] else ''} {g['held']}/{g['windows']}"
+                  for g in r["segments"]))
+
+
+if __name__ == "__main__":
+    main()
