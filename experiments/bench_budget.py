@@ -36,11 +36,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench_common import stream_settings
+from bench_common import stream_network
 from aebnas.runtime import AdaptiveModel
 from aebnas.runtime.budget import Budget, BudgetController
 from aebnas.runtime.operating_points import binomial_se
-from aebnas.runtime.run_network import load_run_network
 from aebnas.runtime.stream import (_cpu_name, prepare_stream, run_controlled, run_static,
                                    window_summary)
 from aebnas.exits import confidence, exit_indices
@@ -110,11 +109,8 @@ def main() -> None:
     ap.add_argument("--load-procs", type=int, default=1)
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
-    settings = stream_settings(args.overrides)
-    inputs = load_run_network(settings.run, settings.model, settings.device, settings.num_threads, settings.data_dir,
-                              settings.recompute_operating_points)
+    settings, inputs, model = stream_network(args.overrides)
     saved, data = inputs.saved, inputs.data
-    model = AdaptiveModel.from_saved(saved, inputs.points, fold=settings.fold_batchnorm)
     x, labels = prepare_stream(data.test, data.mean, data.std, settings.n_images, inputs.device)
     n = x.shape[0]
     load = BackgroundLoad(args.load_procs)

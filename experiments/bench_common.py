@@ -137,3 +137,15 @@ def stream_settings(overrides: list[str]) -> StreamSettings:
     plain = OmegaConf.to_container(cfg, resolve=True)
     plain.pop("hydra", None)
     return StreamSettings.from_dict(plain)
+
+
+def stream_network(overrides: list[str]) -> tuple[StreamSettings, Any, Any]:
+    """aebnas-stream's settings, the run's network and data (``load_run_network``), and the network as an
+    ``AdaptiveModel`` as the stream runs it (BatchNorm folded when the settings say so)."""
+    from aebnas.runtime import AdaptiveModel
+    from aebnas.runtime.run_network import load_run_network
+
+    settings = stream_settings(overrides)
+    inputs = load_run_network(settings.run, settings.model, settings.device, settings.num_threads, settings.data_dir,
+                              settings.recompute_operating_points)
+    return settings, inputs, AdaptiveModel.from_saved(inputs.saved, inputs.points, fold=settings.fold_batchnorm)

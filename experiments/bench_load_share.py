@@ -30,11 +30,10 @@ import numpy as np
 import torch
 
 from bench_budget import BackgroundLoad
-from bench_common import stream_settings
+from bench_common import stream_network
 from aebnas.runtime import AdaptiveModel
 from aebnas.runtime.budget import Budget, BudgetController, ControllerSettings
 from aebnas.runtime.operating_points import OperatingPoint, path_costs_with
-from aebnas.runtime.run_network import load_run_network
 from aebnas.runtime.stream import _cpu_name, prepare_stream, run_static
 
 
@@ -169,11 +168,8 @@ def main() -> None:
     ap.add_argument("--replays", type=int, default=6)
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
-    settings = stream_settings(args.overrides)
-    inputs = load_run_network(settings.run, settings.model, settings.device, settings.num_threads, settings.data_dir,
-                              settings.recompute_operating_points)
+    settings, inputs, model = stream_network(args.overrides)
     saved = inputs.saved
-    model = AdaptiveModel.from_saved(saved, inputs.points, fold=settings.fold_batchnorm)
     x, labels = prepare_stream(inputs.data.test, inputs.data.mean, inputs.data.std, settings.n_images, inputs.device)
     static = run_static(model, saved.cost, x[:2000], labels[:2000], 1, settings.warmup, progress=False)
     rate = static.images_per_second
