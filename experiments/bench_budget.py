@@ -73,6 +73,22 @@ class BackgroundLoad:
             p.wait()
 
 
+def load_segments(n: int, multiples: list[float], rate: float) -> list[tuple[int, int, float, bool]]:
+    """(first image, end, target images/s, load on) per segment: the stream in one third per target multiple,
+    the load off in the first half of each third and on in the second."""
+    third = n // len(multiples)
+    segments = []
+    for k, m in enumerate(multiples):
+        lo, hi = k * third, n if k == len(multiples) - 1 else (k + 1) * third
+        segments += [(lo, (lo + hi) // 2, m * rate, False), ((lo + hi) // 2, hi, m * rate, True)]
+    return segments
+
+
+def segment_windows(windows: list[dict], lo: int, hi: int, window: int) -> list[dict]:
+    """The windows of ``window_summary`` that lie wholly inside images ``lo``..``hi``."""
+    return [w for w in windows if lo <= w["first_image"] and w["first_image"] + window <= hi]
+
+
 def point_predictions(net, x: torch.Tensor, ladder, metric: str) -> np.ndarray:
     """[points, images] predictions of each fixed point, from every exit's logits (the rule the model applies)."""
     with torch.inference_mode():
@@ -125,12 +141,7 @@ def main() -> None:
         fixed_on = fixed_point_rates(model, saved.cost, x, labels, ladder, args.point_images, load, True)
 
         multiples = [float(m) for m in args.targets.split(",")]
-        third = n // len(multiples)
-        bounds = [(i * third, n if i == len(multiples) - 1 else (i + 1) * third) for i in range(len(multiples))]
-        segments = []
-        for (lo, hi), m in zip(bounds, multiples):
-            mid = (lo + hi) // 2
-            segments += [(lo, mid, m * rate, False), (mid, hi, m * rate, True)]
+        segments = load_segments(n, multiples, rate)
 
         controller = BudgetController(inputs.points, Budget("images_per_s", multiples[0] * rate), saved.cost, 1,
                                       settings.budget.controller)
@@ -158,7 +169,7 @@ def main() -> None:
         ok = np.flatnonzero(rates >= target)
         fixed = int(ok.max()) if len(ok) else None  # the ladder is ordered by accuracy
         fixed_acc = float((preds[fixed, lo:hi] == labels[lo:hi]).mean()) if fixed is not None else None
-        seg_w = [w for w in windows if lo <= w["first_image"] and w["first_image"] + window <= hi]
+        seg_w = segment_windows(windows, lo, hi, window)
         seg_rows.append({
             "images": [lo, hi], "target_images_per_s": target, "target_x_static": target / rate, "load": loaded,
             "images_per_s": float((hi - lo) / rec["seconds"][lo:hi].sum()),

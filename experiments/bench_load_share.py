@@ -29,12 +29,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from bench_budget import BackgroundLoad
+from bench_budget import BackgroundLoad, load_segments, segment_windows
 from bench_common import stream_network
 from aebnas.runtime import AdaptiveModel
-from aebnas.runtime.budget import Budget, BudgetController, ControllerSettings
+from aebnas.runtime.budget import Budget, BudgetController
 from aebnas.runtime.operating_points import OperatingPoint, path_costs_with
-from aebnas.runtime.stream import _cpu_name, prepare_stream, run_static
+from aebnas.runtime.stream import _cpu_name, prepare_stream, run_static, window_summary
 
 
 def record_point(model: AdaptiveModel, x: torch.Tensor, paths: np.ndarray, n: int,
@@ -74,7 +74,8 @@ def replay(idle_seconds: np.ndarray, idle_macs: np.ndarray, share: np.ndarray, b
            ladder: list[OperatingPoint], rate: float, multiples: list[float], n: int,
            make: Callable[[list[OperatingPoint], Budget], BudgetController], seed: int, window: int = 200,
            calibration: int = 40) -> list[dict]:
-    """One replayed stream; per (target, load) segment: windows held, rate / target, mean val accuracy run."""
+    """One replayed stream; per (target, load) segment: windows held (``bench_budget.py``'s windows and rule),
+    rate / target, mean val accuracy of the points run."""
     rng = np.random.default_rng(seed)
     recorded = idle_seconds.shape[1]
     cursor = rng.integers(0, recorded, size=len(ladder))
@@ -87,18 +88,15 @@ def replay(idle_seconds: np.ndarray, idle_macs: np.ndarray, share: np.ndarray, b
         t = idle_seconds[p, j]
         return (t / share[(int(clock / bin_s) + offset) % len(share)] if loaded else t), idle_macs[p, j]
 
-    third = n // len(multiples)
-    segments = []
-    for k, m in enumerate(multiples):
-        lo, hi = k * third, n if k == len(multiples) - 1 else (k + 1) * third
-        segments += [(lo, (lo + hi) // 2, m * rate, False), ((lo + hi) // 2, hi, m * rate, True)]
+    segments = load_segments(n, multiples, rate)
     controller = make(ladder, Budget("images_per_s", multiples[0] * rate))
     for j in range(calibration):
         at = len(ladder) - 1 if j < calibration // 2 else 0
         controller.observe(1, *take(at, False), point=at)
     if calibration:
         controller.finish_calibration()
-    seconds, point = np.empty(n), np.empty(n, dtype=int)
+    rec = {k: np.zeros(n) for k in ("seconds", "images", "correct", "macs", "point", "target", "clock")}
+    rec["images"][:] = 1
     loaded = False
     for i in range(n):
         for lo, _, target, on in segments:
@@ -106,21 +104,17 @@ def replay(idle_seconds: np.ndarray, idle_macs: np.ndarray, share: np.ndarray, b
                 if controller.budget.value != target:
                     controller.set_budget(Budget("images_per_s", target))
                 loaded = on
-        point[i] = controller.index
-        seconds[i], macs = take(point[i], loaded)
-        clock += seconds[i]
-        controller.observe(1, seconds[i], macs)
-    top = len(ladder) - 1
+        rec["point"][i], rec["target"][i], rec["clock"][i] = controller.index, controller.budget.value, clock
+        rec["seconds"][i], rec["macs"][i] = take(controller.index, loaded)
+        clock += rec["seconds"][i]
+        controller.observe(1, rec["seconds"][i], rec["macs"][i])
+    windows = window_summary(rec, window, "images_per_s", top_point=len(ladder) - 1)
     rows = []
     for lo, hi, target, on in segments:
-        held = total = 0
-        for s in range(max(lo, window), hi - window + 1, window):
-            r = window / seconds[s:s + window].sum()
-            held += abs(r / target - 1) <= 0.10 or (r > target and bool(np.all(point[s:s + window] == top)))
-            total += 1
-        rows.append({"target_x_static": target / rate, "load": on, "held": int(held), "windows": total,
-                     "rate_over_target": float((hi - lo) / seconds[lo:hi].sum() / target),
-                     "val_accuracy_run": float(np.mean([ladder[p].val_accuracy for p in point[lo:hi]]))})
+        seg = segment_windows(windows, lo, hi, window)
+        rows.append({"target_x_static": target / rate, "load": on, "held": sum(w["held"] for w in seg),
+                     "windows": len(seg), "rate_over_target": float((hi - lo) / rec["seconds"][lo:hi].sum() / target),
+                     "val_accuracy_run": float(np.mean([ladder[int(p)].val_accuracy for p in rec["point"][lo:hi]]))})
     return rows
 
 
@@ -196,17 +190,18 @@ def main() -> None:
     centred = per_100ms - per_100ms.mean()
     multiples = [float(m) for m in args.targets.split(",")]
     n = settings.n_images
-    controller = ControllerSettings(settings.budget.window, settings.budget.interval, settings.budget.margin,
-                                    settings.budget.fit_window)
-    replays = {"controller": summarise([replay(seconds[0], macs[0], share, bin_s, ladder, rate, multiples, n,
-                                               lambda pts, b: BudgetController(pts, b, settings=controller), s)
-                                        for s in range(args.replays)])}
+    window = settings.budget.window
+
+    def replays_of(make, calibration: int) -> dict:
+        return summarise([replay(seconds[0], macs[0], share, bin_s, ladder, rate, multiples, n, make, s, window,
+                                 calibration) for s in range(args.replays)])
+
+    replays = {"controller": replays_of(lambda pts, b: BudgetController(pts, b, settings=settings.budget.controller),
+                                        settings.budget.calibration)}
     for p in range(len(ladder)):
-        replays[f"fixed_{p}"] = summarise([replay(seconds[0], macs[0], share, bin_s, ladder, rate, multiples, n,
-                                                  lambda pts, b, p=p: FixedPoint(pts, b, p), s, calibration=0)
-                                           for s in range(args.replays)])
-    windows_on = {p: [float(200 / seconds[1, p, s:s + 200].sum()) for s in range(0, args.point_images - 199, 200)]
-                  for p in range(len(ladder))}
+        replays[f"fixed_{p}"] = replays_of(lambda pts, b, p=p: FixedPoint(pts, b, p), 0)
+    windows_on = {p: [float(window / seconds[1, p, s:s + window].sum())
+                      for s in range(0, args.point_images - window + 1, window)] for p in range(len(ladder))}
     result = {
         "run": str(inputs.run_path), "device": _cpu_name(), "torch": torch.__version__,
         "num_threads": torch.get_num_threads(), "load_procs": args.load_procs, "static_images_per_s": rate,
@@ -214,11 +209,11 @@ def main() -> None:
                     "val_expected_macs": p.expected_macs,
                     "images_per_s_load_off": float(args.point_images / seconds[0, i].sum()),
                     "images_per_s_load_on": float(args.point_images / seconds[1, i].sum()),
-                    "images_per_s_load_on_per_200": windows_on[i]} for i, p in enumerate(ladder)],
+                    "images_per_s_load_on_per_window": windows_on[i]} for i, p in enumerate(ladder)],
         "share_per_100ms": {"percentiles_5_25_50_75_95": np.percentile(per_100ms, [5, 25, 50, 75, 95]).tolist(),
                             "lag1_autocorrelation": float(np.corrcoef(centred[:-1], centred[1:])[0, 1]),
                             "bins": len(per_100ms)},
-        "replays": args.replays, "targets": multiples, "replay": replays,
+        "window": window, "replays": args.replays, "targets": multiples, "replay": replays,
     }
     Path(args.out).write_text(json.dumps(result, indent=2))
     s = result["share_per_100ms"]

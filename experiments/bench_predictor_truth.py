@@ -9,8 +9,8 @@ out-of-sample Kendall tau that ``predictions.csv`` allows mixes the predictor's 
 Every network of ``predictions.csv`` (each one predicted before it was trained) is scored again exactly as
 the search scored it (inherited supernet weights, BatchNorm recalibrated, its genome's thresholds), on the
 10,000-image test split; the first ``--check`` are also scored again on the search's val split, a check that
-the search's scores are reproduced. The
-overrides must compose the run's own config, so the supernet comes from the cache the run filled.
+the search's scores are reproduced. The overrides must compose the run's own config, so the supernet comes
+from the cache the run filled.
 
 Reported: Kendall tau of predicted against val, of predicted against test and of val against test, pooled
 and per iteration; the spread of the picks' accuracies on both splits and of their difference.
@@ -22,7 +22,6 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from scipy.stats import kendalltau
 
