@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from aebnas.search import Evaluation, SearchConfigError, SearchSettings
-from aebnas.search.msunas import (Featurizer, latin_hypercube, propose, rates_from_survival, survival)
+from aebnas.search.msunas import (Featurizer, Surrogate, latin_hypercube, propose, rates_from_survival,
+                                  survival)
 from aebnas.search.objectives import objective_values
 from aebnas.search.predictors import MODELS, make_predictor
 from aebnas.search.predictors.adaptive import kendall_tau
@@ -146,6 +147,29 @@ def test_propose_returns_distinct_untrained_networks_along_the_predicted_front(t
     assert [g.key for g in again.selected] == keys  # a replay (resume) picks the same
 
 
+@pytest.mark.parametrize("cost_model", ["exit_rates", "direct"])
+def test_cost_predictor_is_chosen_apart_from_the_accuracy_predictor(tiny_space, cost_model):
+    """The accuracy and cost models are named apart; cost_predictor=null makes the cost follow search.predictor."""
+    from sklearn.ensemble import ExtraTreesRegressor
+    from aebnas.search.predictors import RBFRegressor
+
+    settings = SearchSettings(algorithm="msunas", predictor="trees", cost_predictor="rbf", cost_model=cost_model)
+    archive = _fake_archive(tiny_space, settings, 30)
+    genomes = [tiny_space.parse(e.key) for e in archive]
+    surrogate = Surrogate(settings, Featurizer(tiny_space, 3, 1, 8), seed=0)
+    info = surrogate.fit(archive, genomes)
+    assert (info["predictor"], info["cost_predictor"]) == ("trees", "rbf")
+    assert isinstance(surrogate.error_model, ExtraTreesRegressor)
+    assert all(isinstance(m, RBFRegressor) for m in surrogate.cost_models.values())
+    macs = surrogate.predict(genomes)["expected_macs"]
+    assert kendall_tau(np.array([e.expected_macs for e in archive]), macs) > 0.9  # the rbf fits its own rows
+    same = Surrogate(SearchSettings(algorithm="msunas", predictor="trees", cost_predictor=None, cost_model=cost_model),
+                     Featurizer(tiny_space, 3, 1, 8), seed=0)
+    assert same.fit(archive, genomes)["cost_predictor"] == "trees"  # null: the accuracy predictor's model
+    default = SearchSettings.from_dict({"algorithm": "msunas"})
+    assert (default.predictor, default.cost_predictor) == ("trees", "adaptive")
+
+
 @pytest.mark.parametrize("overrides, fragment", [
     ({"n_doe": 1}, "search.n_doe: must be in [2, inf]"),
     ({"n_doe": 400}, "search.n_doe: 400 sampled networks do not fit the budget of 360"),
@@ -154,6 +178,7 @@ def test_propose_returns_distinct_untrained_networks_along_the_predicted_front(t
     ({"per_iteration": 41}, "search.per_iteration: 41 is more than the inner population"),
     ({"predictor": "xgboost"}, "search.predictor: 'xgboost' is not one of"),
     ({"cost_model": "guess"}, "search.cost_model: 'guess' is not one of"),
+    ({"cost_predictor": "xgboost"}, "search.cost_predictor: 'xgboost' is not one of"),
 ])
 def test_bad_msunas_settings_name_the_field(overrides, fragment):
     with pytest.raises(SearchConfigError) as err:

@@ -147,6 +147,7 @@ class Surrogate:
         info = {"predictor": getattr(self.error_model, "chosen_", self.settings.predictor),
                 "predictor_cv_tau": _best(getattr(self.error_model, "cv_scores_", None))}
         self.cost_models: dict[str, Any] = {}
+        cost_name = self.settings.cost_predictor or self.settings.predictor
         if self.settings.cost_model == "exit_rates":
             if self.stages:
                 S = np.array([survival(e, len(self.stages), self.stages) for e in evaluations])
@@ -156,15 +157,15 @@ class Surrogate:
                 def score(_y, s_pred):  # rank on the expected cost the exit rates imply, not on the rates
                     return kendall_tau(truth, self._costs(genomes, s_pred)[column])
 
-                self.cost_models["survival"] = make_predictor(self.settings.predictor, self.seed, score=score).fit(
+                self.cost_models["survival"] = make_predictor(cost_name, self.seed, score=score).fit(
                     X, S[:, 0] if S.shape[1] == 1 else S)
         else:
             columns = ["expected_macs"] + (["expected_latency_ms"] if self.featurizer.latency_table else [])
             for column in columns:
                 y = np.log(np.maximum([getattr(e, column) for e in evaluations], 1e-12))
-                self.cost_models[column] = make_predictor(self.settings.predictor, self.seed).fit(X, y)
+                self.cost_models[column] = make_predictor(cost_name, self.seed).fit(X, y)
         main = self.cost_models.get("survival", self.cost_models.get(self.settings.cost_column))
-        info.update({"cost_predictor": getattr(main, "chosen_", self.settings.predictor if main else "analytic"),
+        info.update({"cost_predictor": getattr(main, "chosen_", cost_name if main else "analytic"),
                      "cost_predictor_cv_tau": _best(getattr(main, "cv_scores_", None))})
         self.info = info
         return info

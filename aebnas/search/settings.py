@@ -97,9 +97,12 @@ class SearchSettings(Settings):
                                                            "null: pop_size x generations (NSGA-II's budget).")
     inner_pop_size: int = setting(40, lo=2, help="msunas: population of the inner NSGA-II on predicted objectives.")
     inner_generations: int = setting(20, lo=1, help="msunas: generations of the inner NSGA-II per iteration.")
-    predictor: str = setting("adaptive", choices=PREDICTORS,
-                             help="msunas: mlp, rbf, gp, trees, or adaptive (per iteration and objective, the model "
-                                  "with the best cross-validated Kendall tau).")
+    predictor: str = setting("trees", choices=PREDICTORS,
+                             help="msunas: the model of val error: mlp, rbf, gp, trees, or adaptive (per iteration, "
+                                  "the model with the best cross-validated Kendall tau).")
+    cost_predictor: str | None = setting("adaptive", choices=PREDICTORS,
+                                         help="msunas: the model of expected cost (of the exit rates, or of log cost "
+                                              "with cost_model=direct), same choices; null: search.predictor's.")
     cost_model: str = setting("exit_rates", choices=COST_MODELS,
                               help="msunas: exit_rates (predict the exit rates, price them with the analytic path "
                                    "costs) or direct (predict log expected cost).")
