@@ -88,7 +88,8 @@ def cross_validated(setup, evaluations: list[Evaluation], predictors, cost_model
     rows = []
     for cost_model in cost_models:
         for name in predictors:
-            settings = replace(setup.settings, predictor=name, cost_model=cost_model, algorithm="msunas")
+            settings = replace(setup.settings, predictor=name, cost_predictor=name, cost_model=cost_model,
+                               algorithm="msunas")
             acc_pred, cost_pred = np.zeros(len(genomes)), np.zeros(len(genomes))
             start = time.perf_counter()
             for train, test in KFold(5, shuffle=True, random_state=seed).split(genomes):
@@ -144,7 +145,8 @@ def main() -> None:
         print(steps[-1], flush=True)
     result = {"benchmark": "surrogate_step", "rows": len(evaluations), "archive": args.run_dir or "synthetic",
               "overrides": overrides, "settings": {k: getattr(settings, k) for k in (
-                  "predictor", "cost_model", "inner_pop_size", "inner_generations", "per_iteration")},
+                  "predictor", "cost_predictor", "cost_model", "inner_pop_size", "inner_generations",
+                  "per_iteration")},
               "steps": steps, "machine": machine()}
     if args.run_dir:
         result["cross_validated"] = cross_validated(setup, evaluations, args.predictors, args.cost_models, setup.seed)

@@ -43,10 +43,19 @@ def test_replay_leaves_failed_rows_out_of_fitting_and_scoring():
     ok[:30] = False
     assert bench.replay(X, junk, generation, ok, LinearRegression) == pytest.approx(1.0)
     assert bench.replay(X, junk, generation, np.ones(160, bool), LinearRegression) < 0.99
+    junk[[105, 125, 145]] = 1.0  # failures among the scored networks: kept out of the pooled tau too
+    ok[[105, 125, 145]] = False
+    assert bench.replay(X, junk, generation, ok, LinearRegression) == pytest.approx(1.0)
 
 
 def test_model_factories_cover_every_predictor_and_the_mean():
     X, error, generation, ok = _archive(1)
+    from sklearn.ensemble import ExtraTreesRegressor
+    from aebnas.search.predictors import AdaptiveSwitching, RBFRegressor
+
     factories = bench.model_factories()
     assert {"mlp", "rbf", "gp", "trees", "adaptive", "mean_gp_trees"} <= set(factories)
+    # each name builds its own model (a late-bound loop variable would make them all the last one)
+    assert isinstance(factories["rbf"](), RBFRegressor) and isinstance(factories["trees"](), ExtraTreesRegressor)
+    assert isinstance(factories["adaptive"](), AdaptiveSwitching)
     assert bench.replay(X, error, generation, ok, factories["mean_gp_trees"]) > 0.6

@@ -168,6 +168,7 @@ def test_cost_predictor_is_chosen_apart_from_the_accuracy_predictor(tiny_space, 
     assert same.fit(archive, genomes)["cost_predictor"] == "trees"  # null: the accuracy predictor's model
     default = SearchSettings.from_dict({"algorithm": "msunas"})
     assert (default.predictor, default.cost_predictor) == ("trees", "adaptive")
+    assert SearchSettings.from_dict({"algorithm": "msunas", "cost_predictor": None}).cost_predictor is None
 
 
 @pytest.mark.parametrize("overrides, fragment", [

@@ -171,3 +171,23 @@ def test_killed_msunas_search_resumes_to_the_same_archive_and_front(tmp_path):
     assert a.generations[columns].equals(b.generations[columns])
     ca, cb = (json.loads((d / "checkpoint.json").read_text()) for d in (run, clean))
     assert ca["population"] == cb["population"] and len(ca["population"]) == 12  # msunas: the whole archive
+
+
+def test_a_saved_config_without_cost_predictor_resumes_with_the_accuracy_model_for_cost(tmp_path):
+    """A run whose config.yaml has no search.cost_predictor fitted its cost model with search.predictor's: the
+    resumed run must refit the same model, not the schema's default, or its replayed iterations pick other networks."""
+    from omegaconf import OmegaConf
+
+    from aebnas.cli.search import resumed_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    OmegaConf.save(OmegaConf.create({"seed": 0, "search": {"algorithm": "msunas", "predictor": "rbf"}}),
+                   run / "config.yaml")
+    cfg = OmegaConf.create({"resume": str(run), "seed": 0,
+                            "search": {"algorithm": "msunas", "predictor": "trees", "cost_predictor": "adaptive"}})
+    saved, _ = resumed_config(cfg, [])
+    assert saved.search.predictor == "rbf" and saved.search.cost_predictor is None
+    OmegaConf.save(OmegaConf.create({"seed": 0, "search": {"algorithm": "msunas", "predictor": "rbf",
+                                                           "cost_predictor": "gp"}}), run / "config.yaml")
+    assert resumed_config(cfg, [])[0].search.cost_predictor == "gp"  # a saved choice is kept as it is

@@ -20,7 +20,8 @@ RENAMED_OBJECTIVES = {"error_macs": "avg_macs", "aebnas": "macs_target"}
 # manual: the space's middle backbone with every exit on, one global threshold per candidate (conf/method/manual.yaml);
 # msunas: surrogate-assisted search, a few networks trained per iteration, predictors score the rest (conf/search/msunas.yaml).
 ALGORITHMS = ("nsga2", "random", "manual", "msunas")
-# Surrogate models of search.predictor (aebnas.search.predictors); adaptive picks one per iteration and objective.
+# Surrogate models of search.predictor and search.cost_predictor (aebnas.search.predictors); adaptive picks one
+# per iteration and objective.
 PREDICTORS = ("mlp", "rbf", "gp", "trees", "adaptive")
 # How msunas predicts expected cost: from predicted exit rates and the analytic path costs, or the cost itself.
 COST_MODELS = ("exit_rates", "direct")
