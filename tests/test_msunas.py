@@ -3,6 +3,9 @@ and one real in-process run with a failing candidate."""
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -78,6 +81,30 @@ def test_spread_subset_takes_the_front_and_spreads_along_it():
     assert spread_subset(F[:3], 5) == [0, 1, 2]
 
 
+def test_spread_subset_caps_the_picks_of_one_group():
+    """A narrow front held by one backbone: the cap sends the other picks to other backbones, down the fronts."""
+    F = np.array([[0.20, 0.00], [0.21, 0.00], [0.20, 0.01], [0.22, 0.00], [0.20, 0.02],  # backbone a
+                  [0.25, 0.00], [0.30, 0.00], [0.26, 0.05], [0.40, 0.00]])  # backbones b, c, d, e
+    groups = ["a"] * 5 + ["b", "c", "d", "e"]
+    free = spread_subset(F, 4)
+    assert [groups[i] for i in free] == ["a"] * 4  # uncapped: every pick on the one backbone
+    capped = spread_subset(F, 4, groups=groups, cap=2)
+    assert len(set(capped)) == 4 and 0 in capped  # the predicted best stays picked
+    others = [groups[i] for i in capped if groups[i] != "a"]
+    assert len(others) == 2 and "b" in others  # b: the best row off backbone a, alone on its front
+    # one backbone only: the cap gives way and k rows still come back
+    assert sorted(spread_subset(F[:5], 4, groups=["a"] * 5, cap=2)) == sorted(free)
+    # infeasible rows obey the cap too, and the last pick gives way
+    cv = np.r_[np.zeros(5), np.ones(4)]
+    picks = spread_subset(F, 7, cv=cv, groups=groups, cap=2)
+    assert [groups[i] for i in picks] == ["a", "a", "b", "c", "d", "e", "a"]
+    # a cap that cannot bind (k picks or more per group) picks exactly what no cap picks
+    rng = np.random.default_rng(0)
+    G = rng.random((40, 2))
+    labels = list(rng.integers(0, 3, 40))
+    assert spread_subset(G, 8, G[:3], groups=labels, cap=8) == spread_subset(G, 8, G[:3])
+
+
 def test_exit_rates_round_trip_through_survival(tiny_space):
     genome = tiny_space.parse("k3e2/k3e2/k3e2/k3e2/k3e2|t0.9:conv8k3|off|t0.8:conv8k3|off")
     ev = Evaluation(key=genome.key, network_key=genome.network_key, generation=1, val_accuracy=0.9,
@@ -147,6 +174,34 @@ def test_propose_returns_distinct_untrained_networks_along_the_predicted_front(t
     assert [g.key for g in again.selected] == keys  # a replay (resume) picks the same
 
 
+def test_propose_caps_the_picks_per_backbone(tiny_space):
+    """Under a MACs target the predicted front is narrow; with the cap one iteration spans several backbones."""
+    settings = SearchSettings(algorithm="msunas", predictor="trees", cost_predictor="rbf", objective="macs_target",
+                              target_macs=2e4, inner_pop_size=16, inner_generations=20, per_iteration=8)
+    archive = _fake_archive(tiny_space, settings, 30)
+    featurizer = Featurizer(tiny_space, 3, 1, 8)
+    free = propose(tiny_space, _Archive(archive), replace(settings, max_per_backbone=0), featurizer, seed=0,
+                   iteration=2, k=8)
+    capped = propose(tiny_space, _Archive(archive), settings, featurizer, seed=0, iteration=2, k=8)
+    assert settings.max_per_backbone is None  # the cap of 2 is macs_target's default
+    per_backbone = Counter(g.backbone_key for g in capped.selected)
+    assert len(capped.selected) == 8 and max(per_backbone.values()) <= 2 and len(per_backbone) >= 4
+    # 20 inner generations converge on one backbone: uncapped, every pick is a variant of it
+    assert len({g.backbone_key for g in free.selected}) == 1
+    assert not {g.key for g in capped.selected} & {e.key for e in archive}
+
+
+@pytest.mark.parametrize("given, objective, cap", [
+    (None, "macs_target", 2), (None, "avg_macs", None), (None, "avg_latency", None),
+    (0, "macs_target", None), (3, "avg_macs", 3), (1, "macs_target", 1)])
+def test_the_backbone_cap_follows_the_objective_unless_set(given, objective, cap):
+    """null caps only macs_target's picks (where the cap paid); 0 switches the cap off; a number is kept."""
+    extra = {"target_macs": 1e6} if objective == "macs_target" else {}
+    settings = SearchSettings.from_dict({"algorithm": "msunas", "objective": objective, "max_per_backbone": given,
+                                         **extra})
+    assert settings.backbone_cap == cap
+
+
 @pytest.mark.parametrize("cost_model", ["exit_rates", "direct"])
 def test_cost_predictor_is_chosen_apart_from_the_accuracy_predictor(tiny_space, cost_model):
     """The accuracy and cost models are named apart; cost_predictor=null makes the cost follow search.predictor."""
@@ -176,6 +231,7 @@ def test_cost_predictor_is_chosen_apart_from_the_accuracy_predictor(tiny_space, 
     ({"n_doe": 400}, "search.n_doe: 400 sampled networks do not fit the budget of 360"),
     ({"n_doe": 50, "max_evaluations": 40}, "search.n_doe: 50 sampled networks do not fit the budget of 40"),
     ({"per_iteration": 0}, "search.per_iteration: must be in [1, inf]"),
+    ({"max_per_backbone": -1}, "search.max_per_backbone: must be in [0, inf]"),
     ({"per_iteration": 41}, "search.per_iteration: 41 is more than the inner population"),
     ({"predictor": "xgboost"}, "search.predictor: 'xgboost' is not one of"),
     ({"cost_model": "guess"}, "search.cost_model: 'guess' is not one of"),

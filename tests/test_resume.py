@@ -191,3 +191,24 @@ def test_a_saved_config_without_cost_predictor_resumes_with_the_accuracy_model_f
     OmegaConf.save(OmegaConf.create({"seed": 0, "search": {"algorithm": "msunas", "predictor": "rbf",
                                                            "cost_predictor": "gp"}}), run / "config.yaml")
     assert resumed_config(cfg, [])[0].search.cost_predictor == "gp"  # a saved choice is kept as it is
+
+
+def test_a_saved_config_without_max_per_backbone_resumes_uncapped(tmp_path):
+    """A run saved before the per-backbone cap picked without one; under macs_target the schema's null would cap
+    its replayed iterations at 2 and they would pick other networks."""
+    from omegaconf import OmegaConf
+
+    from aebnas.cli.search import resumed_config
+    from aebnas.search import SearchSettings
+
+    run = tmp_path / "run"
+    run.mkdir()
+    search = {"algorithm": "msunas", "objective": "macs_target", "target_macs": 6e5}
+    OmegaConf.save(OmegaConf.create({"seed": 0, "search": search}), run / "config.yaml")
+    cfg = OmegaConf.create({"resume": str(run), "seed": 0, "search": {**search, "max_per_backbone": None}})
+    saved, _ = resumed_config(cfg, [])
+    assert saved.search.max_per_backbone == 0
+    assert SearchSettings.from_dict(saved.search).backbone_cap is None
+    OmegaConf.save(OmegaConf.create({"seed": 0, "search": {**search, "max_per_backbone": None}}), run / "config.yaml")
+    saved, _ = resumed_config(cfg, [])
+    assert saved.search.max_per_backbone is None and SearchSettings.from_dict(saved.search).backbone_cap == 2

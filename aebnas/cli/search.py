@@ -29,6 +29,9 @@ log = logging.getLogger("aebnas")
 
 # How a run is carried out, not what it computes: free to change when resuming.
 IGNORED_FOR_IDENTITY = ("resume", "progress", "workers", "executor")
+# Search settings a saved config may lack, with what a run without them did: its cost model followed
+# search.predictor, and its picks had no per-backbone cap.
+LEGACY_SEARCH_SETTINGS = {"cost_predictor": None, "max_per_backbone": 0}
 
 
 def resumed_config(cfg: DictConfig, user_overrides: list[str]) -> tuple[DictConfig, Path]:
@@ -39,8 +42,11 @@ def resumed_config(cfg: DictConfig, user_overrides: list[str]) -> tuple[DictConf
         raise FileNotFoundError(f"resume: no config.yaml in '{run_dir}'; pass the run directory of an earlier search")
     saved = OmegaConf.load(saved_path)
     search_saved = saved.get("search")
-    if isinstance(search_saved, DictConfig) and "cost_predictor" not in search_saved:
-        search_saved.cost_predictor = None  # a config without the key fitted its cost model with search.predictor's
+    if isinstance(search_saved, DictConfig):
+        # settings added since a run was saved: what its config without the key did, not the schema's default
+        for key, then in LEGACY_SEARCH_SETTINGS.items():
+            if key not in search_saved:
+                search_saved[key] = then
     overridden = [o.split("=", 1)[0].lstrip("+~") for o in user_overrides]
     for key in overridden:
         if key.split(".")[0] in IGNORED_FOR_IDENTITY or isinstance(OmegaConf.select(cfg, key), DictConfig) or key == "experiment":

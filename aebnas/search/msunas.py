@@ -284,7 +284,8 @@ def _propose(space: SearchSpace, evaluator: CandidateEvaluator, settings: Search
     entries = list(pool.values())
     covered = _trained_front(done)
     picks = spread_subset(np.array([e[1] for e in entries]).reshape(len(entries), 2), k, covered,
-                          np.array([e[2] for e in entries])) if entries else []
+                          np.array([e[2] for e in entries]), groups=[e[0].backbone_key for e in entries],
+                          cap=settings.backbone_cap) if entries else []
     selected = [entries[i][0] for i in picks]
     predicted = [entries[i][3] for i in picks]
     keys = {evaluator.candidate_key(g) for g in selected}

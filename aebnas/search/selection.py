@@ -12,11 +12,14 @@ trained.
 
 from __future__ import annotations
 
+from typing import Hashable, Sequence
+
 import numpy as np
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
 
-def spread_subset(F: np.ndarray, k: int, covered: np.ndarray | None = None, cv: np.ndarray | None = None) -> list[int]:
+def spread_subset(F: np.ndarray, k: int, covered: np.ndarray | None = None, cv: np.ndarray | None = None,
+                  groups: Sequence[Hashable] | None = None, cap: int | None = None) -> list[int]:
     """Indices of ``k`` rows of ``F`` (objectives, minimised) spread along its best fronts.
 
     Rows are taken front by front (non-dominated rank, feasible before
@@ -24,6 +27,9 @@ def spread_subset(F: np.ndarray, k: int, covered: np.ndarray | None = None, cv: 
     not fit whole, farthest-point picks decide, distances measured after scaling
     every objective to [0, 1] over ``F`` and ``covered`` (the points already
     trained), which also count as picked. Fewer rows than ``k``: all of them.
+    With ``cap`` and ``groups`` (a label per row), a row whose group already has
+    ``cap`` picks is passed over; only when every other row is used up are the
+    remaining picks made without the cap, so ``k`` rows still come back.
     """
     F = np.asarray(F, dtype=float)
     n = len(F)
@@ -35,42 +41,90 @@ def spread_subset(F: np.ndarray, k: int, covered: np.ndarray | None = None, cv: 
     span[span == 0] = 1.0
     Z, C = (F - lo) / span, (covered - lo) / span
     cv = np.zeros(n) if cv is None else np.asarray(cv, dtype=float)
+    if cap is not None and groups is not None:
+        capped = _spread(F, Z, C, cv, k, list(groups), cap)
+        if len(capped) == k:
+            return capped
+        rest = _spread(F, Z, np.vstack([C, Z[capped]]), cv, k - len(capped), None, None,
+                       skip=set(capped))
+        return capped + rest
+    return _spread(F, Z, C, cv, k, None, None)
+
+
+def _spread(F: np.ndarray, Z: np.ndarray, C: np.ndarray, cv: np.ndarray, k: int, groups: list | None,
+            cap: int | None, skip: set[int] = frozenset()) -> list[int]:
+    """Up to ``k`` rows front by front (see ``spread_subset``), none of ``skip``, at most ``cap`` per group."""
+    n = len(F)
+    count: dict = {}
     chosen: list[int] = []
+
+    def open_(r: int) -> bool:
+        return r not in skip and (groups is None or count.get(groups[r], 0) < cap)
+
     for feasible in (True, False):
-        idx = np.flatnonzero((cv <= 0) == feasible)
+        idx = np.flatnonzero(((cv <= 0) == feasible) & np.array([r not in skip for r in range(n)], dtype=bool))
         if not len(idx):
             continue
         # feasible rows front by front; infeasible ones least violation first
         fronts = NonDominatedSorting().do(F[idx]) if feasible else [np.argsort(cv[idx], kind="stable")]
         for front in fronts:
-            rows = idx[np.asarray(front)]
+            rows = np.array([r for r in idx[np.asarray(front)] if open_(int(r))], dtype=np.int64)
             need = k - len(chosen)
-            if len(rows) <= need:
-                chosen += sorted(int(r) for r in rows)
+            if not len(rows):
+                continue
+            if len(rows) <= need and (groups is None or _fits(rows, groups, count, cap)):
+                picked = sorted(int(r) for r in rows)
             else:
-                chosen += _farthest(Z, rows, np.vstack([C, Z[chosen]]) if chosen else C, need)
+                picked = _farthest(Z, rows, np.vstack([C, Z[chosen]]) if chosen else C, need, groups, cap, count)
+            for r in picked:
+                if groups is not None:
+                    count[groups[r]] = count.get(groups[r], 0) + 1
+            chosen += picked
             if len(chosen) == k:
                 return chosen
     return chosen
 
 
-def _farthest(Z: np.ndarray, rows: np.ndarray, anchors: np.ndarray, need: int) -> list[int]:
-    """``need`` of ``rows`` by farthest-point picks from ``anchors``; with no anchors, the front's ends first."""
+def _fits(rows: np.ndarray, groups: list, count: dict, cap: int) -> bool:
+    """Whether taking all of ``rows`` keeps every group within ``cap``."""
+    added: dict = {}
+    for r in rows:
+        added[groups[r]] = added.get(groups[r], 0) + 1
+    return all(count.get(g, 0) + a <= cap for g, a in added.items())
+
+
+def _farthest(Z: np.ndarray, rows: np.ndarray, anchors: np.ndarray, need: int, groups: list | None = None,
+              cap: int | None = None, count: dict | None = None) -> list[int]:
+    """Up to ``need`` of ``rows`` by farthest-point picks from ``anchors``, at most ``cap`` per group (``count``:
+    picks so far); with no anchors, the front's ends first."""
     rows = list(int(r) for r in rows)
+    count = dict(count or {})
     picked: list[int] = []
+
+    def take(r: int) -> None:
+        picked.append(r)
+        if groups is not None:
+            count[groups[r]] = count.get(groups[r], 0) + 1
+
+    def full(r: int) -> bool:
+        return r in picked or (groups is not None and count.get(groups[r], 0) >= cap)
+
     if not len(anchors):  # the extremes of each objective, then farthest-point
         for m in range(Z.shape[1]):
-            if len(picked) < need:
-                r = min((r for r in rows if r not in picked), key=lambda r: (Z[r, m], r))
-                picked.append(r)
+            left = [r for r in rows if not full(r)]
+            if len(picked) < need and left:
+                take(min(left, key=lambda r: (Z[r, m], r)))
+        if not picked:
+            return picked
         anchors = Z[picked]
     dist = np.min(np.linalg.norm(Z[rows][:, None, :] - anchors[None, :, :], axis=-1), axis=1)
-    for i, r in enumerate(rows):
-        if r in picked:
-            dist[i] = -np.inf
     while len(picked) < need:
+        for i, r in enumerate(rows):
+            if full(r):
+                dist[i] = -np.inf
         i = int(np.argmax(dist))  # ties: the first row
-        picked.append(rows[i])
+        if dist[i] == -np.inf:
+            break
+        take(rows[i])
         dist = np.minimum(dist, np.linalg.norm(Z[rows] - Z[rows[i]], axis=-1))
-        dist[i] = -np.inf
     return picked

@@ -25,6 +25,8 @@ ALGORITHMS = ("nsga2", "random", "manual", "msunas")
 PREDICTORS = ("mlp", "rbf", "gp", "trees", "adaptive")
 # How msunas predicts expected cost: from predicted exit rates and the analytic path costs, or the cost itself.
 COST_MODELS = ("exit_rates", "direct")
+# msunas's picks per backbone under objective macs_target when search.max_per_backbone is null (SearchSettings.backbone_cap).
+MACS_TARGET_BACKBONE_CAP = 2
 
 
 class SearchConfigError(ConfigError):
@@ -96,6 +98,10 @@ class SearchSettings(Settings):
                                                "search's predicted front (at most inner_pop_size).")
     max_evaluations: int | None = setting(None, lo=2, help="msunas: candidates evaluated in all, sampling included; "
                                                            "null: pop_size x generations (NSGA-II's budget).")
+    max_per_backbone: int | None = setting(None, lo=0, help="msunas: at most this many of one iteration's picks "
+                                                          "share a backbone; the rest come from other backbones "
+                                                          "further down the predicted fronts; 0: no cap; null: "
+                                                          "2 under objective macs_target, no cap otherwise.")
     inner_pop_size: int = setting(40, lo=2, help="msunas: population of the inner NSGA-II on predicted objectives.")
     inner_generations: int = setting(20, lo=1, help="msunas: generations of the inner NSGA-II per iteration.")
     predictor: str = setting("trees", choices=PREDICTORS,
@@ -136,6 +142,20 @@ class SearchSettings(Settings):
         if len(self.initial_genomes) > self.pop_size:
             raise SearchConfigError(f"search.initial_genomes: {len(self.initial_genomes)} genomes do not fit a "
                                     f"population of {self.pop_size}")
+
+    @property
+    def backbone_cap(self) -> int | None:
+        """msunas's cap on one iteration's picks per backbone, None for none.
+
+        Under macs_target the MAPE objective folds the threshold and pooling
+        variants of one backbone onto nearly the same predicted point, and the
+        uncapped picks crowd onto them, so the late budget trains few backbones;
+        under the other objectives those variants spread along the cost axis and
+        the measured cap cost hypervolume (docs/results/surrogate-search.md).
+        """
+        if self.max_per_backbone is None:
+            return MACS_TARGET_BACKBONE_CAP if self.objective == "macs_target" else None
+        return self.max_per_backbone or None
 
     @property
     def budget(self) -> int:

@@ -114,6 +114,11 @@ class Genome:
         backbone, *exits = self.to_text().split("|")
         return "|".join([backbone] + [re.sub(r"^t[^:]+:", "t*:", e) for e in exits])
 
+    @property
+    def backbone_key(self) -> str:
+        """Key of the backbone alone (its stages' blocks), the part that sets most of a network's accuracy."""
+        return self.to_text().split("|", 1)[0]
+
     def __str__(self) -> str:
         return self.to_text()
 
