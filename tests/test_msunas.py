@@ -94,10 +94,19 @@ def test_spread_subset_caps_the_picks_of_one_group():
     assert len(others) == 2 and "b" in others  # b: the best row off backbone a, alone on its front
     # one backbone only: the cap gives way and k rows still come back
     assert sorted(spread_subset(F[:5], 4, groups=["a"] * 5, cap=2)) == sorted(free)
-    # infeasible rows obey the cap too, and the last pick gives way
+    # feasible rows of a full group come before any infeasible row; infeasible rows obey the cap too
     cv = np.r_[np.zeros(5), np.ones(4)]
     picks = spread_subset(F, 7, cv=cv, groups=groups, cap=2)
-    assert [groups[i] for i in picks] == ["a", "a", "b", "c", "d", "e", "a"]
+    assert sorted(picks[:5]) == [0, 1, 2, 3, 4] and picks[5:] == spread_subset(F, 7, cv=cv)[5:]
+    # a0-a2 feasible; a3 and a4 infeasible but far from them, so uncapped they are the next picks
+    G = np.vstack([F[:3], [[0.20, 0.30], [0.50, 0.00]], F[5:]])
+    cv = np.r_[np.zeros(3), np.ones(6)]
+    assert spread_subset(G, 5, cv=cv) == [0, 1, 2, 4, 3]
+    picks = spread_subset(G, 5, cv=cv, groups=groups, cap=2)
+    assert sorted(picks[:3]) == [0, 1, 2] and {groups[i] for i in picks[3:]} <= {"b", "c", "d", "e"}
+    assert len(set(picks[3:])) == 2
+    with pytest.raises(ValueError, match="one label per row"):
+        spread_subset(F, 4, groups=groups[:3], cap=2)
     # a cap that cannot bind (k picks or more per group) picks exactly what no cap picks
     rng = np.random.default_rng(0)
     G = rng.random((40, 2))
@@ -189,6 +198,8 @@ def test_propose_caps_the_picks_per_backbone(tiny_space):
     # 20 inner generations converge on one backbone: uncapped, every pick is a variant of it
     assert len({g.backbone_key for g in free.selected}) == 1
     assert not {g.key for g in capped.selected} & {e.key for e in archive}
+    again = propose(tiny_space, _Archive(archive), settings, featurizer, seed=0, iteration=2, k=8)
+    assert [g.key for g in again.selected] == [g.key for g in capped.selected]  # a replay picks the same
 
 
 @pytest.mark.parametrize("given, objective, cap", [

@@ -194,8 +194,8 @@ def test_a_saved_config_without_cost_predictor_resumes_with_the_accuracy_model_f
 
 
 def test_a_saved_config_without_max_per_backbone_resumes_uncapped(tmp_path):
-    """A run saved before the per-backbone cap picked without one; under macs_target the schema's null would cap
-    its replayed iterations at 2 and they would pick other networks."""
+    """A saved config without search.max_per_backbone comes from a run that picked without a cap; under
+    macs_target the schema's null would cap its replayed iterations at 2 and they would pick other networks."""
     from omegaconf import OmegaConf
 
     from aebnas.cli.search import resumed_config
@@ -212,3 +212,34 @@ def test_a_saved_config_without_max_per_backbone_resumes_uncapped(tmp_path):
     OmegaConf.save(OmegaConf.create({"seed": 0, "search": {**search, "max_per_backbone": None}}), run / "config.yaml")
     saved, _ = resumed_config(cfg, [])
     assert saved.search.max_per_backbone is None and SearchSettings.from_dict(saved.search).backbone_cap == 2
+
+
+@pytest.mark.slow
+def test_a_run_saved_without_the_newer_search_keys_resumes_to_the_same_archive(tmp_path):
+    """A run whose config.yaml and archive record lack search.cost_predictor and search.max_per_backbone resumes
+    (not refused as another config) and ends with the archive of a clean run under the values it ran with."""
+    from aebnas.search.archive import EvaluationArchive
+
+    args = [*MSUNAS_ARGS, "search.objective=macs_target", "search.target_macs=2e4"]
+    legacy = ["search.cost_predictor=null", "search.max_per_backbone=0"]  # what such a run did
+    run = tmp_path / "old"
+    _kill_after(_start(run, *args, *legacy), run, 0, generations=1)
+    text = (run / "config.yaml").read_text()
+    dropped = [line for line in text.splitlines() if line.strip().startswith(("cost_predictor:", "max_per_backbone:"))]
+    assert len(dropped) == 2
+    (run / "config.yaml").write_text("\n".join(line for line in text.splitlines() if line not in dropped) + "\n")
+    archive = EvaluationArchive(run / "archive.sqlite")
+    record = json.loads(archive.get_meta("config"))
+    del record["search"]["cost_predictor"], record["search"]["max_per_backbone"]
+    archive.set_meta("config", json.dumps(record, sort_keys=True))
+    archive.close()
+
+    done = _start(tmp_path / "log", f"resume={run}")
+    _, err = done.communicate(timeout=300)
+    assert done.returncode == 0, err[-2000:]
+    clean = tmp_path / "clean"
+    proc = _start(clean, *args, *legacy)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    assert [_comparable(r) for r in _archive(run)] == [_comparable(r) for r in _archive(clean)]
+    assert len(_archive(run)) == 12

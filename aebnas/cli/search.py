@@ -19,6 +19,7 @@ from aebnas.search import RunSettings, SearchJob, SearchSettings, run_search
 from aebnas.search.algorithms import parse_initial_genomes
 from aebnas.search.executors import ExecutorSettings, check_scheduler_reachable
 from aebnas.search.rundir_lock import RunDirLock
+from aebnas.search.settings import fill_legacy_search_settings
 from aebnas.space import SearchSpace, SpaceSettings
 from aebnas.train import TrainerSettings, resolve_device
 from aebnas.train.supernet import SupernetSettings
@@ -29,9 +30,6 @@ log = logging.getLogger("aebnas")
 
 # How a run is carried out, not what it computes: free to change when resuming.
 IGNORED_FOR_IDENTITY = ("resume", "progress", "workers", "executor")
-# Search settings a saved config may lack, with what a run without them did: its cost model followed
-# search.predictor, and its picks had no per-backbone cap.
-LEGACY_SEARCH_SETTINGS = {"cost_predictor": None, "max_per_backbone": 0}
 
 
 def resumed_config(cfg: DictConfig, user_overrides: list[str]) -> tuple[DictConfig, Path]:
@@ -43,10 +41,7 @@ def resumed_config(cfg: DictConfig, user_overrides: list[str]) -> tuple[DictConf
     saved = OmegaConf.load(saved_path)
     search_saved = saved.get("search")
     if isinstance(search_saved, DictConfig):
-        # settings added since a run was saved: what its config without the key did, not the schema's default
-        for key, then in LEGACY_SEARCH_SETTINGS.items():
-            if key not in search_saved:
-                search_saved[key] = then
+        fill_legacy_search_settings(search_saved)
     overridden = [o.split("=", 1)[0].lstrip("+~") for o in user_overrides]
     for key in overridden:
         if key.split(".")[0] in IGNORED_FOR_IDENTITY or isinstance(OmegaConf.select(cfg, key), DictConfig) or key == "experiment":

@@ -16,6 +16,7 @@ from typing import Any
 from aebnas.atomic_write import write_csv_atomic, write_text_atomic
 from aebnas.search.archive import CsvLog, EvaluationArchive
 from aebnas.search.evaluator import CandidateEvaluator, Evaluation
+from aebnas.search.settings import fill_legacy_search_settings
 from aebnas.config_checks import ConfigError
 
 log = logging.getLogger("aebnas.search")
@@ -70,9 +71,13 @@ class RunDirectory:
         stored = self.archive.get_meta("config")
         if stored is None:
             self.archive.set_meta("config", fingerprint)
-        elif stored != fingerprint:
+            return
+        then = json.loads(stored)
+        if isinstance(then.get("search"), dict):
+            fill_legacy_search_settings(then["search"])  # as the resumed config reads an older run's
+        if json.dumps(then, sort_keys=True) != fingerprint:
             raise ConfigError(f"resume: '{self.path}' was searched with another config "
-                              f"({_first_difference(json.loads(stored), config_record)}); resume it unchanged")
+                              f"({_first_difference(then, config_record)}); resume it unchanged")
 
     def replay_into(self, evaluator: CandidateEvaluator) -> None:
         """Hand the archive's finished evaluations to ``evaluator`` and record each new one as it finishes."""

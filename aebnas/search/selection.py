@@ -12,6 +12,7 @@ trained.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Hashable, Sequence
 
 import numpy as np
@@ -28,8 +29,10 @@ def spread_subset(F: np.ndarray, k: int, covered: np.ndarray | None = None, cv: 
     every objective to [0, 1] over ``F`` and ``covered`` (the points already
     trained), which also count as picked. Fewer rows than ``k``: all of them.
     With ``cap`` and ``groups`` (a label per row), a row whose group already has
-    ``cap`` picks is passed over; only when every other row is used up are the
-    remaining picks made without the cap, so ``k`` rows still come back.
+    ``cap`` picks is passed over; only when every other feasible row is used up
+    are the remaining feasible picks made without the cap, and only then do
+    infeasible rows come in (capped first too), so ``k`` rows still come back
+    and a feasible row is never passed over for an infeasible one.
     """
     F = np.asarray(F, dtype=float)
     n = len(F)
@@ -41,27 +44,35 @@ def spread_subset(F: np.ndarray, k: int, covered: np.ndarray | None = None, cv: 
     span[span == 0] = 1.0
     Z, C = (F - lo) / span, (covered - lo) / span
     cv = np.zeros(n) if cv is None else np.asarray(cv, dtype=float)
-    if cap is not None and groups is not None:
-        capped = _spread(F, Z, C, cv, k, list(groups), cap)
-        if len(capped) == k:
-            return capped
-        rest = _spread(F, Z, np.vstack([C, Z[capped]]), cv, k - len(capped), None, None,
-                       skip=set(capped))
-        return capped + rest
-    return _spread(F, Z, C, cv, k, None, None)
+    if cap is None or groups is None:
+        return _spread(F, Z, C, cv, k, None, None)
+    groups = list(groups)
+    if len(groups) != n:
+        raise ValueError(f"spread_subset: {len(groups)} groups for {n} rows; give one label per row")
+    chosen: list[int] = []
+    for feasible in (True, False):
+        for bound in (cap, None):  # within the cap, then what is left without it
+            if len(chosen) == k:
+                return chosen
+            anchors = np.vstack([C, Z[chosen]]) if chosen else C
+            chosen += _spread(F, Z, anchors, cv, k - len(chosen), groups if bound is not None else None, bound,
+                              skip=set(chosen), phases=(feasible,), count=Counter(groups[r] for r in chosen))
+    return chosen
 
 
 def _spread(F: np.ndarray, Z: np.ndarray, C: np.ndarray, cv: np.ndarray, k: int, groups: list | None,
-            cap: int | None, skip: set[int] = frozenset()) -> list[int]:
-    """Up to ``k`` rows front by front (see ``spread_subset``), none of ``skip``, at most ``cap`` per group."""
+            cap: int | None, skip: set[int] = frozenset(), phases: tuple[bool, ...] = (True, False),
+            count: Counter | None = None) -> list[int]:
+    """Up to ``k`` rows front by front (see ``spread_subset``), none of ``skip``, feasible rows and then infeasible
+    ones (``phases``), at most ``cap`` per group counting the picks already made (``count``)."""
     n = len(F)
-    count: dict = {}
+    count = Counter(count or {})
     chosen: list[int] = []
 
     def open_(r: int) -> bool:
         return r not in skip and (groups is None or count.get(groups[r], 0) < cap)
 
-    for feasible in (True, False):
+    for feasible in phases:
         idx = np.flatnonzero(((cv <= 0) == feasible) & np.array([r not in skip for r in range(n)], dtype=bool))
         if not len(idx):
             continue

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping, MutableMapping
 
 from aebnas.config_checks import ConfigError, Settings, parse_settings, setting, to_plain
 from aebnas.exits import METRICS
@@ -27,6 +27,18 @@ PREDICTORS = ("mlp", "rbf", "gp", "trees", "adaptive")
 COST_MODELS = ("exit_rates", "direct")
 # msunas's picks per backbone under objective macs_target when search.max_per_backbone is null (SearchSettings.backbone_cap).
 MACS_TARGET_BACKBONE_CAP = 2
+# Search settings that the saved config of an older run lacks, with what such a run did: its cost model followed
+# search.predictor, and its picks had no per-backbone cap. A resume reads the missing key as this, not as the
+# schema's default, or its replayed iterations would pick other networks.
+LEGACY_SEARCH_SETTINGS = {"cost_predictor": None, "max_per_backbone": 0}
+
+
+def fill_legacy_search_settings(search: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """``search`` (a saved run's search config) with every key of LEGACY_SEARCH_SETTINGS it lacks filled in."""
+    for key, then in LEGACY_SEARCH_SETTINGS.items():
+        if key not in search:
+            search[key] = then
+    return search
 
 
 class SearchConfigError(ConfigError):
