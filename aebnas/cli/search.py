@@ -39,9 +39,7 @@ def resumed_config(cfg: DictConfig, user_overrides: list[str]) -> tuple[DictConf
     if not saved_path.exists():
         raise FileNotFoundError(f"resume: no config.yaml in '{run_dir}'; pass the run directory of an earlier search")
     saved = OmegaConf.load(saved_path)
-    search_saved = saved.get("search")
-    if isinstance(search_saved, DictConfig):
-        fill_legacy_search_settings(search_saved)
+    fill_legacy_search_settings(saved)
     overridden = [o.split("=", 1)[0].lstrip("+~") for o in user_overrides]
     for key in overridden:
         if key.split(".")[0] in IGNORED_FOR_IDENTITY or isinstance(OmegaConf.select(cfg, key), DictConfig) or key == "experiment":

@@ -73,8 +73,7 @@ class RunDirectory:
             self.archive.set_meta("config", fingerprint)
             return
         then = json.loads(stored)
-        if isinstance(then.get("search"), dict):
-            fill_legacy_search_settings(then["search"])  # as the resumed config reads an older run's
+        fill_legacy_search_settings(then)  # as the resumed config reads an older run's
         if json.dumps(then, sort_keys=True) != fingerprint:
             raise ConfigError(f"resume: '{self.path}' was searched with another config "
                               f"({_first_difference(then, config_record)}); resume it unchanged")

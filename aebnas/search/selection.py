@@ -70,7 +70,7 @@ def _spread(F: np.ndarray, Z: np.ndarray, C: np.ndarray, cv: np.ndarray, k: int,
     chosen: list[int] = []
 
     def open_(r: int) -> bool:
-        return r not in skip and (groups is None or count.get(groups[r], 0) < cap)
+        return r not in skip and (groups is None or count[groups[r]] < cap)
 
     for feasible in phases:
         idx = np.flatnonzero(((cv <= 0) == feasible) & np.array([r not in skip for r in range(n)], dtype=bool))
@@ -87,38 +87,34 @@ def _spread(F: np.ndarray, Z: np.ndarray, C: np.ndarray, cv: np.ndarray, k: int,
                 picked = sorted(int(r) for r in rows)
             else:
                 picked = _farthest(Z, rows, np.vstack([C, Z[chosen]]) if chosen else C, need, groups, cap, count)
-            for r in picked:
-                if groups is not None:
-                    count[groups[r]] = count.get(groups[r], 0) + 1
+            if groups is not None:
+                count.update(groups[r] for r in picked)
             chosen += picked
             if len(chosen) == k:
                 return chosen
     return chosen
 
 
-def _fits(rows: np.ndarray, groups: list, count: dict, cap: int) -> bool:
+def _fits(rows: np.ndarray, groups: list, count: Counter, cap: int) -> bool:
     """Whether taking all of ``rows`` keeps every group within ``cap``."""
-    added: dict = {}
-    for r in rows:
-        added[groups[r]] = added.get(groups[r], 0) + 1
-    return all(count.get(g, 0) + a <= cap for g, a in added.items())
+    return all(count[g] + a <= cap for g, a in Counter(groups[r] for r in rows).items())
 
 
 def _farthest(Z: np.ndarray, rows: np.ndarray, anchors: np.ndarray, need: int, groups: list | None = None,
-              cap: int | None = None, count: dict | None = None) -> list[int]:
+              cap: int | None = None, count: Counter | None = None) -> list[int]:
     """Up to ``need`` of ``rows`` by farthest-point picks from ``anchors``, at most ``cap`` per group (``count``:
     picks so far); with no anchors, the front's ends first."""
     rows = list(int(r) for r in rows)
-    count = dict(count or {})
+    count = Counter(count or {})
     picked: list[int] = []
 
     def take(r: int) -> None:
         picked.append(r)
         if groups is not None:
-            count[groups[r]] = count.get(groups[r], 0) + 1
+            count[groups[r]] += 1
 
     def full(r: int) -> bool:
-        return r in picked or (groups is not None and count.get(groups[r], 0) >= cap)
+        return r in picked or (groups is not None and count[groups[r]] >= cap)
 
     if not len(anchors):  # the extremes of each objective, then farthest-point
         for m in range(Z.shape[1]):

@@ -33,12 +33,14 @@ MACS_TARGET_BACKBONE_CAP = 2
 LEGACY_SEARCH_SETTINGS = {"cost_predictor": None, "max_per_backbone": 0}
 
 
-def fill_legacy_search_settings(search: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """``search`` (a saved run's search config) with every key of LEGACY_SEARCH_SETTINGS it lacks filled in."""
-    for key, then in LEGACY_SEARCH_SETTINGS.items():
-        if key not in search:
-            search[key] = then
-    return search
+def fill_legacy_search_settings(config: MutableMapping[str, Any]) -> None:
+    """Fill into a saved run's config (its ``search`` section, where it has one) every key of
+    LEGACY_SEARCH_SETTINGS it lacks."""
+    search = config.get("search")
+    if isinstance(search, MutableMapping):
+        for key, then in LEGACY_SEARCH_SETTINGS.items():
+            if key not in search:
+                search[key] = then
 
 
 class SearchConfigError(ConfigError):
