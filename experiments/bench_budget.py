@@ -180,6 +180,7 @@ def main() -> None:
             "windows": len(seg_w), "windows_within_10pct": sum(w["within_10pct"] for w in seg_w),
             "windows_within_10pct_after_first": sum(w["within_10pct"] for w in seg_w[1:]),
             "windows_held": sum(w["held"] for w in seg_w),
+            "windows_short_at_cheapest": sum(w["short_at_cheapest"] for w in seg_w),
             "switches": sum(lo <= s["image"] < hi for s in run["switches"]),
         })
     after = [w for w in windows if w["first_image"] >= 200]
@@ -199,21 +200,23 @@ def main() -> None:
                    "switches": len(run["switches"]),
                    "windows_after_warmup": len(after), "windows_within_10pct": sum(w["within_10pct"] for w in after),
                    "windows_meeting_target": sum(w["meets"] for w in after),
-                   "windows_held": sum(w["held"] for w in after)},
+                   "windows_held": sum(w["held"] for w in after),
+                   "windows_short_at_cheapest": sum(w["short_at_cheapest"] for w in after)},
         "segments": seg_rows, "windows": windows, "switches": run["switches"],
     }
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"static {rate:.1f} img/s; controlled {result['stream']['images_per_s']:.1f} img/s acc "
           f"{result['stream']['accuracy']:.4f}, {len(run['switches'])} switches, "
           f"{result['stream']['windows_within_10pct']}/{len(after)} windows within +-10 % after 200 images, "
-          f"{result['stream']['windows_held']} held (within, or above it on the most accurate point)")
+          f"{result['stream']['windows_held']} held (within, or above it on the most accurate point), "
+          f"{result['stream']['windows_short_at_cheapest']} short of it on the cheapest point")
     for s in seg_rows:
         print(f"  images {s['images'][0]:5d}-{s['images'][1]:5d} target {s['target_x_static']:.1f}x "
               f"({s['target_images_per_s']:.0f}) load {'on ' if s['load'] else 'off'}: {s['images_per_s']:6.1f} img/s "
               f"acc {s['accuracy']:.4f} | fixed point {s['fixed_point']} "
               f"{s['fixed_point_images_per_s'] or float('nan'):6.1f} img/s acc {s['fixed_point_accuracy'] or float('nan'):.4f}"
               f" | windows within 10 %: {s['windows_within_10pct']}/{s['windows']}, held {s['windows_held']}, "
-              f"switches {s['switches']}")
+              f"short on the cheapest {s['windows_short_at_cheapest']}, switches {s['switches']}")
     if args.plot:
         plot(result, args.plot)
 

@@ -227,3 +227,20 @@ def test_a_window_above_a_throughput_target_counts_as_held_only_on_the_most_accu
     assert [w["held"] for w in on_target] == [True, True]
     assert [w["held"] for w in too_slow] == [False, False]
     assert math.isclose(on_top[0]["value"], 150.0)
+
+
+def test_a_window_short_of_the_target_on_the_cheapest_point_is_marked_beyond_reach():
+    from aebnas.runtime.stream import window_summary
+
+    slow = [1 / 50.0] * 20  # 50 images/s against a target of 100
+    cheapest = window_summary(_records(slow, [0] * 20, 100.0), 10, top_point=3)
+    mixed = window_summary(_records(slow, [0] * 5 + [1] * 5 + [0] * 10, 100.0), 10, top_point=3)
+    fast_cheapest = window_summary(_records([1 / 150.0] * 20, [0] * 20, 100.0), 10, top_point=3)
+    on_target = window_summary(_records([1 / 95.0] * 20, [0] * 20, 100.0), 10, top_point=3)
+    assert [w["short_at_cheapest"] for w in cheapest] == [True, True]
+    assert [w["short_at_cheapest"] for w in mixed] == [False, True]  # a dearer point in the first: the controller's miss
+    assert [w["short_at_cheapest"] for w in fast_cheapest] == [False, False]  # over the target: slack, not short
+    assert [w["short_at_cheapest"] for w in on_target] == [False, False]
+    # a latency target is missed from above: 20 ms per image against a 10 ms mean
+    latency = window_summary(_records(slow, [0] * 20, 10.0), 10, "latency_ms", top_point=3)
+    assert [w["short_at_cheapest"] for w in latency] == [True, True]

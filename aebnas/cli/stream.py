@@ -37,9 +37,12 @@ def stream(cfg: DictConfig, out_dir: Path) -> dict:
         b = result["budget"]
         t, w = b["target"], b["windows"]
         held = sum(x["within_10pct"] for x in w)
+        short = sum(x["short_at_cheapest"] for x in w)
         print(f"  budget {t['kind']}={t['value']:g} (batch {b['batch_size']}): {b['images_per_second']:.1f} img/s "
               f"acc {b['accuracy']:.4f} {b['effective_macs'] / 1e6:.3f}M MACs, {b['switch_count']} switches; "
-              f"{held}/{len(w)} windows of {b['settings']['window']} images within +-10 % of the target")
+              f"{held}/{len(w)} windows of {b['settings']['window']} images within +-10 % of the target"
+              + (f"; {short} missed it on the cheapest point already (beyond what the machine gave then)"
+                 if short else ""))
     print(f"written: {out_dir / 'stream.json'}")
     return result
 
