@@ -220,6 +220,7 @@ def main() -> None:
                     "images_per_s_load_on_per_window": windows_on[i]} for i, p in enumerate(ladder)],
         "share_per_100ms": {"percentiles_5_25_50_75_95": np.percentile(per_100ms, [5, 25, 50, 75, 95]).tolist(),
                             "lag1_autocorrelation": float(np.corrcoef(centred[:-1], centred[1:])[0, 1]),
+                            "images_left_out": float(np.mean(~np.isin(long_macs, macs[0, mid]))),
                             "bins": len(per_100ms)},
         "window": window, "replays": args.replays, "targets": multiples, "replay": replays,
     }

@@ -40,6 +40,19 @@ def test_share_refuses_a_path_never_timed_idle_unless_it_is_rare():
     seconds = np.where(macs == 3e6, 1e-1, 0.8e-3)
     share = bench.share_per_bin(seconds, macs, IDLE_SECONDS, IDLE_MACS, 1.0)
     assert share.tolist() == [0.5]
+    # over several bins: full speed, then a bin holding only the unknown path's image (it repeats the bin
+    # before), then half speed
+    macs = np.concatenate([np.full(40, 0.5e6), [3e6], np.full(40, 0.5e6)])
+    seconds = np.concatenate([np.full(40, 0.4e-3), [2e-2], np.full(40, 0.8e-3)])
+    share = bench.share_per_bin(seconds, macs, IDLE_SECONDS, IDLE_MACS, 0.016)
+    assert share.tolist() == [1.0, 1.0, 0.5, 0.5, 0.5]
+    # 5 % left out is the most allowed
+    macs = np.full(100, 0.5e6)
+    macs[:5] = 3e6
+    bench.share_per_bin(np.full(100, 1e-3), macs, IDLE_SECONDS, IDLE_MACS, 1.0)
+    macs[5] = 3e6
+    with pytest.raises(ValueError, match="6% of images"):
+        bench.share_per_bin(np.full(100, 1e-3), macs, IDLE_SECONDS, IDLE_MACS, 1.0)
 
 
 def _ladder():

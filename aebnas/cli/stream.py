@@ -41,7 +41,7 @@ def stream(cfg: DictConfig, out_dir: Path) -> dict:
         print(f"  budget {t['kind']}={t['value']:g} (batch {b['batch_size']}): {b['images_per_second']:.1f} img/s "
               f"acc {b['accuracy']:.4f} {b['effective_macs'] / 1e6:.3f}M MACs, {b['switch_count']} switches; "
               f"{held}/{len(w)} windows of {b['settings']['window']} images within +-10 % of the target"
-              + (f"; {short} missed it on the cheapest point already (beyond what the machine gave then)"
+              + (f"; {short} missed it while on the cheapest point (no point was cheap enough then)"
                  if short else ""))
     print(f"written: {out_dir / 'stream.json'}")
     return result

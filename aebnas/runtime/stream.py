@@ -238,9 +238,10 @@ def window_summary(records: Mapping[str, Sequence[float]], window: int, kind: st
 
     ``held`` also counts a window that beats the target while it ran only the most accurate point
     (``top_point``, the ladder's last index): there the controller has no dearer point to spend the slack on.
-    ``short_at_cheapest`` marks the mirror case, a window that misses the band on the losing side while it ran
-    only the cheapest point (index 0): nothing on the ladder was cheap enough for the machine as it was then,
-    so no choice of points could have held that window.
+    ``short_at_cheapest`` marks the mirror case, a window outside the band on the losing side (below it for
+    images/s, above it for latency or MACs) while it ran only the cheapest point (index 0): nothing on the
+    ladder was cheap enough then (a busy machine for a time target, hard images for a MACs target), so no
+    choice of points could have held that window.
     """
     r = {k: np.asarray(v, dtype=float) for k, v in records.items()}
     first = np.cumsum(r["images"]) - r["images"]  # image index each batch starts at
@@ -258,12 +259,13 @@ def window_summary(records: Mapping[str, Sequence[float]], window: int, kind: st
         within = bool(abs(value / target - 1) <= 0.10)
         points = sorted(set(int(p) for p in r["point"][m]))
         beats = bool(value > target if KINDS[kind][1] else value < target)
+        meets = bool(value >= target * 0.9 if KINDS[kind][1] else value <= target * 1.1)
         out.append({"first_image": int(lo), "images": int(n), "start_s": float(r["clock"][m][0]),
                     "value": float(value), "target": target, "ratio": float(value / target),
                     "within_10pct": within,
-                    "meets": bool(value >= target * 0.9 if KINDS[kind][1] else value <= target * 1.1),
+                    "meets": meets,
                     "held": within or (top_point is not None and points == [top_point] and beats),
-                    "short_at_cheapest": not within and not beats and points == [0],
+                    "short_at_cheapest": not meets and points == [0],
                     "accuracy": float(r["correct"][m].sum() / n), "macs_per_image": float(r["macs"][m].sum() / n),
                     "points": points})
     return out
