@@ -50,6 +50,11 @@ def record_point(model: AdaptiveModel, x: torch.Tensor, paths: np.ndarray, n: in
     return seconds, macs
 
 
+def timed_idle(macs: np.ndarray, idle_macs: np.ndarray) -> np.ndarray:
+    """Per image, whether its exit path (its MACs) ran in the idle recording, so has a reference time."""
+    return np.isin(macs, idle_macs)
+
+
 def share_per_bin(seconds: np.ndarray, macs: np.ndarray, idle_seconds: np.ndarray, idle_macs: np.ndarray,
                   bin_s: float) -> np.ndarray:
     """The share of a core per ``bin_s`` of wall clock: idle median time of each image's exit path over its
@@ -59,7 +64,7 @@ def share_per_bin(seconds: np.ndarray, macs: np.ndarray, idle_seconds: np.ndarra
     bin (a rare path, such as a final exit that takes under 1 % of images); more than 5 % of images left out
     is refused, since the share would then rest on the easy images only."""
     median = {m: float(np.median(idle_seconds[idle_macs == m])) for m in np.unique(idle_macs)}
-    known = np.isin(macs, list(median))
+    known = timed_idle(macs, idle_macs)
     if (~known).mean() > 0.05:
         missing = sorted(set(np.unique(macs[~known]).tolist()))
         raise ValueError(f"exit paths {missing} ({(~known).mean():.0%} of images) never ran idle at this point; "
@@ -220,7 +225,7 @@ def main() -> None:
                     "images_per_s_load_on_per_window": windows_on[i]} for i, p in enumerate(ladder)],
         "share_per_100ms": {"percentiles_5_25_50_75_95": np.percentile(per_100ms, [5, 25, 50, 75, 95]).tolist(),
                             "lag1_autocorrelation": float(np.corrcoef(centred[:-1], centred[1:])[0, 1]),
-                            "images_left_out": float(np.mean(~np.isin(long_macs, macs[0, mid]))),
+                            "images_left_out": float(np.mean(~timed_idle(long_macs, macs[0, mid]))),
                             "bins": len(per_100ms)},
         "window": window, "replays": args.replays, "targets": multiples, "replay": replays,
     }
