@@ -8,6 +8,7 @@ from aebnas.data import load_dataset
 from aebnas.nn import build_model
 from aebnas.train import (TrainerSettings, TrainingDiverged, candidate_cudnn, exit_loss_weights, fit, joint_exit_loss,
                           predict_logits)
+from aebnas.train.trainer import make_train_step
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,44 @@ def test_joint_loss_is_the_weighted_sum():
     a, b = torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[0.0, 0.0], [0.0, 0.0]])
     ce_a = (math.log(1 + math.exp(-2)) + math.log(1 + math.exp(-1))) / 2
     assert joint_exit_loss([a, b], target, [0.5, 2.0]).item() == pytest.approx(0.5 * ce_a + 2.0 * math.log(2))
+
+
+def test_distillation_mixes_the_final_exits_softened_predictions_into_each_early_exit():
+    target = torch.tensor([0, 1])
+    early = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    final = torch.tensor([[1.0, 0.0], [0.0, 3.0]], requires_grad=True)
+    t, alpha = 2.0, 0.4
+    ce_early = (math.log(1 + math.exp(-2)) + math.log(1 + math.exp(-1))) / 2
+    ce_final = (math.log(1 + math.exp(-1)) + math.log(1 + math.exp(-3))) / 2
+
+    def kl(p_logits, q_logits):  # KL(p || q) of two-class softmaxes at temperature t
+        p = torch.softmax(torch.tensor(p_logits) / t, 0)
+        q = torch.softmax(torch.tensor(q_logits) / t, 0)
+        return float((p * (p / q).log()).sum())
+    kd = (kl([1.0, 0.0], [2.0, 0.0]) + kl([0.0, 3.0], [0.0, 1.0])) / 2 * t * t
+    loss = joint_exit_loss([early, final], target, [1.0, 1.0], distill=alpha, temperature=t)
+    assert loss.item() == pytest.approx((1 - alpha) * ce_early + alpha * kd + ce_final)
+    # the final exit learns from the labels alone: the distillation term sends it no gradient
+    loss.backward()
+    reference = final.detach().clone().requires_grad_(True)
+    torch.nn.functional.cross_entropy(reference, target).backward()
+    assert torch.allclose(final.grad, reference.grad)
+    # an early exit that already predicts what the final exit predicts pays no distillation cost
+    same = joint_exit_loss([final.detach(), final.detach()], target, [1.0, 1.0], distill=1.0, temperature=t)
+    assert same.item() == pytest.approx(ce_final)
+
+
+def test_the_training_step_distils_with_the_trainers_settings(data, tiny_space):
+    g = tiny_space.parse("k3e2/k3e2/k3e2/k3e2/k3e2|t0.9:conv16k3|off|off|off")
+    torch.manual_seed(0)
+    model = build_model(g, data.num_classes, data.in_channels)
+    x, y = data.train.x[:32].float() / 255, data.train.y[:32]
+    outputs = model(x)
+    cfg = TrainerSettings(device="cpu", exit_distill=0.7, distill_temperature=2.0)
+    step = make_train_step(model, cfg, torch.device("cpu"), total_steps=10)
+    expected = joint_exit_loss(outputs, y, [1.0, 1.0], distill=0.7, temperature=2.0)
+    assert step.loss_fn(outputs, y).item() == pytest.approx(expected.item())
+    assert expected.item() != pytest.approx(joint_exit_loss(outputs, y, [1.0, 1.0]).item())
 
 
 def test_training_learns_every_exit(data, tiny_space):
@@ -82,6 +121,8 @@ def test_divergence_is_reported(data, tiny_space):
 @pytest.mark.parametrize("patch, field", [({"epochs": -1}, "trainer.epochs"), ({"lr": 0}, "trainer.lr"),
                                           ({"optimizer": "adam"}, "trainer.optimizer"), ({"epoch": 3}, "trainer.epoch"),
                                           ({"label_smoothing": 1.0}, "trainer.label_smoothing"),
+                                          ({"exit_distill": 1.5}, "trainer.exit_distill"),
+                                          ({"distill_temperature": 0}, "trainer.distill_temperature"),
                                           ({"cudnn_benchmark": "off"}, "trainer.cudnn_benchmark"),
                                           ({"cudnn_depthwise": "no"}, "trainer.cudnn_depthwise"),
                                           ({"cuda_graphs": "yes"}, "trainer.cuda_graphs")])

@@ -1,4 +1,10 @@
-"""Joint training loss of all exits: a weighted sum of cross-entropies."""
+"""Joint training loss of all exits: a weighted sum of cross-entropies, with optional self-distillation.
+
+Self-distillation lets each early exit learn the final classifier's softened predictions besides the
+labels. An early exit of an early-exit network decides on far fewer features than the final one; the
+final exit's class similarities are an easier target for it than one-hot labels, and a more accurate
+early exit lets more images leave early at the same accuracy.
+"""
 
 from __future__ import annotations
 
@@ -36,9 +42,25 @@ def exit_loss_weights(n_exits: int, scheme: str | Sequence[float] = "uniform",
 
 
 def joint_exit_loss(logits: Sequence[torch.Tensor], target: torch.Tensor, weights: Sequence[float],
-                    label_smoothing: float = 0.0) -> torch.Tensor:
+                    label_smoothing: float = 0.0, distill: float = 0.0, temperature: float = 1.0) -> torch.Tensor:
+    """Weighted sum of the exits' losses; the final exit (last) always learns from the labels alone.
+
+    With ``distill`` > 0 each early exit's loss is ``(1 - distill) * CE + distill * T^2 * KL(final || exit)``
+    at temperature ``T``, the final exit's softened predictions taken as a fixed target (no gradient flows
+    back into the final exit through them).
+    """
     total = logits[0].new_zeros((), dtype=torch.float32)
-    for w, out in zip(weights, logits):
-        if w:
-            total = total + w * F.cross_entropy(out.float(), target, label_smoothing=label_smoothing)
+    last = len(logits) - 1
+    teacher = None
+    if distill and last > 0:
+        teacher = F.log_softmax(logits[last].detach().float() / temperature, dim=1)
+    for k, (w, out) in enumerate(zip(weights, logits)):
+        if not w:
+            continue
+        ce = F.cross_entropy(out.float(), target, label_smoothing=label_smoothing)
+        if teacher is not None and k < last:
+            student = F.log_softmax(out.float() / temperature, dim=1)
+            kd = F.kl_div(student, teacher, reduction="batchmean", log_target=True) * temperature ** 2
+            ce = (1.0 - distill) * ce + distill * kd
+        total = total + w * ce
     return total

@@ -57,6 +57,12 @@ class TrainerSettings(Settings):
                                 allowed="uniform | linear | a list of non-negative numbers",
                                 help="Loss weight per exit: uniform, linear (deeper exits weigh more) or a list, "
                                      "final exit last.")
+    exit_distill: float = setting(0.0, lo=0, hi=1,
+                                  help="Self-distillation of the early exits: the weight of the final exit's "
+                                       "softened predictions in each early exit's loss (0 = labels only).")
+    distill_temperature: float = setting(3.0, lo=0, lo_open=True,
+                                         help="Softmax temperature of the final exit's predictions that the early "
+                                              "exits learn (with exit_distill > 0).")
     crop_padding: int = setting(4, lo=0, help="Random-crop padding in pixels (0 turns cropping off); flips follow "
                                               "dataset.hflip.")
     amp: bool = setting(True, help="bf16 autocast, on CUDA only.")
@@ -220,14 +226,15 @@ def make_train_step(model: nn.Module, cfg: TrainerSettings, device: torch.device
     """The training step ``fit`` runs: recorded as a CUDA graph with ``cfg.cuda_graphs`` on CUDA, else eager.
 
     Both follow the same schedule (``cosine_factor`` from ``cfg.lr``) and loss (``joint_exit_loss`` with
-    ``cfg.exit_weights``).
+    ``cfg.exit_weights`` and ``cfg.exit_distill``).
     """
     n_exits = model.n_exits if hasattr(model, "n_exits") else 1
     weights = exit_loss_weights(n_exits, cfg.exit_weights)
     use_amp = cfg.amp and device.type == "cuda"
 
     def loss_fn(outputs: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
-        return joint_exit_loss(outputs, target, weights, cfg.label_smoothing)
+        return joint_exit_loss(outputs, target, weights, cfg.label_smoothing, cfg.exit_distill,
+                               cfg.distill_temperature)
 
     if records_cuda_graphs(cfg, device):
         lr = torch.tensor(float(cfg.lr), device=device)
