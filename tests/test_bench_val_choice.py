@@ -1,0 +1,55 @@
+"""experiments/bench_val_choice.py: a named point chosen on one set of logits and scored on another."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from aebnas.cost import NetworkCost
+from aebnas.runtime.operating_points import compute_operating_points
+from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "experiments"))
+bench = pytest.importorskip("bench_val_choice")
+
+COST = NetworkCost(segment_macs=(100_000, 900_000), head_macs=(10_000, 10_000))  # static 1.01M, exit 0: 110k
+
+
+def noisy_logits(n: int, accuracies: tuple[float, ...], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two exits over 4 classes; each is right on about the given share of images, confident either way."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, n)
+    logits = np.zeros((len(accuracies), n, 4))
+    for k, acc in enumerate(accuracies):
+        right = rng.random(n) < acc
+        guess = np.where(right, labels, (labels + rng.integers(1, 4, n)) % 4)
+        logits[k, np.arange(n), guess] = rng.uniform(1.0, 6.0, n)
+    return logits, labels
+
+
+def test_scored_on_the_set_it_was_chosen_on_it_agrees_with_the_operating_points():
+    logits, labels = noisy_logits(2000, (0.8, 0.9), seed=0)
+    points = compute_operating_points(logits, labels, COST)
+    chosen = points.points[points.named["max_accuracy"]]
+    scored = bench.score_choice(logits, labels, logits, labels, COST)
+    assert scored["thresholds"] == list(chosen.thresholds)
+    assert scored["loss_points"] == pytest.approx((points.reference_accuracy - chosen.val_accuracy) * 100)
+    assert scored["fewer_macs"] == pytest.approx(COST.static_macs / chosen.expected_macs)
+
+
+def test_an_early_exit_as_good_as_the_final_one_meets_both_targets_in_every_half():
+    logits, labels = noisy_logits(1000, (1.0, 1.0), seed=1)
+    result = bench.compare_val_sizes(logits[:, :400], labels[:400], logits[:, 400:], labels[400:], COST, halves=5)
+    for name, summary in result["summary"].items():
+        assert summary["meets_both"] == 5 and summary["loses_over_limit"] == 0
+        assert summary["fewer_macs_median"] == pytest.approx(1_010_000 / 110_000)   # every image leaves at exit 0
+        assert len(result["rows"][name]) == 5
+
+
+def test_an_early_exit_far_worse_than_the_final_one_is_left_off():
+    logits, labels = noisy_logits(3000, (0.5, 0.95), seed=2)
+    result = bench.compare_val_sizes(logits[:, :1000], labels[:1000], logits[:, 1000:], labels[1000:], COST, halves=4)
+    for summary in result["summary"].values():
+        assert summary["saves_under_limit"] == 4 and summary["meets_both"] == 0
