@@ -25,7 +25,7 @@ from bench_common import machine, stream_settings, write_json
 from aebnas.cost import NetworkCost
 from aebnas.cost.expected import expected_cost
 from aebnas.exits.thresholds import confidence, exit_indices
-from aebnas.runtime.operating_points import compute_operating_points, path_costs_with
+from aebnas.runtime.operating_points import DEFAULT_NAMED_DROPS, compute_operating_points, path_costs_with
 from aebnas.train import predict_logits
 
 MAX_LOSS_POINTS, MIN_FEWER_MACS = 0.5, 4.0
@@ -48,16 +48,22 @@ def score_choice(choose_logits: np.ndarray, choose_labels: np.ndarray, score_log
             "fewer_macs": float(cost.static_macs) / macs}
 
 
+def split_test_set(n: int, halves: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``halves`` random splits of ``n`` test images: (A, lent to the choice; B, scored), disjoint, all of them."""
+    rng = np.random.default_rng(seed)
+    splits = []
+    for _ in range(halves):
+        order = rng.permutation(n)
+        splits.append((order[: n // 2], order[n // 2:]))
+    return splits
+
+
 def compare_val_sizes(val_logits: np.ndarray, val_labels: np.ndarray, test_logits: np.ndarray,
                       test_labels: np.ndarray, cost: NetworkCost, halves: int, seed: int = 0,
                       point: str = "max_accuracy", metric: str = "max_softmax") -> dict[str, Any]:
     """Per random half B of the test set: the choice on val and on val + the other half, both scored on B."""
-    rng = np.random.default_rng(seed)
-    n = test_logits.shape[1]
     rows: dict[str, list[dict[str, Any]]] = {"val": [], "val_plus_half_test": []}
-    for _ in range(halves):
-        order = rng.permutation(n)
-        lend, score = order[: n // 2], order[n // 2:]
+    for lend, score in split_test_set(test_logits.shape[1], halves, seed):
         wider = (np.concatenate([val_logits, test_logits[:, lend]], axis=1),
                  np.concatenate([val_labels, test_labels[lend]]))
         for name, (logits, labels) in (("val", (val_logits, val_labels)), ("val_plus_half_test", wider)):
@@ -75,11 +81,19 @@ def compare_val_sizes(val_logits: np.ndarray, val_labels: np.ndarray, test_logit
     return {"summary": summary, "rows": rows}
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a count; use 1 or more")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True)
-    parser.add_argument("--halves", type=int, default=20, help="random splits of the test set")
-    parser.add_argument("--point", default="max_accuracy", help="the named point chosen")
+    parser.add_argument("--halves", type=positive_int, default=20, help="random splits of the test set")
+    parser.add_argument("--point", default="max_accuracy", choices=sorted(DEFAULT_NAMED_DROPS),
+                        help="the named point chosen")
     parser.add_argument("overrides", nargs="*", help="aebnas-stream settings: run=... model=... data_dir=...")
     args = parser.parse_args()
     from aebnas.runtime.run_network import load_run_network

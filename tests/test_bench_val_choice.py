@@ -53,3 +53,39 @@ def test_an_early_exit_far_worse_than_the_final_one_is_left_off():
     result = bench.compare_val_sizes(logits[:, :1000], labels[:1000], logits[:, 1000:], labels[1000:], COST, halves=4)
     for summary in result["summary"].values():
         assert summary["saves_under_limit"] == 4 and summary["meets_both"] == 0
+
+
+def test_the_halves_are_disjoint_and_cover_the_test_set():
+    for lend, score in bench.split_test_set(601, 4, seed=5):
+        assert len(lend) == 300 and len(score) == 301
+        assert sorted(np.concatenate([lend, score])) == list(range(601))
+
+
+def test_the_choice_sees_val_then_val_plus_one_half_and_is_scored_on_the_other(monkeypatch):
+    logits, labels = noisy_logits(900, (0.8, 0.9), seed=3)
+    val_logits, val_labels, test_logits, test_labels = logits[:, :300], labels[:300], logits[:, 300:], labels[300:]
+    calls = []
+
+    def spy(choose_logits, choose_labels, score_logits, score_labels, cost, point, metric):
+        calls.append((choose_logits, choose_labels, score_logits, score_labels))
+        return {"thresholds": [None], "loss_points": 0.0, "fewer_macs": 5.0}
+    monkeypatch.setattr(bench, "score_choice", spy)
+    bench.compare_val_sizes(val_logits, val_labels, test_logits, test_labels, COST, halves=3, seed=7)
+    assert len(calls) == 6
+    for k, (lend, score) in enumerate(bench.split_test_set(600, 3, seed=7)):
+        on_val, on_wider = calls[2 * k], calls[2 * k + 1]
+        assert np.array_equal(on_val[0], val_logits) and np.array_equal(on_val[1], val_labels)
+        assert np.array_equal(on_wider[0], np.concatenate([val_logits, test_logits[:, lend]], axis=1))
+        assert np.array_equal(on_wider[1], np.concatenate([val_labels, test_labels[lend]]))
+        for call in (on_val, on_wider):
+            assert np.array_equal(call[2], test_logits[:, score]) and np.array_equal(call[3], test_labels[score])
+
+
+def test_a_val_split_that_flatters_the_early_exit_is_corrected_by_the_lent_half():
+    # on val both exits are always right; on test the early exit is right half the time, the final one 90 %
+    val_logits, val_labels = noisy_logits(1000, (1.0, 1.0), seed=4)
+    test_logits, test_labels = noisy_logits(4000, (0.5, 0.9), seed=6)
+    summary = bench.compare_val_sizes(val_logits, val_labels, test_logits, test_labels, COST, halves=3)["summary"]
+    assert summary["val"]["loses_over_limit"] == 3            # val alone sends everything to the early exit
+    assert 35 < summary["val"]["loss_points_median"] < 45      # measured against the final exit on the scored half
+    assert summary["val_plus_half_test"]["loss_points_median"] < summary["val"]["loss_points_median"] - 10

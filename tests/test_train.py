@@ -37,7 +37,7 @@ def test_distillation_mixes_the_final_exits_softened_predictions_into_each_early
     target = torch.tensor([0, 1])
     early = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
     final = torch.tensor([[1.0, 0.0], [0.0, 3.0]], requires_grad=True)
-    t, alpha = 2.0, 0.4
+    t, alpha, w_early = 2.0, 0.4, 0.5
     ce_early = (math.log(1 + math.exp(-2)) + math.log(1 + math.exp(-1))) / 2
     ce_final = (math.log(1 + math.exp(-1)) + math.log(1 + math.exp(-3))) / 2
 
@@ -46,8 +46,9 @@ def test_distillation_mixes_the_final_exits_softened_predictions_into_each_early
         q = torch.softmax(torch.tensor(q_logits) / t, 0)
         return float((p * (p / q).log()).sum())
     kd = (kl([1.0, 0.0], [2.0, 0.0]) + kl([0.0, 3.0], [0.0, 1.0])) / 2 * t * t
-    loss = joint_exit_loss([early, final], target, [1.0, 1.0], distill=alpha, temperature=t)
-    assert loss.item() == pytest.approx((1 - alpha) * ce_early + alpha * kd + ce_final)
+    loss = joint_exit_loss([early, final], target, [w_early, 1.0], distill=alpha, temperature=t)
+    # the exit's weight scales its whole loss, the distillation term included
+    assert loss.item() == pytest.approx(w_early * ((1 - alpha) * ce_early + alpha * kd) + ce_final)
     # the final exit learns from the labels alone: the distillation term sends it no gradient
     loss.backward()
     reference = final.detach().clone().requires_grad_(True)
@@ -60,15 +61,17 @@ def test_distillation_mixes_the_final_exits_softened_predictions_into_each_early
 
 def test_the_training_step_distils_with_the_trainers_settings(data, tiny_space):
     g = tiny_space.parse("k3e2/k3e2/k3e2/k3e2/k3e2|t0.9:conv16k3|off|off|off")
-    torch.manual_seed(0)
     model = build_model(g, data.num_classes, data.in_channels)
-    x, y = data.train.x[:32].float() / 255, data.train.y[:32]
-    outputs = model(x)
-    cfg = TrainerSettings(device="cpu", exit_distill=0.7, distill_temperature=2.0)
+    generator = torch.Generator().manual_seed(0)
+    # logits far apart, so the temperature changes the loss well beyond rounding
+    outputs = [torch.randn(32, data.num_classes, generator=generator) * 4 for _ in range(2)]
+    y = torch.randint(0, data.num_classes, (32,), generator=generator)
+    cfg = TrainerSettings(device="cpu", exit_distill=0.7, distill_temperature=3.0)
     step = make_train_step(model, cfg, torch.device("cpu"), total_steps=10)
-    expected = joint_exit_loss(outputs, y, [1.0, 1.0], distill=0.7, temperature=2.0)
-    assert step.loss_fn(outputs, y).item() == pytest.approx(expected.item())
-    assert expected.item() != pytest.approx(joint_exit_loss(outputs, y, [1.0, 1.0]).item())
+    loss = step.loss_fn(outputs, y).item()
+    assert loss == pytest.approx(joint_exit_loss(outputs, y, [1.0, 1.0], distill=0.7, temperature=3.0).item())
+    assert loss != pytest.approx(joint_exit_loss(outputs, y, [1.0, 1.0], distill=0.7, temperature=1.0).item())
+    assert loss != pytest.approx(joint_exit_loss(outputs, y, [1.0, 1.0]).item())
 
 
 def test_training_learns_every_exit(data, tiny_space):

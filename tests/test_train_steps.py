@@ -107,12 +107,13 @@ def test_cuda_graphs_is_a_no_op_off_cuda(data, tiny_space):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="records a CUDA graph")
-def test_a_recorded_step_replays_the_eager_training(data, tiny_space, monkeypatch):
+@pytest.mark.parametrize("distill", [0.0, 0.5])
+def test_a_recorded_step_replays_the_eager_training(data, tiny_space, monkeypatch, distill):
     cuda = torch.device("cuda")
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     monkeypatch.setattr(GraphedTrainStep, "_process_failure", None)
-    cfg = TrainerSettings(lr=0.05, device="cuda", amp=False)
+    cfg = TrainerSettings(lr=0.05, device="cuda", amp=False, exit_distill=distill)
     a, b = _twin_models(tiny_space, data, "cuda")
     total = 8
     graphed = _graphable_step(b, cfg, cuda, total)
@@ -132,7 +133,7 @@ def test_a_recorded_step_replays_the_eager_training(data, tiny_space, monkeypatc
     # 120 training images at batch 32: 3 steps an epoch (the last 24 dropped), 6 in all: 3 warm-ups, the
     # recording and 2 replays
     stats = fit(build_model(tiny_space.parse(GENOME), 4, 1), data,
-                TrainerSettings(epochs=2, batch_size=32, device="cuda", cuda_graphs=True), cuda)
+                TrainerSettings(epochs=2, batch_size=32, device="cuda", cuda_graphs=True, exit_distill=distill), cuda)
     assert stats.cuda_graph == "captured" and stats.steps == 2 * (len(data.train) // 32) == 6
     assert math.isfinite(stats.final_loss)
 

@@ -1,9 +1,10 @@
 """Joint training loss of all exits: a weighted sum of cross-entropies, with optional self-distillation.
 
 Self-distillation lets each early exit learn the final classifier's softened predictions besides the
-labels. An early exit of an early-exit network decides on far fewer features than the final one; the
-final exit's class similarities are an easier target for it than one-hot labels, and a more accurate
-early exit lets more images leave early at the same accuracy.
+labels. An early exit decides on far fewer features than the final one, and the final exit's class
+similarities may be an easier target for it than one-hot labels. Whether it pays depends on the network:
+on the stream benchmark's network it made every exit less accurate (docs/results/adaptive-runtime.md), so
+it is off unless asked for.
 """
 
 from __future__ import annotations
