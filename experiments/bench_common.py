@@ -147,5 +147,5 @@ def stream_network(overrides: list[str]) -> tuple[StreamSettings, Any, Any]:
 
     settings = stream_settings(overrides)
     inputs = load_run_network(settings.run, settings.model, settings.device, settings.num_threads, settings.data_dir,
-                              settings.recompute_operating_points)
+                              settings.recompute_operating_points, settings.exit_metric)
     return settings, inputs, AdaptiveModel.from_saved(inputs.saved, inputs.points, fold=settings.fold_batchnorm)

@@ -72,7 +72,7 @@ def main() -> None:
     args = p.parse_args()
     settings = stream_settings([*args.overrides, "progress=false"])
     inputs = load_run_network(settings.run, settings.model, settings.device, settings.num_threads, settings.data_dir,
-                              settings.recompute_operating_points)
+                              settings.recompute_operating_points, settings.exit_metric)
     plain = _at_point(AdaptiveModel.from_saved(inputs.saved, inputs.points), settings)
     folded = _at_point(AdaptiveModel.from_saved(inputs.saved, inputs.points, fold=True), settings)
     x, labels = prepare_stream(inputs.data.test, inputs.data.mean, inputs.data.std, settings.n_images, inputs.device)

@@ -1,7 +1,7 @@
 """Does a larger val split choose a better named point? The choice on val against val plus half the test set.
 
     python experiments/bench_val_choice.py --out val_choice.json [--halves 20] [--point max_accuracy] \\
-        run=<run dir> model=0 data_dir=/usr/share/datasets/fashion-mnist
+        [--metric margin] run=<run dir> model=0 data_dir=/usr/share/datasets/fashion-mnist
 
 The key=value settings are aebnas-stream's. A named point is chosen on val, the way ``operating_points.json``
 is computed, and a run cannot give it more val images without training again. This script lends it some:
@@ -24,7 +24,7 @@ import torch
 from bench_common import machine, stream_settings, write_json
 from aebnas.cost import NetworkCost
 from aebnas.cost.expected import expected_cost
-from aebnas.exits.thresholds import confidence, exit_indices
+from aebnas.exits.thresholds import METRICS, confidence, exit_indices
 from aebnas.runtime.operating_points import DEFAULT_NAMED_DROPS, compute_operating_points, path_costs_with
 from aebnas.train import predict_logits
 
@@ -94,13 +94,15 @@ def main() -> None:
     parser.add_argument("--halves", type=positive_int, default=20, help="random splits of the test set")
     parser.add_argument("--point", default="max_accuracy", choices=sorted(DEFAULT_NAMED_DROPS),
                         help="the named point chosen")
+    parser.add_argument("--metric", choices=sorted(METRICS), default=None,
+                        help="the exit confidence metric (default: the one the run was searched with)")
     parser.add_argument("overrides", nargs="*", help="aebnas-stream settings: run=... model=... data_dir=...")
     args = parser.parse_args()
     from aebnas.runtime.run_network import load_run_network
 
     settings = stream_settings(args.overrides)
     net = load_run_network(settings.run, settings.model, "cpu", settings.num_threads, settings.data_dir)
-    metric = net.saved.meta.get("exit_metric", "max_softmax")
+    metric = args.metric or net.saved.meta.get("exit_metric", "max_softmax")
     logits = {s: predict_logits(net.saved.net, getattr(net.data, s), net.data.mean, net.data.std,
                                 torch.device("cpu"), amp=False) for s in ("val", "test")}
     result = compare_val_sizes(logits["val"], net.data.val.y.numpy(), logits["test"], net.data.test.y.numpy(),
@@ -111,7 +113,7 @@ def main() -> None:
               f"{s['fewer_macs_median']:.2f}x (under {MIN_FEWER_MACS:g}x: {s['saves_under_limit']}/{args.halves}), "
               f"both targets met {s['meets_both']}/{args.halves}")
     write_json(args.out, {"machine": machine(), "run": str(net.run_path), "model": settings.model,
-                          "point": args.point, "val_images": int(logits["val"].shape[1]),
+                          "point": args.point, "metric": metric, "val_images": int(logits["val"].shape[1]),
                           "test_images": int(logits["test"].shape[1]), **result})
     print(f"written: {args.out}")
 

@@ -585,6 +585,36 @@ def test_export_manifest_charges_no_head_to_an_exit_switched_off(tiny_run, tmp_p
     assert manifest["path_macs"][-1] < cost.path_macs[-1]  # the final path without exit 0's head
 
 
+def test_another_exit_metric_recomputes_the_operating_points_for_it(tiny_run, tmp_path):
+    """The metric is a run-time choice: thresholds mean something else under each, so points follow it."""
+    import shutil
+
+    from aebnas.runtime import AdaptiveModel
+    from aebnas.runtime.operating_points import OperatingPoints, compute_operating_points
+    from aebnas.runtime.run_network import load_run_network
+    from aebnas.train import predict_logits
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    searched = load_run_network(str(run), 0)
+    assert searched.points.metric == searched.saved.meta["exit_metric"] == "max_softmax"
+    found = load_run_network(str(run), 0, exit_metric="margin")
+    assert found.points.metric == "margin"
+    assert OperatingPoints.load(found.saved.path).metric == "margin"     # stored, so the next job finds it
+    logits = predict_logits(found.saved.net, found.data.val, found.data.mean, found.data.std, torch.device("cpu"))
+    by_hand = compute_operating_points(logits, found.data.val.y.numpy(), found.saved.cost, "margin")
+    assert [p.thresholds for p in found.points.points] == [p.thresholds for p in by_hand.points]
+    assert AdaptiveModel.from_saved(found.saved, found.points).metric == "margin"
+    assert load_run_network(str(run), 0).points.metric == "max_softmax"   # back to the search's own metric
+
+
+def test_an_unknown_exit_metric_is_refused_in_one_line():
+    from aebnas.runtime.stream import StreamSettings
+
+    with pytest.raises(ValueError, match="exit_metric: 'confidence' is not one of"):
+        StreamSettings.from_dict({"run": "/some/run", "exit_metric": "confidence"})
+
+
 def test_export_formats_read_from_a_comma_separated_string():
     from aebnas.runtime.export_run import ExportSettings
 

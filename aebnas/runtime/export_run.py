@@ -166,7 +166,7 @@ def run_export(settings: ExportSettings, out_dir: Path) -> dict:
     so that they load on any device.
     """
     found = load_run_network(settings.run, settings.model, settings.device, settings.num_threads, settings.data_dir,
-                             settings.recompute_operating_points)
+                             settings.recompute_operating_points, settings.exit_metric)
     saved, data = found.saved, found.data
     model = AdaptiveModel.from_saved(saved, found.points)
     point = model.set_operating_point(settings.operating_point, settings.min_accuracy, settings.max_macs)

@@ -14,6 +14,7 @@ import torch
 
 from aebnas.data import ArraySplit, DataSplits, load_dataset
 from aebnas.runtime.adaptive import SavedModel, load_saved_model
+from aebnas.exits.thresholds import METRICS
 from aebnas.runtime.operating_points import FILE_NAME, NAMES, OperatingPoints, compute_operating_points
 from aebnas.train import predict_logits, resolve_device
 from aebnas.config_checks import ConfigError, Settings, setting
@@ -53,6 +54,9 @@ class RunChoiceSettings(Settings):
     max_macs: float | None = setting(None, lo=0.0, lo_open=True, help="The most accurate point within this "
                                                                       "expected-MACs budget (with operating_point=null).")
     recompute_operating_points: bool = setting(False, help="Recompute the stored operating points from val logits.")
+    exit_metric: str | None = setting(None, choices=METRICS,
+                                      help="Exit confidence metric of the adaptive network (null: the one its search "
+                                           "used); another metric recomputes the operating points for it.")
     data_dir: str | None = setting(None, check=_check_data_dir, allowed="a path or null",
                                    help="Where the run's dataset files are on this machine, when not where the "
                                         "search read them (null: the run's own dataset.data_dir).")
@@ -76,17 +80,22 @@ def point_label(name: str | None, min_accuracy: float | None, max_macs: float | 
 
 
 def ensure_operating_points(saved: SavedModel, val: ArraySplit, mean, std, device: torch.device,
-                            recompute: bool = False) -> OperatingPoints:
+                            recompute: bool = False, metric: str | None = None) -> OperatingPoints:
     """The model's stored operating points; computed from its val logits and saved beside it when missing
-    (or written for another genome, or in the older format without standard errors)."""
+    (or written for another genome, another exit metric, or in the older format without standard errors).
+
+    ``metric`` (default: the one the search used) is a run-time choice: the thresholds mean different things
+    under each metric, so a network's points are recomputed for the metric it runs with.
+    """
     genome = saved.net.genome.to_text()
+    metric = metric or saved.meta.get("exit_metric", "max_softmax")
     path = saved.path / FILE_NAME
     if path.exists() and not recompute:
         points = OperatingPoints.load(saved.path)
-        if points.genome == genome and points.is_current:
+        if points.genome == genome and points.is_current and points.metric == metric:
             return points
     logits = predict_logits(saved.net, val, mean, std, device, batch_size=1024, amp=False)
-    points = compute_operating_points(logits, val.y.numpy(), saved.cost, saved.meta.get("exit_metric", "max_softmax"))
+    points = compute_operating_points(logits, val.y.numpy(), saved.cost, metric)
     points.genome = genome
     points.save(saved.path)
     saved.net.to("cpu")
@@ -112,7 +121,8 @@ class RunNetwork:
 
 
 def load_run_network(run_dir: str, model: int, device: str = "cpu", num_threads: int | None = None,
-                     data_dir: str | None = None, recompute_operating_points: bool = False) -> RunNetwork:
+                     data_dir: str | None = None, recompute_operating_points: bool = False,
+                     exit_metric: str | None = None) -> RunNetwork:
     """The run's Pareto network number ``model``, its operating points (computed once and stored), its dataset.
 
     Checks the run first, so a wrong run directory or model index is one line, not a traceback.
@@ -136,5 +146,5 @@ def load_run_network(run_dir: str, model: int, device: str = "cpu", num_threads:
     if data_dir is not None:  # the run came from another machine, where the files lay elsewhere
         dataset["data_dir"] = data_dir
     data = load_dataset(dataset)
-    points = ensure_operating_points(saved, data.val, data.mean, data.std, on, recompute_operating_points)
+    points = ensure_operating_points(saved, data.val, data.mean, data.std, on, recompute_operating_points, exit_metric)
     return RunNetwork(run.path, saved, points, data, on)

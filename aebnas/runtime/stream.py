@@ -379,7 +379,7 @@ def _cpu_name() -> str:
 def run_stream(settings: StreamSettings, out_dir: Path) -> dict:
     """The whole ``aebnas-stream`` job: load the run's network and test split, benchmark, write stream.json/png."""
     inputs = load_run_network(settings.run, settings.model, settings.device, settings.num_threads, settings.data_dir,
-                              settings.recompute_operating_points)
+                              settings.recompute_operating_points, settings.exit_metric)
     saved, data, device = inputs.saved, inputs.data, inputs.device
     model = AdaptiveModel.from_saved(saved, inputs.points, fold=settings.fold_batchnorm)  # static and adaptive alike
     point = model.set_operating_point(settings.operating_point, settings.min_accuracy, settings.max_macs)
