@@ -101,8 +101,11 @@ def main() -> None:
     from aebnas.runtime.run_network import load_run_network
 
     settings = stream_settings(args.overrides)
-    net = load_run_network(settings.run, settings.model, "cpu", settings.num_threads, settings.data_dir)
-    metric = args.metric or net.saved.meta.get("exit_metric", "max_softmax")
+    if args.metric and settings.exit_metric and args.metric != settings.exit_metric:
+        parser.error(f"--metric {args.metric} and exit_metric={settings.exit_metric} disagree; give one")
+    net = load_run_network(settings.run, settings.model, "cpu", settings.num_threads, settings.data_dir,
+                           exit_metric=args.metric or settings.exit_metric)
+    metric = net.points.metric
     logits = {s: predict_logits(net.saved.net, getattr(net.data, s), net.data.mean, net.data.std,
                                 torch.device("cpu"), amp=False) for s in ("val", "test")}
     result = compare_val_sizes(logits["val"], net.data.val.y.numpy(), logits["test"], net.data.test.y.numpy(),

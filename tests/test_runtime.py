@@ -601,18 +601,38 @@ def test_another_exit_metric_recomputes_the_operating_points_for_it(tiny_run, tm
     found = load_run_network(str(run), 0, exit_metric="margin")
     assert found.points.metric == "margin"
     assert OperatingPoints.load(found.saved.path).metric == "margin"     # stored, so the next job finds it
-    logits = predict_logits(found.saved.net, found.data.val, found.data.mean, found.data.std, torch.device("cpu"))
+    logits = predict_logits(found.saved.net, found.data.val, found.data.mean, found.data.std, torch.device("cpu"),
+                            amp=False)
     by_hand = compute_operating_points(logits, found.data.val.y.numpy(), found.saved.cost, "margin")
     assert [p.thresholds for p in found.points.points] == [p.thresholds for p in by_hand.points]
     assert AdaptiveModel.from_saved(found.saved, found.points).metric == "margin"
     assert load_run_network(str(run), 0).points.metric == "max_softmax"   # back to the search's own metric
 
 
+def test_an_export_under_another_exit_metric_runs_its_points(tiny_run, tmp_path):
+    import shutil
+
+    from aebnas.runtime.export_run import ExportSettings, run_export
+    from aebnas.runtime.operating_points import OperatingPoints
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    settings = ExportSettings.from_dict({"run": str(run), "operating_point": "max_accuracy", "exit_metric": "margin",
+                                         "formats": ["torchscript"], "check_images": 20})
+    manifest = run_export(settings, tmp_path / "out")
+    stored = OperatingPoints.load(next((run / "models").glob("00_*")))
+    assert manifest["exit_metric"] == stored.metric == "margin"
+    chosen = stored.points[stored.named["max_accuracy"]]
+    assert manifest["operating_point"]["thresholds"] == list(chosen.thresholds)
+    assert all(c["passed"] for c in manifest["checks"].values()), manifest["checks"]   # answers as eager margin
+
+
 def test_an_unknown_exit_metric_is_refused_in_one_line():
     from aebnas.runtime.stream import StreamSettings
 
-    with pytest.raises(ValueError, match="exit_metric: 'confidence' is not one of"):
+    with pytest.raises(ValueError, match="exit_metric: 'confidence' is not one of") as exc:
         StreamSettings.from_dict({"run": "/some/run", "exit_metric": "confidence"})
+    assert "\n" not in str(exc.value)
 
 
 def test_export_formats_read_from_a_comma_separated_string():

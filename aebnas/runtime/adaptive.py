@@ -104,7 +104,8 @@ class AdaptiveModel(nn.Module):
     @classmethod
     def from_saved(cls, saved: SavedModel, operating_points: OperatingPoints | None = None,
                    fold: bool = False) -> "AdaptiveModel":
-        """The saved network with its genome's thresholds and the metric its search used.
+        """The saved network with its genome's thresholds, under the metric of ``operating_points`` (without
+        them, the metric its search used).
 
         ``fold``: run a copy with BatchNorm folded into the convolutions (``fold_batchnorm``), the faster
         form for inference; ``saved.net`` keeps its BatchNorm either way.

@@ -6,6 +6,7 @@ so a run copied from another machine needs only ``data_dir``.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,6 +19,8 @@ from aebnas.exits.thresholds import METRICS
 from aebnas.runtime.operating_points import FILE_NAME, NAMES, OperatingPoints, compute_operating_points
 from aebnas.train import predict_logits, resolve_device
 from aebnas.config_checks import ConfigError, Settings, setting
+
+log = logging.getLogger("aebnas.runtime")
 
 
 def _check_point_name(value: Any, name: str, error: type[Exception]) -> str:
@@ -41,7 +44,8 @@ def operating_point_setting(default: str) -> Any:
 @dataclass(frozen=True)
 class RunChoiceSettings(Settings):
     """What every job on one of a run's networks shares (aebnas-stream, aebnas-export): which run and network,
-    which operating point, where the data is, which device and threads. Errors name the bare key (run=...)."""
+    which operating point and exit metric, where the data is, which device and threads. Errors name the bare
+    key (run=...)."""
 
     prefix: ClassVar[str | None] = ""
 
@@ -94,6 +98,9 @@ def ensure_operating_points(saved: SavedModel, val: ArraySplit, mean, std, devic
         points = OperatingPoints.load(saved.path)
         if points.genome == genome and points.is_current and points.metric == metric:
             return points
+        if points.genome == genome and points.metric != metric:
+            log.info("operating points of %s: computed for exit_metric=%s, recomputing them for %s",
+                     saved.path.name, points.metric, metric)
     logits = predict_logits(saved.net, val, mean, std, device, batch_size=1024, amp=False)
     points = compute_operating_points(logits, val.y.numpy(), saved.cost, metric)
     points.genome = genome
