@@ -15,7 +15,6 @@ carry no timing noise.
 from __future__ import annotations
 
 import argparse
-import math
 from typing import Any
 
 import numpy as np
@@ -23,8 +22,7 @@ import torch
 
 from bench_common import machine, stream_settings, write_json
 from aebnas.cost import NetworkCost
-from aebnas.cost.expected import expected_cost
-from aebnas.exits.thresholds import METRICS, confidence, exit_indices
+from aebnas.exits.thresholds import METRICS, confidence, simulate_exits
 from aebnas.runtime.operating_points import DEFAULT_NAMED_DROPS, compute_operating_points, path_costs_with
 from aebnas.train import predict_logits
 
@@ -37,15 +35,13 @@ def score_choice(choose_logits: np.ndarray, choose_labels: np.ndarray, score_log
     """The named point chosen on one set of exit logits ([n_exits, N, C]) and scored on another."""
     points = compute_operating_points(choose_logits, choose_labels, cost, metric)
     chosen = points.points[points.named[point]]
-    thresholds = [math.inf if t is None else t for t in chosen.thresholds]
-    idx = exit_indices(confidence(score_logits, metric), thresholds)
-    n = score_logits.shape[1]
-    accuracy = float((score_logits.argmax(-1)[idx, np.arange(n)] == score_labels).mean())
-    reference = float((score_logits[-1].argmax(-1) == score_labels).mean())
-    rates = np.bincount(idx, minlength=score_logits.shape[0]) / n
-    macs = expected_cost(rates, path_costs_with(cost, np.isfinite(thresholds)))
-    return {"thresholds": list(chosen.thresholds), "loss_points": (reference - accuracy) * 100,
-            "fewer_macs": float(cost.static_macs) / macs}
+    thresholds = chosen.threshold_array()
+    correct = score_logits.argmax(-1) == score_labels[None, :]
+    outcome = simulate_exits(confidence(score_logits, metric), correct, thresholds,
+                             path_costs_with(cost, np.isfinite(thresholds)))
+    reference = float(correct[-1].mean())
+    return {"thresholds": list(chosen.thresholds), "loss_points": (reference - outcome.accuracy) * 100,
+            "fewer_macs": float(cost.static_macs) / outcome.expected_cost}
 
 
 def split_test_set(n: int, halves: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
