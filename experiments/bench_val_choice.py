@@ -1,4 +1,4 @@
-"""Does a larger val split choose a better named point? The choice on val against val plus half the test set.
+"""Why a named point chosen on val misses on test, and what would rescue it. No timing: logits only.
 
     python experiments/bench_val_choice.py --out val_choice.json [--halves 20] [--point max_accuracy] \\
         [--metric margin] run=<run dir> model=0 data_dir=/usr/share/datasets/fashion-mnist
@@ -10,6 +10,18 @@ alone and once on val + A, and both choices are scored on B, against the final e
 (points) and fewer expected MACs than the static network. No timing: the figures come from logits, so the
 counts of how often each choice meets the adaptive runtime's targets (<= 0.5 points lost, >= 4x fewer MACs)
 carry no timing noise.
+
+Three more figures, on the whole test set:
+
+- **exit gaps**: each early exit's accuracy minus the final exit's, paired over the same images, on val and
+  on test, with standard errors and how many combined standard errors apart the two estimates are. A gap
+  that val overstates is what leads a choice on val astray.
+- **ceiling**: per MACs saving (4x, 5x, ...), the least accuracy lost on test by any threshold vector of the
+  grid that saves at least that much, chosen on test itself. No rule that chooses on val can do better, so
+  a miss under the ceiling is the choice's, not the network's.
+- **anchored rules**: an alternative to the named points' rule. The cheapest vector whose val loss against
+  the final exit, plus ``z`` paired standard errors, is within an allowed loss; chosen on val and scored on
+  test, for z in 1, 1.64, 2 and allowed losses of 0.25 and 0.5 points.
 """
 
 from __future__ import annotations
@@ -23,10 +35,13 @@ import torch
 from bench_common import machine, stream_settings, write_json
 from aebnas.cost import NetworkCost
 from aebnas.exits.thresholds import METRICS, confidence, simulate_exits
-from aebnas.runtime.operating_points import DEFAULT_NAMED_DROPS, compute_operating_points, path_costs_with
+from aebnas.runtime.operating_points import (DEFAULT_NAMED_DROPS, GridOutcomes, compute_operating_points,
+                                             grid_outcomes, paired_standard_errors, path_costs_with)
 from aebnas.train import predict_logits
 
 MAX_LOSS_POINTS, MIN_FEWER_MACS = 0.5, 4.0
+CEILING_SAVINGS = (4.0, 5.0, 6.0, 7.0)
+ANCHORED_RULES = tuple((z, allowed) for z in (1.0, 1.64, 2.0) for allowed in (0.25, 0.5))
 
 
 def score_choice(choose_logits: np.ndarray, choose_labels: np.ndarray, score_logits: np.ndarray,
@@ -77,6 +92,99 @@ def compare_val_sizes(val_logits: np.ndarray, val_labels: np.ndarray, test_logit
     return {"summary": summary, "rows": rows}
 
 
+def _thresholds(vector: np.ndarray) -> list[float | None]:
+    return [None if np.isinf(t) else float(t) for t in vector]
+
+
+def _scored(scored: GridOutcomes, g: int, static_macs: float) -> dict[str, Any]:
+    """Vector ``g`` of the grid as the scored split sees it."""
+    loss = (scored.final_hits.mean() - scored.hits[g].mean()) * 100
+    return {"thresholds": _thresholds(scored.vectors[g]), "loss_points": float(loss),
+            "fewer_macs": float(static_macs / scored.expected_macs[g])}
+
+
+def exit_gaps(val_logits: np.ndarray, val_labels: np.ndarray, test_logits: np.ndarray,
+              test_labels: np.ndarray) -> list[dict[str, float]]:
+    """Per early exit (numbered from 1): its accuracy minus the final exit's (points), paired over the same images,
+    on val and on test, with standard errors, and how many combined standard errors the two estimates are apart."""
+    rows = []
+    for k in range(val_logits.shape[0] - 1):
+        gap: dict[str, float] = {}
+        for name, logits, labels in (("val", val_logits, val_labels), ("test", test_logits, test_labels)):
+            correct = (logits.argmax(-1) == labels[None, :]).astype(float)
+            d = (correct[k] - correct[-1]) * 100
+            gap[name] = float(d.mean())
+            gap[f"{name}_se"] = float(d.std() / np.sqrt(len(d)))
+        se = float(np.hypot(gap["val_se"], gap["test_se"]))
+        apart = gap["val"] - gap["test"]
+        gap["z_apart"] = apart / se if se > 0 else (0.0 if apart == 0 else float(np.copysign(np.inf, apart)))
+        rows.append({"early_exit": k + 1, **gap})
+    return rows
+
+
+def ceiling(scored: GridOutcomes, static_macs: float,
+                 savings: tuple[float, ...] = CEILING_SAVINGS) -> list[dict[str, Any]]:
+    """Per saving: the grid vector that loses least on the scored split while saving at least that much."""
+    fewer = static_macs / scored.expected_macs
+    rows = []
+    for need in savings:
+        ok = np.flatnonzero(fewer >= need)
+        if len(ok) == 0:
+            rows.append({"at_least": need, "thresholds": None, "loss_points": None, "fewer_macs": None})
+            continue
+        g = int(ok[np.argmax(scored.accuracy[ok])])
+        rows.append({"at_least": need, **_scored(scored, g, static_macs)})
+    return rows
+
+
+def anchored_choice(chosen_on: GridOutcomes, z: float, allowed_points: float) -> int:
+    """Cheapest vector whose loss against the final exit, plus ``z`` paired standard errors, is within
+    ``allowed_points``; the most accurate vector when none is."""
+    loss = chosen_on.final_hits.mean() - chosen_on.accuracy
+    se = paired_standard_errors(chosen_on.hits, chosen_on.final_hits)
+    ok = np.flatnonzero(loss + z * se <= allowed_points / 100 + 1e-12)
+    if len(ok) == 0:
+        return int(np.argmax(chosen_on.accuracy))
+    return int(ok[np.lexsort((-chosen_on.accuracy[ok], chosen_on.expected_macs[ok]))[0]])
+
+
+def anchored_rules(chosen_on: GridOutcomes, scored: GridOutcomes, static_macs: float,
+                   rules: tuple[tuple[float, float], ...] = ANCHORED_RULES) -> list[dict[str, Any]]:
+    """Each anchored rule's choice on one split, scored on the other."""
+    return [{"z": z, "allowed_points": allowed, **_scored(scored, anchored_choice(chosen_on, z, allowed), static_macs)}
+            for z, allowed in rules]
+
+
+def whole_test_figures(val_logits: np.ndarray, val_labels: np.ndarray, test_logits: np.ndarray,
+                       test_labels: np.ndarray, cost: NetworkCost, point: str = "max_accuracy",
+                       metric: str = "max_softmax") -> dict[str, Any]:
+    """The named point, the exit gaps, the ceiling and the anchored rules, each on the whole test set."""
+    val = grid_outcomes(val_logits, val_labels, cost, metric)
+    test = grid_outcomes(test_logits, test_labels, cost, metric)
+    static = float(cost.static_macs)
+    return {"named_point": score_choice(val_logits, val_labels, test_logits, test_labels, cost, point, metric),
+            "exit_gaps": exit_gaps(val_logits, val_labels, test_logits, test_labels),
+            "ceiling": ceiling(test, static), "anchored_rules": anchored_rules(val, test, static)}
+
+
+def _row(r: dict[str, Any]) -> str:
+    if r["thresholds"] is None:
+        return "none"
+    marks = " ".join("off" if t is None else f"{t:g}" for t in r["thresholds"])
+    return f"{marks}: {r['loss_points']:.2f} points lost, {r['fewer_macs']:.2f}x fewer MACs"
+
+
+def print_whole_test(figures: dict[str, Any], point: str) -> None:
+    print(f"{point} chosen on val, on the whole test set: {_row(figures['named_point'])}")
+    for g in figures["exit_gaps"]:
+        print(f"early exit {g['early_exit']} minus final, paired: val {g['val']:+.2f} +- {g['val_se']:.2f}, "
+              f"test {g['test']:+.2f} +- {g['test_se']:.2f} points ({g['z_apart']:+.2f} SE apart)")
+    for c in figures["ceiling"]:
+        print(f"ceiling at >= {c['at_least']:g}x fewer MACs (chosen on test): {_row(c)}")
+    for r in figures["anchored_rules"]:
+        print(f"anchored rule z={r['z']:g}, allowed {r['allowed_points']:g} points: {_row(r)}")
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -111,6 +219,10 @@ def main() -> None:
               f"(over {MAX_LOSS_POINTS}: {s['loses_over_limit']}/{args.halves}), fewer MACs median "
               f"{s['fewer_macs_median']:.2f}x (under {MIN_FEWER_MACS:g}x: {s['saves_under_limit']}/{args.halves}), "
               f"both targets met {s['meets_both']}/{args.halves}")
+    whole = whole_test_figures(logits["val"], net.data.val.y.numpy(), logits["test"], net.data.test.y.numpy(),
+                               net.saved.cost, args.point, metric)
+    print_whole_test(whole, args.point)
+    result["whole_test"] = whole
     write_json(args.out, {"machine": machine(), "run": str(net.run_path), "model": settings.model,
                           "point": args.point, "metric": metric, "val_images": int(logits["val"].shape[1]),
                           "test_images": int(logits["test"].shape[1]), **result})

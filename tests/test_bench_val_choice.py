@@ -89,3 +89,73 @@ def test_a_val_split_that_flatters_the_early_exit_is_corrected_by_the_lent_half(
     assert summary["val"]["loses_over_limit"] == 3            # val alone sends everything to the early exit
     assert 35 < summary["val"]["loss_points_median"] < 45      # measured against the final exit on the scored half
     assert summary["val_plus_half_test"]["loss_points_median"] < summary["val"]["loss_points_median"] - 10
+
+
+def hand_outcomes(hits: list[list[int]], macs: list[float], final: list[int]) -> "bench.GridOutcomes":
+    """Grid outcomes made by hand: one early exit, vector g at threshold 0.1 * (g + 1)."""
+    g = len(hits)
+    return bench.GridOutcomes(vectors=np.array([[0.1 * (k + 1)] for k in range(g)]), hits=np.array(hits, dtype=bool),
+                              expected_macs=np.array(macs, dtype=float), exit_rates=np.zeros((g, 2)),
+                              final_hits=np.array(final, dtype=bool))
+
+
+def test_exit_gaps_are_paired_differences_with_their_standard_errors():
+    labels = np.zeros(8, dtype=int)
+    logits = np.zeros((2, 8, 2))
+    logits[0, :, 0] = [1, 1, 1, 1, 1, 1, 0, 0]   # exit 0 right on 6 of 8 (a tie at 0 picks class 0: right)
+    logits[0, 6:, 1] = 1
+    logits[1, :, 0] = 1                          # the final exit right on all 8
+    gaps = bench.exit_gaps(logits, labels, logits[:, :4], labels[:4])
+    assert len(gaps) == 1 and gaps[0]["early_exit"] == 1
+    d = np.array([0, 0, 0, 0, 0, 0, -100, -100], dtype=float)
+    assert gaps[0]["val"] == pytest.approx(-25.0) and gaps[0]["val_se"] == pytest.approx(d.std() / np.sqrt(8))
+    assert gaps[0]["test"] == 0.0 and gaps[0]["test_se"] == 0.0      # the first four: both exits right
+    assert gaps[0]["z_apart"] == pytest.approx(-25.0 / gaps[0]["val_se"])
+
+
+def test_the_ceiling_is_the_least_loss_among_vectors_saving_enough():
+    final = [1, 1, 1, 1]
+    out = hand_outcomes([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]], [200.0, 100.0, 500.0], final)
+    rows = bench.ceiling(out, 1000.0, savings=(2.0, 5.0, 20.0))
+    assert rows[0]["thresholds"] == [pytest.approx(0.3)] and rows[0]["loss_points"] == 0.0   # 2x: the 500-MACs one
+    assert rows[1]["thresholds"] == [pytest.approx(0.1)] and rows[1]["loss_points"] == pytest.approx(25.0)
+    assert rows[1]["fewer_macs"] == pytest.approx(5.0)
+    assert rows[2]["thresholds"] is None                                                   # nothing saves 20x
+
+
+def test_an_anchored_rule_asks_more_evidence_as_z_grows():
+    n = 400
+    final = np.ones(n, dtype=int)
+    cheap = final.copy()
+    cheap[:2] = 0                                # loses 0.5 points, paired SE about 0.35 points
+    out = hand_outcomes([list(cheap), list(final)], [100.0, 900.0], list(final))
+    se = np.sqrt(2 / n * (1 - 2 / n)) / np.sqrt(n) * 100
+    assert bench.anchored_choice(out, z=0.0, allowed_points=0.5) == 0
+    assert bench.anchored_choice(out, z=1.0, allowed_points=0.5 + se + 0.01) == 0
+    assert bench.anchored_choice(out, z=1.0, allowed_points=0.5 + se - 0.01) == 1
+    nothing = hand_outcomes([list(cheap)], [100.0], list(final))
+    assert bench.anchored_choice(nothing, z=1.0, allowed_points=0.1) == 0   # none qualifies: the most accurate
+
+
+def test_whole_test_figures_score_the_val_choices_on_the_test_set():
+    val_logits, val_labels = noisy_logits(1500, (0.85, 0.9), seed=8)
+    test_logits, test_labels = noisy_logits(2500, (0.8, 0.9), seed=9)
+    figures = bench.whole_test_figures(val_logits, val_labels, test_logits, test_labels, COST)
+    assert figures["named_point"] == bench.score_choice(val_logits, val_labels, test_logits, test_labels, COST)
+    val = bench.grid_outcomes(val_logits, val_labels, COST)
+    test = bench.grid_outcomes(test_logits, test_labels, COST)
+    for rule in figures["anchored_rules"]:
+        g = bench.anchored_choice(val, rule["z"], rule["allowed_points"])
+        thr = [None if np.isinf(t) else t for t in val.vectors[g]]
+        assert rule["thresholds"] == thr
+        assert rule["loss_points"] == pytest.approx((test.final_hits.mean() - test.hits[g].mean()) * 100)
+    fewer = COST.static_macs / test.expected_macs
+    for row in figures["ceiling"]:
+        reach = fewer >= row["at_least"]
+        if not reach.any():
+            assert row["thresholds"] is None
+            continue
+        least = (test.final_hits.mean() - test.accuracy[reach].max()) * 100
+        assert row["loss_points"] == pytest.approx(least) and row["fewer_macs"] >= row["at_least"]
+    assert [row["at_least"] for row in figures["ceiling"]] == list(bench.CEILING_SAVINGS)
+    assert len(figures["exit_gaps"]) == 1

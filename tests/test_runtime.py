@@ -15,8 +15,8 @@ from aebnas.cost import NetworkCost
 from aebnas.nn import build_model
 from aebnas.runtime import (AdaptiveModel, OperatingPointError, OperatingPoints, compute_operating_points,
                             reference_exits)
-from aebnas.runtime.operating_points import (OperatingPoint, binomial_se, name_points, paired_standard_errors,
-                                             path_costs_with)
+from aebnas.runtime.operating_points import (OperatingPoint, binomial_se, grid_outcomes, name_points,
+                                             paired_standard_errors, path_costs_with)
 from aebnas.config_checks import ConfigError
 from aebnas.exits import METRICS, confidence
 
@@ -130,6 +130,15 @@ def test_operating_points_by_hand(hand_points):
     assert hand_points.by_accuracy_floor(0.75).thresholds == (0.6,)
     assert hand_points.by_budget(50).thresholds == (0.6,)
     assert hand_points.by_budget(90).thresholds == (0.9,)
+
+
+def test_grid_outcomes_cover_every_vector_with_the_off_switch_included():
+    out = grid_outcomes(HAND_LOGITS, HAND_LABELS, HAND_COST, "max_softmax", grid=(0.9, 0.6))
+    assert out.vectors[:, 0].tolist() == [0.6, 0.9, math.inf]           # sorted, then off
+    assert out.hits.tolist() == [[True, True, False, True], [True] * 4, [True] * 4]
+    assert out.expected_macs.tolist() == [40.0, 90.0, 110.0]
+    assert out.exit_rates.tolist() == [[0.75, 0.25], [0.25, 0.75], [0.0, 1.0]]
+    assert out.final_hits.all() and out.accuracy.tolist() == [0.75, 1.0, 1.0]
 
 
 @pytest.mark.parametrize("request_, fragment", [

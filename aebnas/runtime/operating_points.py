@@ -188,15 +188,28 @@ def _pareto_order(error: np.ndarray, cost: np.ndarray) -> np.ndarray:
     return np.array(keep, dtype=int)
 
 
-def compute_operating_points(exit_logits: np.ndarray, labels: np.ndarray, cost: NetworkCost,
-                             metric: str = "max_softmax", grid: Sequence[float] = DEFAULT_GRID,
-                             named_drops: Mapping[str, float] | None = None) -> OperatingPoints:
-    """Pareto set of threshold vectors (val accuracy vs expected MACs) over ``grid`` plus "off" per exit.
+@dataclass(frozen=True)
+class GridOutcomes:
+    """Every threshold vector of a grid on one labelled split: per image right or wrong, expected MACs, exit rates.
 
-    ``exit_logits`` is [n_exits, N, C] (early exits first, final last), as
-    :func:`aebnas.train.predict_logits` returns. Vectorised over samples; the
-    grid has ``(len(grid) + 1) ** n_early_exits`` points.
+    Kept apart from the Pareto set so that other ways of choosing a point (and the benchmarks that judge
+    them) see exactly the outcomes the named points are chosen from.
     """
+
+    vectors: np.ndarray          # [G, n_early], inf where the exit is off
+    hits: np.ndarray             # [G, N] bool: the image is classified right under vector g
+    expected_macs: np.ndarray    # [G]
+    exit_rates: np.ndarray       # [G, n_exits]
+    final_hits: np.ndarray       # [N] bool: right at the final exit (the static network)
+
+    @property
+    def accuracy(self) -> np.ndarray:
+        return self.hits.mean(axis=1)
+
+
+def grid_outcomes(exit_logits: np.ndarray, labels: np.ndarray, cost: NetworkCost, metric: str = "max_softmax",
+                  grid: Sequence[float] = DEFAULT_GRID) -> GridOutcomes:
+    """Outcomes of every vector over ``grid`` plus "off" per early exit (``exit_logits``: [n_exits, N, C])."""
     if metric not in METRICS:
         raise ConfigError(f"exit_metric: unknown metric '{metric}'; use one of {list(METRICS)}")
     logits = np.asarray(exit_logits)
@@ -208,9 +221,8 @@ def compute_operating_points(exit_logits: np.ndarray, labels: np.ndarray, cost: 
     correct = logits.argmax(-1) == labels[None, :]
     choices = sorted(set(float(g) for g in grid)) + [math.inf]
     vectors = np.array(list(itertools.product(choices, repeat=n_exits - 1)), dtype=float).reshape(-1, n_exits - 1)
-    drops = check_named_drops(DEFAULT_NAMED_DROPS if named_drops is None else named_drops)
     cols = np.arange(n)
-    hits = np.empty((len(vectors), n), dtype=bool)  # per point, per val image: right or wrong
+    hits = np.empty((len(vectors), n), dtype=bool)
     exp_cost = np.empty(len(vectors))
     rates = np.empty((len(vectors), n_exits))
     for g, thr in enumerate(vectors):
@@ -218,14 +230,29 @@ def compute_operating_points(exit_logits: np.ndarray, labels: np.ndarray, cost: 
         hits[g] = correct[idx, cols]
         rates[g] = np.bincount(idx, minlength=n_exits) / n
         exp_cost[g] = expected_cost(rates[g], path_costs_with(cost, np.isfinite(thr)))
-    acc = hits.mean(axis=1)
+    return GridOutcomes(vectors, hits, exp_cost, rates, correct[-1].copy())
+
+
+def compute_operating_points(exit_logits: np.ndarray, labels: np.ndarray, cost: NetworkCost,
+                             metric: str = "max_softmax", grid: Sequence[float] = DEFAULT_GRID,
+                             named_drops: Mapping[str, float] | None = None) -> OperatingPoints:
+    """Pareto set of threshold vectors (val accuracy vs expected MACs) over ``grid`` plus "off" per exit.
+
+    ``exit_logits`` is [n_exits, N, C] (early exits first, final last), as
+    :func:`aebnas.train.predict_logits` returns. Vectorised over samples; the
+    grid has ``(len(grid) + 1) ** n_early_exits`` points.
+    """
+    outcomes = grid_outcomes(exit_logits, labels, cost, metric, grid)
+    drops = check_named_drops(DEFAULT_NAMED_DROPS if named_drops is None else named_drops)
+    hits, exp_cost, n = outcomes.hits, outcomes.expected_macs, outcomes.hits.shape[1]
+    acc = outcomes.accuracy
     keep = _pareto_order(1.0 - acc, exp_cost)
     best = keep[-1]  # the front is cheapest first, so its last point is the most accurate
     paired = paired_standard_errors(hits[keep], hits[best])
-    points = [OperatingPoint(tuple(None if math.isinf(t) else float(t) for t in vectors[g]), float(acc[g]),
-                             float(exp_cost[g]), tuple(float(r) for r in rates[g]), binomial_se(acc[g], n),
-                             float(se)) for g, se in zip(keep, paired)]
-    reference = float(correct[-1].mean())
+    points = [OperatingPoint(tuple(None if math.isinf(t) else float(t) for t in outcomes.vectors[g]),
+                             float(acc[g]), float(exp_cost[g]), tuple(float(r) for r in outcomes.exit_rates[g]),
+                             binomial_se(acc[g], n), float(se)) for g, se in zip(keep, paired)]
+    reference = float(outcomes.final_hits.mean())
     return OperatingPoints(metric=metric, reference_accuracy=reference, static_macs=float(cost.static_macs),
                            points=points, named=name_points(points, drops), named_drops=drops, n_val=int(n),
                            reference_accuracy_se=binomial_se(reference, n))
