@@ -102,7 +102,7 @@ def hand_outcomes(hits: list[list[int]], macs: list[float], final: list[int]) ->
 def test_exit_gaps_are_paired_differences_with_their_standard_errors():
     labels = np.zeros(8, dtype=int)
     logits = np.zeros((2, 8, 2))
-    logits[0, :, 0] = [1, 1, 1, 1, 1, 1, 0, 0]   # exit 0 right on 6 of 8 (a tie at 0 picks class 0: right)
+    logits[0, :, 0] = [1, 1, 1, 1, 1, 1, 0, 0]   # exit 0 right on 6 of 8: the last two lean to class 1
     logits[0, 6:, 1] = 1
     logits[1, :, 0] = 1                          # the final exit right on all 8
     gaps = bench.exit_gaps(logits, labels, logits[:, :4], labels[:4])
@@ -128,13 +128,39 @@ def test_an_anchored_rule_asks_more_evidence_as_z_grows():
     final = np.ones(n, dtype=int)
     cheap = final.copy()
     cheap[:2] = 0                                # loses 0.5 points, paired SE about 0.35 points
-    out = hand_outcomes([list(cheap), list(final)], [100.0, 900.0], list(final))
+    worse = final.copy()
+    worse[:40] = 0                               # loses 10 points: never within the allowance below
+    # listed out of cost order: the dearest first, so "the first qualifying" is not "the cheapest"
+    out = hand_outcomes([list(final), list(cheap), list(worse)], [900.0, 100.0, 50.0], list(final))
     se = np.sqrt(2 / n * (1 - 2 / n)) / np.sqrt(n) * 100
-    assert bench.anchored_choice(out, z=0.0, allowed_points=0.5) == 0
-    assert bench.anchored_choice(out, z=1.0, allowed_points=0.5 + se + 0.01) == 0
-    assert bench.anchored_choice(out, z=1.0, allowed_points=0.5 + se - 0.01) == 1
-    nothing = hand_outcomes([list(cheap)], [100.0], list(final))
-    assert bench.anchored_choice(nothing, z=1.0, allowed_points=0.1) == 0   # none qualifies: the most accurate
+    assert bench.anchored_choice(out, z=0.0, allowed_points=0.5) == 1
+    assert bench.anchored_choice(out, z=1.0, allowed_points=0.5 + se + 0.01) == 1
+    assert bench.anchored_choice(out, z=1.0, allowed_points=0.5 + se - 0.01) == 0
+
+
+def test_an_anchored_rule_with_nothing_allowed_takes_the_cheapest_of_the_most_accurate():
+    n = 100
+    final = np.ones(n, dtype=int)
+    lose_one, lose_two = final.copy(), final.copy()
+    lose_one[:1] = 0
+    lose_two[:2] = 0
+    # vectors 1 and 2 tie on accuracy (both lose one image); vector 2 is cheaper; vector 0 is cheapest of all
+    out = hand_outcomes([list(lose_two), list(lose_one), list(lose_one)], [10.0, 300.0, 200.0], list(final))
+    assert bench.anchored_choice(out, z=0.0, allowed_points=0.5) == 2
+
+
+def test_the_ceiling_takes_the_cheapest_of_equally_accurate_vectors():
+    final = [1, 1, 1, 1]
+    out = hand_outcomes([[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 0, 0]], [400.0, 250.0, 100.0], final)
+    row = bench.ceiling(out, 1000.0, savings=(2.0,))[0]
+    assert row["thresholds"] == [pytest.approx(0.2)] and row["fewer_macs"] == pytest.approx(4.0)
+
+
+def test_rules_are_scored_only_on_the_same_grid():
+    a = hand_outcomes([[1, 1], [1, 0]], [100.0, 50.0], [1, 1])
+    b = hand_outcomes([[1, 1], [1, 0], [0, 0]], [100.0, 50.0, 10.0], [1, 1])
+    with pytest.raises(ValueError, match="different threshold grids"):
+        bench.anchored_rules(a, b, 1000.0)
 
 
 def test_whole_test_figures_score_the_val_choices_on_the_test_set():
@@ -158,4 +184,5 @@ def test_whole_test_figures_score_the_val_choices_on_the_test_set():
         least = (test.final_hits.mean() - test.accuracy[reach].max()) * 100
         assert row["loss_points"] == pytest.approx(least) and row["fewer_macs"] >= row["at_least"]
     assert [row["at_least"] for row in figures["ceiling"]] == list(bench.CEILING_SAVINGS)
-    assert len(figures["exit_gaps"]) == 1
+    assert figures["exit_gaps"] == bench.exit_gaps(val_logits, val_labels, test_logits, test_labels)
+    assert figures["exit_gaps"][0]["val"] != figures["exit_gaps"][0]["test"]

@@ -188,7 +188,7 @@ def _pareto_order(error: np.ndarray, cost: np.ndarray) -> np.ndarray:
     return np.array(keep, dtype=int)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class GridOutcomes:
     """Every threshold vector of a grid on one labelled split: per image right or wrong, expected MACs, exit rates.
 
@@ -242,8 +242,8 @@ def compute_operating_points(exit_logits: np.ndarray, labels: np.ndarray, cost: 
     :func:`aebnas.train.predict_logits` returns. Vectorised over samples; the
     grid has ``(len(grid) + 1) ** n_early_exits`` points.
     """
-    outcomes = grid_outcomes(exit_logits, labels, cost, metric, grid)
     drops = check_named_drops(DEFAULT_NAMED_DROPS if named_drops is None else named_drops)
+    outcomes = grid_outcomes(exit_logits, labels, cost, metric, grid)
     hits, exp_cost, n = outcomes.hits, outcomes.expected_macs, outcomes.hits.shape[1]
     acc = outcomes.accuracy
     keep = _pareto_order(1.0 - acc, exp_cost)
