@@ -376,11 +376,31 @@ def test_stream_cli_on_a_real_run(tiny_run, tmp_path):
     # the same images and thresholds give the same answers at batch 1 and batch 8
     assert result["comparisons"][0]["adaptive"]["accuracy"] == result["comparisons"][1]["adaptive"]["accuracy"]
     assert [r["operating_point"] for r in result["operating_points"]] == ["max_accuracy", "balanced", "min_energy"]
+    stored = OperatingPoints.load(next((tiny_run / "models").glob("00_*")))
+    static_b1 = result["comparisons"][0]["static"]["accuracy"]
+    for r in result["operating_points"]:
+        assert r["test_points_lost"] == pytest.approx((static_b1 - r["accuracy"]) * 100)
+        assert r["val_points_lost"] == pytest.approx((stored.reference_accuracy - r["val_accuracy"]) * 100)
+        assert r["test_points_lost_se"] >= 0 and "correct" not in r
+    assert "points under static, val said" in proc.stdout
     assert (tmp_path / "out" / "stream.png").stat().st_size > 10_000
     model_dir = tiny_run / "models"
     assert list(model_dir.glob("00_*/operating_points.json"))  # stored beside the model for the next run
     assert "batch    8" in proc.stdout
     assert result["fold_batchnorm"] is True
+
+
+def test_points_lost_are_paired_over_the_same_test_images(hand_points):
+    from aebnas.runtime.stream import points_lost
+
+    cheap = hand_points.points[0]                    # val accuracy 0.75 against the final exit's 1.0
+    static = np.array([1, 1, 1, 0], dtype=bool)
+    adaptive = np.array([1, 0, 1, 1], dtype=bool)    # one image lost, one gained: no loss, but noise
+    got = points_lost(hand_points.reference_accuracy, cheap, static, adaptive)
+    assert got["val_points_lost"] == pytest.approx(25.0)
+    assert got["test_points_lost"] == 0.0
+    assert got["test_points_lost_se"] == pytest.approx(np.std([0, 1, 0, -1]) / 2 * 100)
+    assert points_lost(None, cheap, static, None) == {}
 
 
 def test_folded_stream_gives_the_answers_of_the_trained_network(tiny_run, tmp_path):

@@ -13,7 +13,7 @@ import logging
 import os
 import platform
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
@@ -26,7 +26,7 @@ from aebnas.data import ArraySplit, normalize
 from aebnas.nn import EarlyExitNet
 from aebnas.runtime.adaptive import AdaptiveModel
 from aebnas.runtime.budget import Budget, BudgetController, ControllerSettings, KINDS, budget_from
-from aebnas.runtime.operating_points import NAMES, binomial_se, path_costs_with
+from aebnas.runtime.operating_points import NAMES, OperatingPoint, binomial_se, path_costs_with
 from aebnas.runtime.run_network import (RunChoiceSettings, load_run_network, operating_point_setting,
                                         point_label)
 from aebnas.atomic_write import write_text_atomic
@@ -50,9 +50,11 @@ class StreamResult:
     accuracy: float
     effective_macs: float            # mean MACs actually spent per image
     exit_histogram: list[int]        # images per exit, final last (static: all at the final one)
+    # per image, right or wrong: kept for paired comparisons between passes, not written to stream.json
+    correct: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if k != "correct"}
 
 
 def _sync(device: torch.device) -> None:
@@ -109,7 +111,8 @@ def _result(name: str, batch_size: int, times: np.ndarray, correct: np.ndarray, 
                         images_per_second=correct.size / total, mean_latency_ms=float(times.mean() * 1e3),
                         median_latency_ms=float(np.median(times) * 1e3),
                         p99_latency_ms=float(np.percentile(times, 99) * 1e3), accuracy=float(correct.mean()),
-                        effective_macs=float(costs.mean()), exit_histogram=[int(c) for c in histogram])
+                        effective_macs=float(costs.mean()), exit_histogram=[int(c) for c in histogram],
+                        correct=np.asarray(correct, dtype=bool))
 
 
 def prepare_stream(split: ArraySplit, mean, std, n_images: int, device: torch.device) -> tuple[torch.Tensor, np.ndarray]:
@@ -138,6 +141,24 @@ def run_adaptive(model: AdaptiveModel, cost: NetworkCost, x: torch.Tensor, label
     return _result("adaptive", batch_size, times, pred == labels, paths[where], hist)
 
 
+def points_lost(val_reference: float | None, point: OperatingPoint, static_correct: np.ndarray | None,
+                adaptive_correct: np.ndarray | None) -> dict[str, float]:
+    """Accuracy points a named point gives up against the static network, as val predicted and as the test
+    images show, with the standard error of the test figure paired over the same images.
+
+    Side by side they show a val split that flattered the point: the test loss far beyond the val one.
+    ``val_reference`` is the final exit's val accuracy (the points' ``reference_accuracy``).
+    """
+    out: dict[str, float] = {}
+    if val_reference is not None:
+        out["val_points_lost"] = (val_reference - point.val_accuracy) * 100
+    if static_correct is not None and adaptive_correct is not None and len(static_correct) == len(adaptive_correct):
+        d = static_correct.astype(float) - adaptive_correct.astype(float)
+        out["test_points_lost"] = float(d.mean() * 100)
+        out["test_points_lost_se"] = float(d.std() / np.sqrt(len(d)) * 100)
+    return out
+
+
 def stream_benchmark(model: AdaptiveModel, cost: NetworkCost, x: torch.Tensor, labels: np.ndarray,
                      batch_sizes: Sequence[int], warmup: int = 10, table_points: Sequence[str] = (),
                      progress: bool = True) -> dict:
@@ -148,8 +169,11 @@ def stream_benchmark(model: AdaptiveModel, cost: NetworkCost, x: torch.Tensor, l
     """
     model.net.to(x.device)
     comparisons = []
+    static_correct = None
     for b in batch_sizes:
         static = run_static(model, cost, x, labels, b, warmup, progress)
+        if static_correct is None or b == 1:
+            static_correct = static.correct
         adaptive = run_adaptive(model, cost, x, labels, b, warmup, progress)
         comparisons.append({"batch_size": b, "static": static.to_dict(), "adaptive": adaptive.to_dict(),
                             "speedup": adaptive.images_per_second / static.images_per_second,
@@ -157,13 +181,15 @@ def stream_benchmark(model: AdaptiveModel, cost: NetworkCost, x: torch.Tensor, l
                             "accuracy_change": adaptive.accuracy - static.accuracy})
     table = []
     chosen, chosen_point = model.thresholds, model.operating_point
+    reference = model.operating_points.reference_accuracy if model.operating_points is not None else None
     for name in table_points:
         point = model.set_operating_point(name)
         r = run_adaptive(model, cost, x, labels, 1, warmup, progress)
         table.append({"operating_point": name, "thresholds": list(point.thresholds),
                       "val_accuracy": point.val_accuracy, "val_accuracy_se": point.val_accuracy_se,
                       "val_se_vs_best": point.se_vs_best, "val_expected_macs": point.expected_macs, **r.to_dict(),
-                      "accuracy_se": binomial_se(r.accuracy, r.images)})
+                      "accuracy_se": binomial_se(r.accuracy, r.images),
+                      **points_lost(reference, point, static_correct, r.correct)})
     model.set_thresholds([None if np.isinf(t) else t for t in chosen])
     model.operating_point = chosen_point
     return {"comparisons": comparisons, "operating_points": table}
