@@ -1,5 +1,6 @@
 """Adaptive runtime: compaction is exact, batch 1 agrees, operating points by hand, export round-trips, the CLI."""
 
+import dataclasses
 import json
 import math
 import os
@@ -382,7 +383,7 @@ def test_stream_cli_on_a_real_run(tiny_run, tmp_path):
         assert r["test_points_lost"] == pytest.approx((static_b1 - r["accuracy"]) * 100)
         assert r["val_points_lost"] == pytest.approx((stored.reference_accuracy - r["val_accuracy"]) * 100)
         assert r["test_points_lost_se"] >= 0 and "correct" not in r
-    assert "points under static, val said" in proc.stdout
+    assert "points lost vs static: test" in proc.stdout
     assert (tmp_path / "out" / "stream.png").stat().st_size > 10_000
     model_dir = tiny_run / "models"
     assert list(model_dir.glob("00_*/operating_points.json"))  # stored beside the model for the next run
@@ -390,17 +391,45 @@ def test_stream_cli_on_a_real_run(tiny_run, tmp_path):
     assert result["fold_batchnorm"] is True
 
 
-def test_points_lost_are_paired_over_the_same_test_images(hand_points):
+def test_points_lost_are_paired_over_the_same_test_images():
     from aebnas.runtime.stream import points_lost
 
-    cheap = hand_points.points[0]                    # val accuracy 0.75 against the final exit's 1.0
+    point = OperatingPoint((0.6,), 0.70, 40.0, (0.75, 0.25), 0.05, 0.05)
     static = np.array([1, 1, 1, 0], dtype=bool)
-    adaptive = np.array([1, 0, 1, 1], dtype=bool)    # one image lost, one gained: no loss, but noise
-    got = points_lost(hand_points.reference_accuracy, cheap, static, adaptive)
-    assert got["val_points_lost"] == pytest.approx(25.0)
-    assert got["test_points_lost"] == 0.0
-    assert got["test_points_lost_se"] == pytest.approx(np.std([0, 1, 0, -1]) / 2 * 100)
-    assert points_lost(None, cheap, static, None) == {}
+    adaptive = np.array([1, 0, 0, 1], dtype=bool)    # two images lost, one gained: 25 points lost
+    got = points_lost(0.80, point, static, adaptive)
+    assert got["val_points_lost"] == pytest.approx(10.0)          # the final exit's val accuracy minus the point's
+    assert got["test_points_lost"] == pytest.approx(25.0)
+    assert got["test_points_lost_se"] == pytest.approx(np.std([0, 1, 1, -1]) / 2 * 100)   # paired, not two binomials
+    assert points_lost(None, point, static, None) == {}
+    with pytest.raises(ValueError, match="same images"):
+        points_lost(0.8, point, static, adaptive[:3])
+
+
+@pytest.mark.parametrize("batch_sizes, lost", [((1, 8), 25.0), ((8, 1), 25.0), ((8, 4), -25.0)])
+def test_named_points_are_measured_against_the_static_pass_at_batch_one(monkeypatch, hand_points, tiny_space,
+                                                                      batch_sizes, lost):
+    """The named points run at batch 1, so the static pass at batch 1 is their reference, wherever it is listed;
+    without one, the first batch size's."""
+    import aebnas.runtime.stream as stream
+    from aebnas.runtime.stream import StreamResult
+
+    def fake(correct):
+        c = np.array(correct, dtype=bool)
+        return StreamResult("x", 1, 4, 1.0, 4.0, 1.0, 1.0, 1.0, float(c.mean()), 1.0, [0, 4], correct=c)
+
+    static_by_batch = {1: [1, 1, 1, 1], 8: [1, 1, 0, 0], 4: [0, 0, 0, 0]}   # the named point: 3 of 4 right
+    monkeypatch.setattr(stream, "run_static", lambda model, cost, x, labels, b, *a: fake(static_by_batch[b]))
+    monkeypatch.setattr(stream, "run_adaptive", lambda model, cost, x, labels, b, *a: fake([1, 0, 1, 1]))
+    net = build_model(tiny_space.parse("k3e2/k3e2/k3e2/k3e2/k3e2|t0.9:avg-conv8k3|off|t0.8:dwsep8k3|off"), 4, 1)
+    points = dataclasses.replace(hand_points, reference_accuracy=0.9)   # the final exit's val accuracy, not the best's
+    model = AdaptiveModel(net, [0.6] * (net.n_exits - 1), operating_points=points)
+    monkeypatch.setattr(model, "set_operating_point", lambda name: points.points[0])
+    monkeypatch.setattr(model, "set_thresholds", lambda thresholds: None)
+    bench = stream.stream_benchmark(model, HAND_COST, torch.zeros(4, 1, 8, 8), np.zeros(4), batch_sizes,
+                                    table_points=("max_accuracy",), progress=False)
+    assert bench["operating_points"][0]["test_points_lost"] == pytest.approx(lost)
+    assert bench["operating_points"][0]["val_points_lost"] == pytest.approx((0.9 - 0.75) * 100)
 
 
 def test_folded_stream_gives_the_answers_of_the_trained_network(tiny_run, tmp_path):

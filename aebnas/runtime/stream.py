@@ -26,7 +26,8 @@ from aebnas.data import ArraySplit, normalize
 from aebnas.nn import EarlyExitNet
 from aebnas.runtime.adaptive import AdaptiveModel
 from aebnas.runtime.budget import Budget, BudgetController, ControllerSettings, KINDS, budget_from
-from aebnas.runtime.operating_points import NAMES, OperatingPoint, binomial_se, path_costs_with
+from aebnas.runtime.operating_points import (NAMES, OperatingPoint, binomial_se, paired_standard_errors,
+                                             path_costs_with)
 from aebnas.runtime.run_network import (RunChoiceSettings, load_run_network, operating_point_setting,
                                         point_label)
 from aebnas.atomic_write import write_text_atomic
@@ -152,10 +153,12 @@ def points_lost(val_reference: float | None, point: OperatingPoint, static_corre
     out: dict[str, float] = {}
     if val_reference is not None:
         out["val_points_lost"] = (val_reference - point.val_accuracy) * 100
-    if static_correct is not None and adaptive_correct is not None and len(static_correct) == len(adaptive_correct):
-        d = static_correct.astype(float) - adaptive_correct.astype(float)
-        out["test_points_lost"] = float(d.mean() * 100)
-        out["test_points_lost_se"] = float(d.std() / np.sqrt(len(d)) * 100)
+    if static_correct is not None and adaptive_correct is not None:
+        if len(static_correct) != len(adaptive_correct):
+            raise ValueError(f"points_lost: {len(static_correct)} static answers against {len(adaptive_correct)} "
+                             "adaptive ones; both passes must stream the same images")
+        out["test_points_lost"] = float(static_correct.mean() - adaptive_correct.mean()) * 100
+        out["test_points_lost_se"] = float(paired_standard_errors(adaptive_correct[None, :], static_correct)[0]) * 100
     return out
 
 
