@@ -123,6 +123,8 @@ def test_operating_points_by_hand(hand_points):
     cheap, best = hand_points.points
     assert cheap.val_accuracy_se == pytest.approx(math.sqrt(0.75 * 0.25 / 4))
     assert cheap.se_vs_best == pytest.approx(math.sqrt(3) / 8) and best.se_vs_best == 0.0
+    # against the final exit (right on all four): the same single disagreement for the cheap point
+    assert cheap.se_vs_reference == pytest.approx(math.sqrt(3) / 8) and best.se_vs_reference == 0.0
     assert best.val_accuracy_se == 0.0 and hand_points.n_val == 4
     assert hand_points.by_name("max_accuracy").thresholds == (0.9,)
     assert hand_points.by_name("balanced").thresholds == (0.9,)
@@ -208,6 +210,11 @@ def test_operating_points_store_and_switch_at_run_time(hand_points, tmp_path, ti
     hand_points.save(tmp_path)
     loaded = OperatingPoints.load(tmp_path)
     assert loaded.to_dict() == hand_points.to_dict()
+    assert [p.se_vs_reference for p in loaded.points] == [p.se_vs_reference for p in hand_points.points]
+    older = hand_points.to_dict()
+    for p in older["points"]:
+        del p["se_vs_reference"]
+    assert [p.se_vs_reference for p in OperatingPoints.from_dict(older).points] == [None, None]
     net = _random_net(tiny_space, 1)
     n_early = net.n_exits - 1
     points = OperatingPoints(metric="max_softmax", reference_accuracy=1.0, static_macs=1.0, points=[
@@ -394,14 +401,17 @@ def test_stream_cli_on_a_real_run(tiny_run, tmp_path):
 def test_points_lost_are_paired_over_the_same_test_images():
     from aebnas.runtime.stream import points_lost
 
-    point = OperatingPoint((0.6,), 0.70, 40.0, (0.75, 0.25), 0.05, 0.05)
+    point = OperatingPoint((0.6,), 0.70, 40.0, (0.75, 0.25), 0.05, 0.05, se_vs_reference=0.05)
     static = np.array([1, 1, 1, 0], dtype=bool)
     adaptive = np.array([1, 0, 0, 1], dtype=bool)    # two images lost, one gained: 25 points lost
     got = points_lost(0.80, point, static, adaptive)
     assert got["val_points_lost"] == pytest.approx(10.0)          # the final exit's val accuracy minus the point's
     assert got["test_points_lost"] == pytest.approx(25.0)
     assert got["test_points_lost_se"] == pytest.approx(np.std([0, 1, 1, -1]) / 2 * 100)   # paired, not two binomials
+    assert got["val_points_lost_se"] == pytest.approx(5.0)                      # the stored point's, in points
     assert points_lost(None, point, static, None) == {}
+    older = dataclasses.replace(point, se_vs_reference=None)                   # a file written before it was kept
+    assert "val_points_lost_se" not in points_lost(0.80, older, static, adaptive)
     with pytest.raises(ValueError, match="same images"):
         points_lost(0.8, point, static, adaptive[:3])
 

@@ -30,8 +30,8 @@ def stream(cfg: DictConfig, out_dir: Path) -> dict:
               f"acc {a['accuracy']:.4f} {a['effective_macs'] / 1e6:.3f}M MACs | {c['speedup']:.2f}x, "
               f"{c['macs_reduction']:.2f}x fewer MACs, exits {a['exit_histogram']}")
     for r in result["operating_points"]:
-        lost = [f"test {r['test_points_lost']:.2f} +- {r['test_points_lost_se']:.2f}"] if "test_points_lost" in r else []
-        lost += [f"val {r['val_points_lost']:.2f}"] if "val_points_lost" in r else []
+        lost = [f"{split} {r[key]:.2f}" + (f" +- {r[key + '_se']:.2f}" if key + "_se" in r else "")
+                for split, key in (("test", "test_points_lost"), ("val", "val_points_lost")) if key in r]
         print(f"  {r['operating_point']:>12s} (batch 1): {r['images_per_second']:9.1f} img/s acc {r['accuracy']:.4f} "
               f"(val {r['val_accuracy']:.4f} +- {r['val_accuracy_se']:.4f}) {r['effective_macs'] / 1e6:.3f}M MACs "
               f"p99 {r['p99_latency_ms']:.2f} ms" + (f" | points lost vs static: {', '.join(lost)}" if lost else ""))

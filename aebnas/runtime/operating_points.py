@@ -62,6 +62,7 @@ class OperatingPoint:
     exit_rates: tuple[float, ...]
     val_accuracy_se: float = 0.0        # binomial standard error of val_accuracy
     se_vs_best: float = 0.0             # standard error of (best val accuracy - this one), paired over val images
+    se_vs_reference: float | None = None  # the same against the final exit alone (None: a file that predates it)
 
     def threshold_array(self) -> np.ndarray:
         """Thresholds as floats, an exit that is off as +inf (no confidence reaches it)."""
@@ -145,7 +146,9 @@ class OperatingPoints:
     def from_dict(cls, d: Mapping[str, Any]) -> "OperatingPoints":
         points = [OperatingPoint(tuple(p["thresholds"]), float(p["val_accuracy"]), float(p["expected_macs"]),
                                  tuple(p["exit_rates"]), float(p.get("val_accuracy_se", 0.0)),
-                                 float(p.get("se_vs_best", 0.0))) for p in d["points"]]
+                                 float(p.get("se_vs_best", 0.0)),
+                                 None if p.get("se_vs_reference") is None else float(p["se_vs_reference"]))
+                  for p in d["points"]]
         return cls(metric=d["metric"], reference_accuracy=float(d["reference_accuracy"]),
                    static_macs=float(d["static_macs"]), points=points, named=dict(d["named"]),
                    named_drops=dict(d["named_drops"]), genome=str(d.get("genome", "")), n_val=int(d.get("n_val", 0)),
@@ -249,9 +252,11 @@ def compute_operating_points(exit_logits: np.ndarray, labels: np.ndarray, cost: 
     keep = _pareto_order(1.0 - acc, exp_cost)
     best = keep[-1]  # the front is cheapest first, so its last point is the most accurate
     paired = paired_standard_errors(hits[keep], hits[best])
+    vs_reference = paired_standard_errors(hits[keep], outcomes.final_hits)
     points = [OperatingPoint(tuple(None if math.isinf(t) else float(t) for t in outcomes.vectors[g]),
                              float(acc[g]), float(exp_cost[g]), tuple(float(r) for r in outcomes.exit_rates[g]),
-                             binomial_se(acc[g], n), float(se)) for g, se in zip(keep, paired)]
+                             binomial_se(acc[g], n), float(se), float(se_ref))
+              for g, se, se_ref in zip(keep, paired, vs_reference)]
     reference = float(outcomes.final_hits.mean())
     return OperatingPoints(metric=metric, reference_accuracy=reference, static_macs=float(cost.static_macs),
                            points=points, named=name_points(points, drops), named_drops=drops, n_val=int(n),

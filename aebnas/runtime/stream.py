@@ -145,7 +145,7 @@ def run_adaptive(model: AdaptiveModel, cost: NetworkCost, x: torch.Tensor, label
 def points_lost(val_reference: float | None, point: OperatingPoint, static_correct: np.ndarray | None,
                 adaptive_correct: np.ndarray | None) -> dict[str, float]:
     """Accuracy points a named point gives up against the static network, as val predicted and as the test
-    images show, with the standard error of the test figure paired over the same images.
+    images show, each with its standard error paired over the same images (val's from the stored point).
 
     Side by side they show a val split that flattered the point: the test loss far beyond the val one.
     ``val_reference`` is the final exit's val accuracy (the points' ``reference_accuracy``).
@@ -153,6 +153,8 @@ def points_lost(val_reference: float | None, point: OperatingPoint, static_corre
     out: dict[str, float] = {}
     if val_reference is not None:
         out["val_points_lost"] = (val_reference - point.val_accuracy) * 100
+        if point.se_vs_reference is not None:
+            out["val_points_lost_se"] = point.se_vs_reference * 100
     if static_correct is not None and adaptive_correct is not None:
         if len(static_correct) != len(adaptive_correct):
             raise ValueError(f"points_lost: {len(static_correct)} static answers against {len(adaptive_correct)} "
