@@ -144,6 +144,18 @@ def test_grid_outcomes_cover_every_vector_with_the_off_switch_included():
     assert out.final_hits.all() and out.accuracy.tolist() == [0.75, 1.0, 1.0]
 
 
+def test_the_val_loss_error_is_paired_with_the_final_exit_not_the_best_point():
+    # the hand example with the final exit wrong on sample 0, where the early exit is right at 0.95
+    logits = HAND_LOGITS.copy()
+    logits[1, 0] = [0.0, 3.0]
+    pts = compute_operating_points(logits, HAND_LABELS, HAND_COST, "max_softmax", grid=(0.6, 0.9))
+    by_thr = {p.thresholds: p for p in pts.points}
+    assert pts.reference_accuracy == 0.75 and by_thr[(0.9,)].val_accuracy == 1.0   # the best point beats the final
+    # 0.9 differs from the final exit on sample 0 only; 0.6 on samples 0 and 2: sd([-1, 0, 1, 0]) / 2
+    assert by_thr[(0.9,)].se_vs_reference == pytest.approx(math.sqrt(3) / 8) and by_thr[(0.9,)].se_vs_best == 0.0
+    assert by_thr[(0.6,)].se_vs_reference == pytest.approx(math.sqrt(2) / 4)
+
+
 @pytest.mark.parametrize("request_, fragment", [
     ({"name": "turbo"}, "operating_point: 'turbo' is not defined for this network"),
     ({"min_accuracy": 1.01}, "min_accuracy: 1.01 is above the best val accuracy 1.0000; its 2 points reach val "
@@ -390,6 +402,9 @@ def test_stream_cli_on_a_real_run(tiny_run, tmp_path):
         assert r["test_points_lost"] == pytest.approx((static_b1 - r["accuracy"]) * 100)
         assert r["val_points_lost"] == pytest.approx((stored.reference_accuracy - r["val_accuracy"]) * 100)
         assert r["test_points_lost_se"] >= 0 and "correct" not in r
+        named = stored.points[stored.named[r["operating_point"]]]
+        assert r["val_points_lost_se"] == pytest.approx(named.se_vs_reference * 100)
+    assert result["operating_point"]["val_se_vs_reference"] == stored.by_name("max_accuracy").se_vs_reference
     assert "points lost vs static: test" in proc.stdout
     assert (tmp_path / "out" / "stream.png").stat().st_size > 10_000
     model_dir = tiny_run / "models"
@@ -410,7 +425,7 @@ def test_points_lost_are_paired_over_the_same_test_images():
     assert got["test_points_lost_se"] == pytest.approx(np.std([0, 1, 1, -1]) / 2 * 100)   # paired, not two binomials
     assert got["val_points_lost_se"] == pytest.approx(5.0)                      # the stored point's, in points
     assert points_lost(None, point, static, None) == {}
-    older = dataclasses.replace(point, se_vs_reference=None)                   # a file written before it was kept
+    older = dataclasses.replace(point, se_vs_reference=None)                   # loaded from a file without it
     assert "val_points_lost_se" not in points_lost(0.80, older, static, adaptive)
     with pytest.raises(ValueError, match="same images"):
         points_lost(0.8, point, static, adaptive[:3])

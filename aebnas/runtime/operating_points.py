@@ -62,7 +62,7 @@ class OperatingPoint:
     exit_rates: tuple[float, ...]
     val_accuracy_se: float = 0.0        # binomial standard error of val_accuracy
     se_vs_best: float = 0.0             # standard error of (best val accuracy - this one), paired over val images
-    se_vs_reference: float | None = None  # the same against the final exit alone (None: a file that predates it)
+    se_vs_reference: float | None = None  # the same against the final exit alone (None: loaded from a file without it)
 
     def threshold_array(self) -> np.ndarray:
         """Thresholds as floats, an exit that is off as +inf (no confidence reaches it)."""

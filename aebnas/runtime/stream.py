@@ -435,6 +435,7 @@ def run_stream(settings: StreamSettings, out_dir: Path) -> dict:
                                                             "val_accuracy": point.val_accuracy,
                                                             "val_accuracy_se": point.val_accuracy_se,
                                                             "val_se_vs_best": point.se_vs_best,
+                                                            "val_se_vs_reference": point.se_vs_reference,
                                                             "val_expected_macs": point.expected_macs},
         "val_images": inputs.points.n_val, "named_drops_se": inputs.points.named_drops,
         "static_macs": saved.cost.static_macs, "path_macs": list(saved.cost.path_macs), **bench,
