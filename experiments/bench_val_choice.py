@@ -112,10 +112,9 @@ def exit_gaps(val_logits: np.ndarray, val_labels: np.ndarray, test_logits: np.nd
     for k in range(val_logits.shape[0] - 1):
         gap: dict[str, float | None] = {}
         for name, logits, labels in (("val", val_logits, val_labels), ("test", test_logits, test_labels)):
-            correct = (logits.argmax(-1) == labels[None, :]).astype(float)
-            d = (correct[k] - correct[-1]) * 100
-            gap[name] = float(d.mean())
-            gap[f"{name}_se"] = float(d.std() / np.sqrt(len(d)))
+            correct = logits.argmax(-1) == labels[None, :]
+            gap[name] = float(correct[k].mean() - correct[-1].mean()) * 100
+            gap[f"{name}_se"] = float(paired_standard_errors(correct[k][None, :], correct[-1])[0]) * 100
         se = float(np.hypot(gap["val_se"], gap["test_se"]))
         apart = gap["val"] - gap["test"]
         gap["z_apart"] = apart / se if se > 0 else (0.0 if apart == 0 else None)  # None: apart with no noise

@@ -25,6 +25,7 @@ import itertools
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -205,8 +206,9 @@ class GridOutcomes:
     exit_rates: np.ndarray       # [G, n_exits]
     final_hits: np.ndarray       # [N] bool: right at the final exit (the static network)
 
-    @property
+    @cached_property
     def accuracy(self) -> np.ndarray:
+        """Per vector, the share of images right (computed once: every rule that chooses reads it)."""
         return self.hits.mean(axis=1)
 
 
