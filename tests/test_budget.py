@@ -131,6 +131,34 @@ def test_controller_moves_down_under_load_and_back_up_when_it_lifts():
     assert np.mean([LADDER[int(j)].val_accuracy for j in trace[200:, 2]]) > fixed.val_accuracy
 
 
+def test_a_stall_is_paid_back_inside_the_window_it_hits_and_not_carried_into_the_next():
+    # the stream is reported (and held) in windows of 200 images from its first image; a 10-image stall at
+    # six times the cost early in a window is recovered within it, one late in a window cannot be, and the
+    # window after it starts from the target again instead of overshooting to pay the debt back
+    target = 380.0
+    for stall, held, next_held in ((range(210, 220), [True], [True, True]), (range(385, 395), [False], [True, True])):
+        c = BudgetController(LADDER, Budget("images_per_s", target))
+        sim = SimulatedStream(c, load=lambda i, stall=stall: 6.0 if i in stall else 1.0)
+        sim.calibrate()
+        trace = sim.run(1000)
+        rates = _windows(trace)[:, 0] / target  # windows from image 200
+        assert [abs(r - 1) <= 0.10 for r in rates[:1]] == held, rates
+        assert [abs(r - 1) <= 0.10 for r in rates[1:3]] == next_held, rates
+        if not held[0]:
+            assert rates[0] < 0.9  # past saving: short, not over
+            assert set(trace[395:400, 2]) == {0.0}  # so the rest of the hit window runs the cheapest point
+        # the window after the stall runs the points of a calm stream, not cheaper ones
+        assert trace[400:600, 2].mean() >= trace[600:800, 2].mean() - 1
+
+
+def test_the_time_model_may_look_further_back_than_the_window_it_holds():
+    c = BudgetController(LADDER, Budget("images_per_s", 300.0), settings=ControllerSettings(window=50, fit_window=200))
+    for i in range(150):
+        c.observe(1, 0.001 if i < 100 else 0.002, float(PATHS[0]))
+    assert math.isclose(c.window_value(), 500.0)  # the last 50 images only
+    assert sum(o[0] for o in c._history) == 150  # while the fit may still see all of them
+
+
 def test_a_new_target_mid_stream_is_followed_and_logged():
     c = BudgetController(LADDER, Budget("images_per_s", 300.0))
     sim = SimulatedStream(c)
@@ -244,3 +272,44 @@ def test_a_window_short_of_the_target_on_the_cheapest_point_is_marked_beyond_rea
     # a latency target is missed from above: 20 ms per image against a 10 ms mean
     latency = window_summary(_records(slow, [0] * 20, 10.0), 10, "latency_ms", top_point=3)
     assert [w["short_at_cheapest"] for w in latency] == [True, True]
+
+
+def test_aebnas_stream_sends_the_switch_log_to_the_run_log_file_and_not_the_console(tmp_path):
+    """Deciding after every image, a batch-1 stream switches hundreds of times: under aebnas-stream's own logging
+    set-up each switch line lands in the run's log file, and the console (where the summary counts them) gets none."""
+    import io
+    import logging
+    import logging.config
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    conf_dir = Path(__file__).resolve().parents[1] / "aebnas" / "conf"
+    with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir)):
+        cfg = compose("stream", return_hydra_config=True,
+                      overrides=[f"hydra.job_logging.handlers.file.filename={tmp_path / 'stream.log'}"])
+    setup = OmegaConf.to_container(cfg.hydra.job_logging, resolve=True)
+    console = io.StringIO()
+    setup["handlers"]["console"]["stream"] = console
+    root, budget_log = logging.getLogger(), logging.getLogger("aebnas.runtime.budget")
+    saved = (root.handlers[:], root.level, budget_log.handlers[:], budget_log.propagate, budget_log.level)
+    try:
+        logging.config.dictConfig(setup)
+        c = BudgetController(LADDER, Budget("images_per_s", 330.0))
+        sim = SimulatedStream(c, load=lambda i: 1.5 if i >= 600 else 1.0)
+        sim.calibrate()
+        sim.run(1200)
+        logging.getLogger("aebnas.runtime.stream").info("a line of the stream itself")
+        for handler in logging.getLogger().handlers + budget_log.handlers:
+            handler.flush()
+    finally:
+        for handler in set(root.handlers + budget_log.handlers) - set(saved[0] + saved[2]):
+            handler.close()
+        root.handlers[:], budget_log.handlers[:] = saved[0], saved[2]
+        root.setLevel(saved[1])
+        budget_log.propagate, budget_log.level = saved[3], saved[4]
+    in_file = [line for line in (tmp_path / "stream.log").read_text().splitlines() if " -> " in line]
+    assert len(c.switches) > 10 and len(in_file) == len(c.switches)
+    assert "aebnas.runtime.budget" not in console.getvalue()
+    assert "a line of the stream itself" in console.getvalue()  # the rest of aebnas still reaches the console

@@ -38,13 +38,16 @@ def stream(cfg: DictConfig, out_dir: Path) -> dict:
     if "budget" in result:
         b = result["budget"]
         t, w = b["target"], b["windows"]
-        held = sum(x["within_10pct"] for x in w)
+        within = sum(x["within_10pct"] for x in w)
+        held = sum(x["held"] for x in w)
         short = sum(x["short_at_cheapest"] for x in w)
+        logged = " (each in stream.json and the run's log file)" if b["switch_count"] else ""
+        beyond = f", {held - within} beyond it on the most accurate point" if held > within else ""
         print(f"  budget {t['kind']}={t['value']:g} (batch {b['batch_size']}): {b['images_per_second']:.1f} img/s "
-              f"acc {b['accuracy']:.4f} {b['effective_macs'] / 1e6:.3f}M MACs, {b['switch_count']} switches; "
-              f"{held}/{len(w)} windows of {b['settings']['window']} images within +-10 % of the target"
-              + (f"; {short} missed it while on the cheapest point (no point was cheap enough then)"
-                 if short else ""))
+              f"acc {b['accuracy']:.4f} {b['effective_macs'] / 1e6:.3f}M MACs, {b['switch_count']} switches{logged}; "
+              f"{held}/{len(w)} windows of {b['settings']['window']} images held ({within} within +-10 % of the "
+              f"target{beyond})" + (f"; {short} missed it while on the cheapest point (no point was cheap enough then)"
+                                     if short else ""))
     print(f"written: {out_dir / 'stream.json'}")
     return result
 

@@ -16,12 +16,19 @@ How it predicts a point's cost under the current conditions:
 - MACs: the point's expected MACs on val, scaled by how far the stream's
   measured MACs per image drift from what val predicted.
 
-For averages (images/s, mean latency, MACs per image) it holds the *sliding
-window*: the next images must average the cost that brings the window back to
-the target over half a window, so a chance run of hard images is paid back by
-cheaper points, and slack is spent on dearer ones. For p99 latency it picks the
-most accurate point whose predicted p99 (the slowest exit path the point still
-sends at least 1 % of images to) fits, corrected by the measured p99.
+For averages (images/s, mean latency, MACs per image) it holds each *reported
+window*: the stream is reported in consecutive windows of ``window`` images,
+and within the current one the remaining images must average the cost that
+lands the window on the target. A stall or a run of hard images is paid back
+inside the window it hit, and slack is spent there on dearer points; nothing
+is carried into the next window, which starts from the target again. (Paying
+back over a sliding window instead carries a late stall's debt into the next
+window, which then overshoots; under background load that stalls the stream
+for milliseconds at a time it holds far fewer windows, as the adaptive-runtime
+results page measures.) For p99
+latency it picks the most accurate point whose predicted p99 (the slowest exit
+path the point still sends at least 1 % of images to) fits, corrected by the
+measured p99.
 
 Pure numpy/scipy: it never touches the network; the stream runner applies the
 point it names (:func:`aebnas.runtime.stream.run_controlled`).
@@ -29,6 +36,7 @@ point it names (:func:`aebnas.runtime.stream.run_controlled`).
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 from collections import deque
@@ -43,6 +51,8 @@ from aebnas.runtime.operating_points import OperatingPoint, OperatingPoints, pat
 from aebnas.config_checks import ConfigError, check_int, check_number
 
 log = logging.getLogger("aebnas.runtime.budget")
+
+REFIT_IMAGES = 20  # the time model is refitted at a decision once this many images have run since the last fit
 
 # target kind -> (unit, whether the stream must stay at or above it)
 KINDS: dict[str, tuple[str, bool]] = {
@@ -107,10 +117,10 @@ class Switch:
 class ControllerSettings:
     """How the controller looks and how often it moves."""
 
-    window: int = 200           # images in the sliding window it holds (and reports on)
-    interval: int = 20          # images between decisions
+    window: int = 200           # images per reported window, each of which it holds
+    interval: int = 1           # images between decisions (and one at each window's start)
     margin: float = 0.0         # aim this far inside the target (0: the window's average sits on it)
-    fit_window: int = 100       # images the time model is fitted on (shorter: follows load faster)
+    fit_window: int = 200       # images the time model is fitted on (shorter: follows load faster, and stalls)
 
     def __post_init__(self):
         check_int(self.window, "budget.window", lo=2)
@@ -146,10 +156,15 @@ class BudgetController:
         self.images = 0
         self.batches = 0
         self.switches: list[Switch] = []
-        self._window: deque[tuple[int, float, float, float]] = deque()  # (images, seconds, MACs, expected MACs)
-        self._window_images = 0
+        self._history: deque[tuple[int, float, float, float]] = deque()  # (images, seconds, MACs, expected MACs)
+        self._history_images = 0  # the deque spans max(window, fit_window) images
+        self._block = -1         # the reported window the last batch started in ...
+        self._block_spent = 0.0  # ... and the seconds (MACs for a MACs target) spent in it so far
         self._since_decision = 0
+        self._since_refit = 0
         self._fit: tuple[float, float] | None = None  # seconds per image = a + b * MACs
+        self._costs: list[float] = []
+        self._costs_key: object = object()  # what _costs was computed for (never equal to a fit at first)
 
     # --- what the network offers -------------------------------------------------------------------------
 
@@ -169,16 +184,21 @@ class BudgetController:
     def point(self) -> OperatingPoint:
         return self.ladder[self.index]
 
+    def _recent(self, images: int) -> list[tuple[int, float, float, float]]:
+        """The latest batches that cover ``images`` images (all of them when fewer were seen), oldest first."""
+        rows, n_seen = [], 0
+        for obs in reversed(self._history):
+            if n_seen >= images:
+                break
+            rows.append(obs)
+            n_seen += obs[0]
+        return rows[::-1]
+
     # --- the cost model ------------------------------------------------------------------------------------
 
     def _refit(self) -> None:
         """Fit ``seconds = a * images + b * MACs`` on the last ``fit_window`` images' batches."""
-        rows, n_seen = [], 0
-        for obs in reversed(self._window):
-            rows.append(obs)
-            n_seen += obs[0]
-            if n_seen >= self.settings.fit_window:
-                break
+        rows = self._recent(self.settings.fit_window)
         if not rows:
             return
         data = np.array(rows, dtype=float)
@@ -207,8 +227,9 @@ class BudgetController:
 
     def _macs_drift(self) -> float:
         """Measured MACs per image over the window relative to what val predicted for the points that ran."""
-        spent = sum(o[2] for o in self._window)
-        expected = sum(o[3] for o in self._window)
+        rows = self._recent(self.settings.window)
+        spent = sum(o[2] for o in rows)
+        expected = sum(o[3] for o in rows)
         return spent / expected if expected > 0 else 1.0
 
     def predicted(self) -> np.ndarray:
@@ -237,9 +258,10 @@ class BudgetController:
                 out[i] = times[order][min(int(np.searchsorted(cum, 0.99 - 1e-9)), len(order) - 1)]
             else:
                 out[i] = self.batch_size * (a + b * self.macs[i])
-        if len(self._window) >= 20:  # the linear model misses stalls and jitter; the window's own p99 does not
-            seconds = np.array([o[1] for o in self._window])
-            modelled = np.array([a * o[0] + b * o[2] for o in self._window])
+        rows = self._recent(self.settings.window)
+        if len(rows) >= 20:  # the linear model misses stalls and jitter; the window's own p99 does not
+            seconds = np.array([o[1] for o in rows])
+            modelled = np.array([a * o[0] + b * o[2] for o in rows])
             ratio = float(np.percentile(seconds, 99)) / max(float(np.percentile(modelled, 99)), 1e-12)
             out = out * max(ratio, 1.0)
         return out
@@ -247,19 +269,20 @@ class BudgetController:
     # --- the window --------------------------------------------------------------------------------------
 
     def window_value(self) -> float:
-        """The target's quantity over the sliding window, in the target's units (nan before any batch)."""
-        if not self._window:
+        """The target's quantity over the last ``window`` images, in the target's units (nan before any batch)."""
+        rows = self._recent(self.settings.window)
+        if not rows:
             return math.nan
-        n = sum(o[0] for o in self._window)
-        t = sum(o[1] for o in self._window)
+        n = sum(o[0] for o in rows)
+        t = sum(o[1] for o in rows)
         kind = self.budget.kind
         if kind == "images_per_s":
             return n / t if t > 0 else math.inf
         if kind == "latency_ms":
-            return t / len(self._window) * 1e3
+            return t / len(rows) * 1e3
         if kind == "p99_latency_ms":
-            return float(np.percentile([o[1] for o in self._window], 99)) * 1e3
-        return sum(o[2] for o in self._window) / n
+            return float(np.percentile([o[1] for o in rows], 99)) * 1e3
+        return sum(o[2] for o in rows) / n
 
     def _goal_per_image(self) -> float:
         """Target as a cost per image (seconds or MACs), aimed ``margin`` inside it."""
@@ -271,12 +294,15 @@ class BudgetController:
         return v * (1 - margin)
 
     def _required_per_image(self) -> float:
-        """What the next images may cost each, so that the window returns to the goal over half a window."""
+        """What the rest of the current reported window's images may cost each, so that the window as a whole
+        lands on the goal; the goal itself when the next batch opens a new window. Negative when the window is
+        already past saving (the cheapest point is then all that is left)."""
         goal = self._goal_per_image()
-        n = sum(o[0] for o in self._window)
-        spent = sum(o[2 if self.budget.kind == "macs_per_image" else 1] for o in self._window)
-        excess = spent - n * goal
-        return goal - excess / max(self.settings.window / 2, 1)
+        window = self.settings.window
+        if self.images // window != self._block:
+            return goal
+        left = (self._block + 1) * window - self.images
+        return (window * goal - self._block_spent) / left
 
     # --- decisions ---------------------------------------------------------------------------------------
 
@@ -284,12 +310,21 @@ class BudgetController:
         """The most accurate point predicted to hold the target now; the cheapest when none does."""
         if self.budget.kind == "p99_latency_ms":
             ok = np.flatnonzero(self.predicted() <= self.budget.value * (1 - self.settings.margin))
+            best = int(ok.max()) if len(ok) else -1  # the ladder is ordered by accuracy
         else:
-            ok = np.flatnonzero(self.per_image_cost() <= self._required_per_image())
-        if len(ok) == 0:
+            # a point's predicted cost per image rises along the ladder (a, b >= 0; MACs sorted), so the most
+            # accurate affordable point is a bisection: cheap enough to decide after every batch
+            best = bisect.bisect_right(self._ladder_costs(), self._required_per_image()) - 1
+        if best < 0:
             return 0, "unreachable"
-        best = int(ok.max())  # the ladder is ordered by accuracy
         return best, "slack" if best > self.index else "over budget"
+
+    def _ladder_costs(self) -> list[float]:
+        """``per_image_cost`` as a list, kept until the time model is refitted (or, for MACs, the drift moves)."""
+        key = self._macs_drift() if self.budget.kind == "macs_per_image" else self._fit
+        if self._costs_key != key:
+            self._costs, self._costs_key = self.per_image_cost().tolist(), key
+        return self._costs
 
     def observe(self, images: int, seconds: float, macs: float, point: int | None = None) -> int:
         """Record one batch (``macs``: MACs actually spent on it); returns the ladder index for the next batch.
@@ -297,18 +332,27 @@ class BudgetController:
         ``point``: the ladder index the batch ran at, when not the controller's own (a calibration batch).
         """
         at = self.index if point is None else int(point)
-        self._window.append((int(images), float(seconds), float(macs), float(self.macs[at] * images)))
-        self._window_images += int(images)
-        while self._window and self._window_images - self._window[0][0] >= self.settings.window:
-            self._window_images -= self._window.popleft()[0]
+        self._history.append((int(images), float(seconds), float(macs), float(self.macs[at] * images)))
+        self._history_images += int(images)
+        keep = max(self.settings.window, self.settings.fit_window)
+        while self._history and self._history_images - self._history[0][0] >= keep:
+            self._history_images -= self._history.popleft()[0]
+        if point is None:  # the reported windows count the stream's own batches, as window_summary does
+            block = self.images // self.settings.window
+            if block != self._block:
+                self._block, self._block_spent = block, 0.0
+            self._block_spent += float(macs) if self.budget.kind == "macs_per_image" else float(seconds)
         self.images += int(images)
         self.batches += 1
         if point is not None:  # calibration: observed, not decided on
             return self.index
         self._since_decision += int(images)
-        if self._since_decision >= self.settings.interval:
+        self._since_refit += int(images)
+        opens_window = self.images // self.settings.window != self._block
+        if self._since_decision >= self.settings.interval or opens_window:
             self._since_decision = 0
-            if self.budget.kind != "macs_per_image":
+            if self.budget.kind != "macs_per_image" and self._since_refit >= REFIT_IMAGES:
+                self._since_refit = 0
                 self._refit()
             self._move(*self.choose())
         return self.index
@@ -361,10 +405,11 @@ class BudgetController:
                               f"(about {fastest:.4g}..{dear:.4g} {unit} at batch {self.batch_size}, measured in "
                               f"calibration); ask for at least {fastest:.4g}")
         keep_fit = self._fit
-        self._window.clear()
-        self._window_images = 0
+        self._history.clear()
+        self._history_images = 0
         self._fit = keep_fit
-        self.images = self.batches = self._since_decision = 0
+        self.images = self.batches = self._since_decision = self._since_refit = 0
+        self._block, self._block_spent = -1, 0.0
         # no window yet: pick as if the window stood exactly on the goal
         u = self.per_image_cost()
         if self.budget.kind == "p99_latency_ms":

@@ -324,11 +324,12 @@ class BudgetSettings(Settings):
                                                                             "most this (ms).")
     macs_per_image: float | None = setting(None, lo=0.0, lo_open=True, help="Hold the MACs spent per image at "
                                                                             "most this.")
-    window: int = setting(200, lo=2, help="Images in the sliding window the controller holds (and reports on).")
-    interval: int = setting(20, lo=1, help="Images between the controller's decisions.")
+    window: int = setting(200, lo=2, help="Images per reported window; the controller holds each one.")
+    interval: int = setting(1, lo=1, help="Images between the controller's decisions (and one at each window's "
+                                          "start).")
     margin: float = setting(0.0, lo=0.0, hi=0.5, help="Aim this far inside the target (0: the window's average "
                                                       "sits on it).")
-    fit_window: int = setting(100, lo=2, help="Images the controller's time model is fitted on.")
+    fit_window: int = setting(200, lo=2, help="Images the controller's time model is fitted on.")
     calibration: int = setting(40, lo=2, help="Untimed images before the controlled pass, half at the most "
                                               "accurate and half at the cheapest point.")
 
