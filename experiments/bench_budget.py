@@ -46,10 +46,16 @@ from aebnas.exits import confidence, exit_indices
 
 
 class BackgroundLoad:
-    """``n`` busy-loop processes, started stopped; ``on()``/``off()`` continue and stop them at once."""
+    """``n`` busy-loop processes, started stopped; ``on()``/``off()`` continue and stop them at once.
+
+    Each loop watches its parent and ends when the bench dies without reaching ``close()`` (killed from
+    outside), so a cut-short run does not leave busy loops skewing the next measurement."""
+
+    # checks the parent every ~10**6 iterations (milliseconds), a cost lost in the load it makes
+    LOOP = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    for _ in range(10**6): pass\n"
 
     def __init__(self, n: int):
-        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+        self.procs = [subprocess.Popen([sys.executable, "-c", self.LOOP]) for _ in range(n)]
         self.state = True
         self.off()
 

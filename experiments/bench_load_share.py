@@ -14,8 +14,11 @@ Then, offline, the stream of ``bench_budget.py`` (targets ``--targets`` x the st
 second half of each third) is replayed ``--replays`` times: each image takes an idle time recorded for the
 point that runs it, divided by the recorded share at that moment of the simulated clock. The replay scores
 the budget controller and every fixed point by the same rule as ``bench_budget.py`` (a 200-image window is
-held within +-10 % of the target, or above it on the most accurate point), so it says how many windows any
-controller could hold under this load, without timing noise between the variants compared.
+held within +-10 % of the target, or above it on the most accurate point), without timing noise between the
+variants compared. A clairvoyant schedule, which knows the share ahead and mixes the most accurate and the
+cheapest point per window, is scored by the same rule: a reference for how many windows a controller could
+hold under this load. ``--bin-ms 1`` keeps a single stalled image apart from its neighbours (the load's
+stalls last a few milliseconds); 10 smooths them over.
 """
 
 from __future__ import annotations
@@ -130,6 +133,60 @@ def replay(idle_seconds: np.ndarray, idle_macs: np.ndarray, share: np.ndarray, b
     return rows
 
 
+def clairvoyant(idle_seconds: np.ndarray, share: np.ndarray, bin_s: float, ladder: list[OperatingPoint],
+                rate: float, multiples: list[float], n: int, seed: int, window: int = 200) -> list[dict]:
+    """A reference for what a controller could hold: the same replayed stream, scheduled by a rule that knows
+    the share ahead. Each window runs the most accurate point for its first k images and the cheapest for the
+    rest, k the largest multiple of 5 that keeps the window at or above 90 % of the target (found by trying
+    each k on the recorded share). Per segment, as ``replay``: windows held by the same rule, windows short
+    even on the cheapest point throughout, rate / target and mean val accuracy of the points run."""
+    rng = np.random.default_rng(seed)
+    recorded, top = idle_seconds.shape[1], len(ladder) - 1
+    cursor = rng.integers(0, recorded, size=len(ladder))
+    offset = int(rng.integers(0, len(share)))
+    segments = load_segments(n, multiples, rate)
+    target, loaded = np.empty(n), np.zeros(n, dtype=bool)
+    for lo, hi, t, on in segments:
+        target[lo:hi], loaded[lo:hi] = t, on
+    seconds, points = np.zeros(n), np.zeros(n, dtype=int)
+
+    def run(first: int, clock: float, cur: np.ndarray, k: int, keep: bool = False) -> tuple[float, np.ndarray]:
+        cur = cur.copy()
+        for i in range(first, first + window):
+            p = top if i - first < k else 0
+            t = idle_seconds[p, cur[p] % recorded]
+            cur[p] += 1
+            t = t / share[(int(clock / bin_s) + offset) % len(share)] if loaded[i] else t
+            clock += t
+            if keep:
+                seconds[i], points[i] = t, p
+        return clock, cur
+
+    clock, held, short = 0.0, [], []
+    for first in range(0, n - window + 1, window):
+        goal = float(target[first:first + window].mean())
+        k_best = None
+        for k in range(0, window + 1, 5):
+            end, _ = run(first, clock, cursor, k)
+            if window / (end - clock) < 0.9 * goal:
+                break
+            k_best = k
+        end, cursor_next = run(first, clock, cursor, 0 if k_best is None else k_best, keep=True)
+        achieved = window / (end - clock)
+        held.append(k_best is not None and (achieved <= 1.1 * goal or k_best == window))
+        short.append(k_best is None)
+        clock, cursor = end, cursor_next
+    rows = []
+    for lo, hi, t, on in segments:
+        inside = [w for w in range(len(held)) if lo <= w * window and (w + 1) * window <= hi]
+        rows.append({"target_x_static": t / rate, "load": on, "held": int(sum(held[w] for w in inside)),
+                     "short_at_cheapest": int(sum(short[w] for w in inside)), "windows": len(inside),
+                     "rate_over_target": float((hi - lo) / seconds[lo:hi].sum() / t) if seconds[lo:hi].sum() else
+                     float("nan"),
+                     "val_accuracy_run": float(np.mean([ladder[p].val_accuracy for p in points[lo:hi]]))})
+    return rows
+
+
 class FixedPoint(BudgetController):
     """A controller that never moves: the fixed points' windows, scored by the same rule."""
 
@@ -213,6 +270,8 @@ def main() -> None:
                                         settings.budget.calibration)}
     for p in range(len(ladder)):
         replays[f"fixed_{p}"] = replays_of(lambda pts, b, p=p: FixedPoint(pts, b, p), 0)
+    replays["clairvoyant"] = summarise([clairvoyant(seconds[0], share, bin_s, ladder, rate, multiples, n, s, window)
+                                        for s in range(args.replays)])
     windows_on = {p: [float(window / seconds[1, p, s:s + window].sum())
                       for s in range(0, args.point_images - window + 1, window)] for p in range(len(ladder))}
     result = {
@@ -234,7 +293,7 @@ def main() -> None:
     print(f"static {rate:.1f} img/s; share of a core per 100 ms under load: percentiles 5/25/50/75/95 "
           + " ".join(f"{v:.2f}" for v in s["percentiles_5_25_50_75_95"])
           + f", lag-1 autocorrelation {s['lag1_autocorrelation']:.2f}")
-    for name in ["controller", "fixed_0", f"fixed_{len(ladder) - 1}"]:
+    for name in ["controller", "clairvoyant", "fixed_0", f"fixed_{len(ladder) - 1}"]:
         r = replays[name]
         print(f"  replay {name:11s}: held load off {r['held_load_off'][0]}/{r['held_load_off'][1]}, on "
               f"{r['held_load_on'][0]}/{r['held_load_on'][1]} | " + " ".join(

@@ -87,3 +87,27 @@ def test_replay_holds_what_a_fixed_point_cannot_and_a_half_share_halves_the_rate
     summary = bench.summarise([controlled, controlled])
     off = [r for r in controlled if not r["load"]]
     assert summary["held_load_off"] == [2 * sum(r["held"] for r in off), 2 * sum(r["windows"] for r in off)]
+
+
+def test_clairvoyant_reference_holds_what_the_cheapest_point_reaches_and_no_more():
+    ladder = _ladder()
+    seconds, _ = _recordings(ladder)
+    rate = 1 / 1.2e-3  # the dearest point's idle rate; the cheapest runs at 2500 images/s idle, 1250 at half a core
+    half = np.full(100, 0.5)
+
+    def run(multiple):
+        return bench.clairvoyant(seconds, half, 0.01, ladder, rate, [multiple, multiple], 4000, seed=0)
+
+    # 1.2x (1000 images/s): a mix of the dearest and the cheapest point lands every window in the band
+    reach = run(1.2)
+    assert all(r["held"] == r["windows"] > 0 and r["short_at_cheapest"] == 0 for r in reach)
+    assert all(0.9 <= r["rate_over_target"] <= 1.1 for r in reach)
+    assert all(ladder[0].val_accuracy < r["val_accuracy_run"] < ladder[-1].val_accuracy for r in reach)
+    # 2x (1667 images/s): beyond the cheapest point at half a core, within its reach idle
+    beyond = run(2.0)
+    assert [r["held"] == r["windows"] for r in beyond] == [True, False, True, False]
+    assert [r["short_at_cheapest"] == r["windows"] for r in beyond] == [False, True, False, True]
+    # 0.5x: the dearest point alone beats the target everywhere, which counts as held
+    slack = run(0.5)
+    assert all(r["held"] == r["windows"] for r in slack)
+    assert all(r["val_accuracy_run"] == pytest.approx(ladder[-1].val_accuracy) for r in slack)
