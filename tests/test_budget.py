@@ -274,9 +274,11 @@ def test_a_window_short_of_the_target_on_the_cheapest_point_is_marked_beyond_rea
     assert [w["short_at_cheapest"] for w in latency] == [True, True]
 
 
-def test_aebnas_stream_sends_the_switch_log_to_the_run_log_file_and_not_the_console(tmp_path):
-    """Deciding after every image, a batch-1 stream switches hundreds of times: under aebnas-stream's own logging
-    set-up each switch line lands in the run's log file, and the console (where the summary counts them) gets none."""
+@pytest.mark.parametrize("job_logging", ["default", "stdout"])
+def test_aebnas_stream_sends_the_switch_log_to_the_run_log_file_and_not_the_console(tmp_path, job_logging):
+    """Deciding after every image, a batch-1 stream switches hundreds of times: under aebnas-stream's logging
+    set-up each switch line lands in the run's log file, and the console (where the summary counts them) gets
+    none. A set-up without a log file (``hydra/job_logging=stdout``) keeps them on the console."""
     import io
     import logging
     import logging.config
@@ -285,10 +287,14 @@ def test_aebnas_stream_sends_the_switch_log_to_the_run_log_file_and_not_the_cons
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
+    from aebnas.cli.stream import switch_log_to_files
+
     conf_dir = Path(__file__).resolve().parents[1] / "aebnas" / "conf"
+    overrides = [f"hydra/job_logging={job_logging}"]
+    if job_logging == "default":
+        overrides.append(f"hydra.job_logging.handlers.file.filename={tmp_path / 'stream.log'}")
     with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir)):
-        cfg = compose("stream", return_hydra_config=True,
-                      overrides=[f"hydra.job_logging.handlers.file.filename={tmp_path / 'stream.log'}"])
+        cfg = compose("stream", return_hydra_config=True, overrides=overrides)
     setup = OmegaConf.to_container(cfg.hydra.job_logging, resolve=True)
     console = io.StringIO()
     setup["handlers"]["console"]["stream"] = console
@@ -296,12 +302,13 @@ def test_aebnas_stream_sends_the_switch_log_to_the_run_log_file_and_not_the_cons
     saved = (root.handlers[:], root.level, budget_log.handlers[:], budget_log.propagate, budget_log.level)
     try:
         logging.config.dictConfig(setup)
+        switch_log_to_files()
         c = BudgetController(LADDER, Budget("images_per_s", 330.0))
         sim = SimulatedStream(c, load=lambda i: 1.5 if i >= 600 else 1.0)
         sim.calibrate()
         sim.run(1200)
         logging.getLogger("aebnas.runtime.stream").info("a line of the stream itself")
-        for handler in logging.getLogger().handlers + budget_log.handlers:
+        for handler in root.handlers + budget_log.handlers:
             handler.flush()
     finally:
         for handler in set(root.handlers + budget_log.handlers) - set(saved[0] + saved[2]):
@@ -309,7 +316,62 @@ def test_aebnas_stream_sends_the_switch_log_to_the_run_log_file_and_not_the_cons
         root.handlers[:], budget_log.handlers[:] = saved[0], saved[2]
         root.setLevel(saved[1])
         budget_log.propagate, budget_log.level = saved[3], saved[4]
-    in_file = [line for line in (tmp_path / "stream.log").read_text().splitlines() if " -> " in line]
-    assert len(c.switches) > 10 and len(in_file) == len(c.switches)
-    assert "aebnas.runtime.budget" not in console.getvalue()
+    on_console = [line for line in console.getvalue().splitlines() if " -> " in line]
+    assert len(c.switches) > 10
     assert "a line of the stream itself" in console.getvalue()  # the rest of aebnas still reaches the console
+    if job_logging == "default":
+        in_file = [line for line in (tmp_path / "stream.log").read_text().splitlines() if " -> " in line]
+        assert len(in_file) == len(c.switches) and on_console == []
+    else:
+        assert len(on_console) == len(c.switches)
+
+
+def _batched_stream(controller, n_batches, batch, on_batch=None):
+    """Batches of ``batch`` images through the simulated stream; per-batch records as run_controlled writes them."""
+    sim = SimulatedStream(controller)
+    sim.calibrate()
+    rec = {k: [] for k in ("images", "seconds", "macs", "correct", "clock", "target", "point")}
+    clock = 0.0
+    for b in range(n_batches):
+        if on_batch is not None:
+            on_batch(b)
+        at, seconds, macs = controller.index, 0.0, 0.0
+        for _ in range(batch):
+            m, s, _ = sim.run_image()
+            seconds, macs = seconds + s, macs + m
+            sim.i += 1
+        for key, value in (("images", batch), ("seconds", seconds), ("macs", macs), ("correct", batch),
+                           ("clock", clock), ("target", controller.budget.value), ("point", at)):
+            rec[key].append(value)
+        clock += seconds
+        controller.observe(batch, seconds, macs)
+    return rec
+
+
+def test_at_a_batch_size_that_does_not_divide_the_window_every_reported_window_is_held():
+    """At batch 64 a 200-image window holds 256 images or 192: the controller counts what is left of a window in
+    whole batches, as the report does, instead of steering the last batch as if 8 images were left."""
+    from aebnas.runtime.stream import window_summary
+
+    target = 330.0
+    c = BudgetController(LADDER, Budget("images_per_s", target), batch_size=64)
+    windows = window_summary(_batched_stream(c, 160, 64), 200, top_point=len(LADDER) - 1)
+    assert len(windows) == 50 and sorted({w["images"] for w in windows}) == [192, 256]  # none left out
+    ratios = np.array([w["ratio"] for w in windows[1:]])
+    assert np.all(np.abs(ratios - 1) <= 0.10), ratios
+
+
+def test_a_change_of_target_kind_mid_window_holds_that_window_to_the_new_target_in_its_units():
+    from aebnas.runtime.stream import window_summary
+
+    goal = float(np.mean([LADDER[3].expected_macs, LADDER[4].expected_macs]))
+    c = BudgetController(LADDER, Budget("images_per_s", 330.0))
+
+    def switch_kind(b):
+        if b == 2100:  # halfway through the window of images 2000-2199
+            c.set_budget(Budget("macs_per_image", goal))
+
+    rec = _batched_stream(c, 3000, 1, on_batch=switch_kind)
+    after = [w for w in window_summary(rec, 200, "macs_per_image") if w["first_image"] >= 2000]
+    per_image = np.array([w["value"] for w in after]) / goal
+    assert np.all(np.abs(per_image - 1) <= 0.10), per_image  # the mixed window too

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def stream(cfg: DictConfig, out_dir: Path) -> dict:
         within = sum(x["within_10pct"] for x in w)
         held = sum(x["held"] for x in w)
         short = sum(x["short_at_cheapest"] for x in w)
-        logged = " (each in stream.json and the run's log file)" if b["switch_count"] else ""
+        logged = " (each in stream.json and the run's log)" if b["switch_count"] else ""
         beyond = f", {held - within} beyond it on the most accurate point" if held > within else ""
         print(f"  budget {t['kind']}={t['value']:g} (batch {b['batch_size']}): {b['images_per_second']:.1f} img/s "
               f"acc {b['accuracy']:.4f} {b['effective_macs'] / 1e6:.3f}M MACs, {b['switch_count']} switches{logged}; "
@@ -52,8 +53,25 @@ def stream(cfg: DictConfig, out_dir: Path) -> dict:
     return result
 
 
+def switch_log_to_files() -> None:
+    """Send the budget controller's switch lines to the log files the root logger writes, and not the console.
+
+    Deciding after every image, a batch-1 stream switches hundreds of times: the lines belong in the run's log
+    (and stream.json), the console gets their count. Under a logging set-up without a log file (Hydra's
+    ``hydra/job_logging=stdout``, for one) the lines stay where the root logger sends them.
+    """
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    if files:
+        switches = logging.getLogger("aebnas.runtime.budget")
+        switches.propagate = False
+        for handler in files:
+            if handler not in switches.handlers:
+                switches.addHandler(handler)
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="stream")
 def _hydra_main(cfg: DictConfig) -> None:
+    switch_log_to_files()
     with user_errors(PROG):
         stream(cfg, Path(HydraConfig.get().runtime.output_dir))
 

@@ -23,12 +23,10 @@ lands the window on the target. A stall or a run of hard images is paid back
 inside the window it hit, and slack is spent there on dearer points; nothing
 is carried into the next window, which starts from the target again. (Paying
 back over a sliding window instead carries a late stall's debt into the next
-window, which then overshoots; under background load that stalls the stream
-for milliseconds at a time it holds far fewer windows, as the adaptive-runtime
-results page measures.) For p99
-latency it picks the most accurate point whose predicted p99 (the slowest exit
-path the point still sends at least 1 % of images to) fits, corrected by the
-measured p99.
+window, which then overshoots; the adaptive-runtime results page compares the
+two under load.) For p99 latency it picks the most accurate
+point whose predicted p99 (the slowest exit path the point still sends at
+least 1 % of images to) fits, corrected by the measured p99.
 
 Pure numpy/scipy: it never touches the network; the stream runner applies the
 point it names (:func:`aebnas.runtime.stream.run_controlled`).
@@ -52,7 +50,10 @@ from aebnas.config_checks import ConfigError, check_int, check_number
 
 log = logging.getLogger("aebnas.runtime.budget")
 
-REFIT_IMAGES = 20  # the time model is refitted at a decision once this many images have run since the last fit
+# The time model (the MACs drift for a MACs target) is refreshed at a decision once this many images have run
+# since the last refresh; a p99 target, which reads the window's slowest 1 % and not an average to steer image by
+# image, is decided on at most this often (and at each window's start).
+REFIT_IMAGES = 20
 
 # target kind -> (unit, whether the stream must stay at or above it)
 KINDS: dict[str, tuple[str, bool]] = {
@@ -104,7 +105,7 @@ class Switch:
     to_point: int
     thresholds: tuple[float | None, ...]
     reason: str                 # "slack", "over budget", "unreachable" (already at the cheapest) or "new target"
-    window_value: float         # the target's quantity over the window when it switched (target units)
+    window_value: float         # the target's quantity over the last `window` images when it switched
     target: float
 
     def to_dict(self) -> dict[str, Any]:
@@ -158,11 +159,13 @@ class BudgetController:
         self.switches: list[Switch] = []
         self._history: deque[tuple[int, float, float, float]] = deque()  # (images, seconds, MACs, expected MACs)
         self._history_images = 0  # the deque spans max(window, fit_window) images
-        self._block = -1         # the reported window the last batch started in ...
-        self._block_spent = 0.0  # ... and the seconds (MACs for a MACs target) spent in it so far
+        self._block = -1  # the reported window the last batch started in, and what its batches so far held:
+        self._block_images, self._block_seconds, self._block_macs = 0, 0.0, 0.0
+        self._block_goal = 0.0  # the per-image goal summed over its images, each at the target it ran under
         self._since_decision = 0
         self._since_refit = 0
         self._fit: tuple[float, float] | None = None  # seconds per image = a + b * MACs
+        self._drift = 1.0  # measured MACs per image over what val predicted, refreshed with the fit
         self._costs: list[float] = []
         self._costs_key: object = object()  # what _costs was computed for (never equal to a fit at first)
 
@@ -221,7 +224,7 @@ class BudgetController:
     def per_image_cost(self) -> np.ndarray:
         """Each point's predicted cost per image now, in the target's base unit (seconds, or MACs)."""
         if self.budget.kind == "macs_per_image":
-            return self.macs * self._macs_drift()
+            return self.macs * self._drift
         a, b = self._fit if self._fit is not None else (0.0, 0.0)
         return a + b * self.macs
 
@@ -296,13 +299,17 @@ class BudgetController:
     def _required_per_image(self) -> float:
         """What the rest of the current reported window's images may cost each, so that the window as a whole
         lands on the goal; the goal itself when the next batch opens a new window. Negative when the window is
-        already past saving (the cheapest point is then all that is left)."""
+        already past saving (the cheapest point is then all that is left).
+
+        A window holds the whole batches that start in it (as ``window_summary`` reports it), so at batch 64
+        a 200-image window runs 256 images or 192, and the images left are counted in whole batches."""
         goal = self._goal_per_image()
         window = self.settings.window
         if self.images // window != self._block:
             return goal
-        left = (self._block + 1) * window - self.images
-        return (window * goal - self._block_spent) / left
+        left = self.batch_size * math.ceil(((self._block + 1) * window - self.images) / self.batch_size)
+        spent = self._block_macs if self.budget.kind == "macs_per_image" else self._block_seconds
+        return (self._block_goal + left * goal - spent) / left
 
     # --- decisions ---------------------------------------------------------------------------------------
 
@@ -320,8 +327,8 @@ class BudgetController:
         return best, "slack" if best > self.index else "over budget"
 
     def _ladder_costs(self) -> list[float]:
-        """``per_image_cost`` as a list, kept until the time model is refitted (or, for MACs, the drift moves)."""
-        key = self._macs_drift() if self.budget.kind == "macs_per_image" else self._fit
+        """``per_image_cost`` as a list, kept until the time model (for MACs, the drift) is refreshed."""
+        key = (self._fit, self._drift)
         if self._costs_key != key:
             self._costs, self._costs_key = self.per_image_cost().tolist(), key
         return self._costs
@@ -340,8 +347,11 @@ class BudgetController:
         if point is None:  # the reported windows count the stream's own batches, as window_summary does
             block = self.images // self.settings.window
             if block != self._block:
-                self._block, self._block_spent = block, 0.0
-            self._block_spent += float(macs) if self.budget.kind == "macs_per_image" else float(seconds)
+                self._start_block(block)
+            self._block_images += int(images)
+            self._block_seconds += float(seconds)
+            self._block_macs += float(macs)
+            self._block_goal += self._goal_per_image() * int(images)
         self.images += int(images)
         self.batches += 1
         if point is not None:  # calibration: observed, not decided on
@@ -349,13 +359,27 @@ class BudgetController:
         self._since_decision += int(images)
         self._since_refit += int(images)
         opens_window = self.images // self.settings.window != self._block
-        if self._since_decision >= self.settings.interval or opens_window:
+        interval = self.settings.interval
+        if self.budget.kind == "p99_latency_ms":
+            interval = max(interval, REFIT_IMAGES)
+        if self._since_decision >= interval or opens_window:
             self._since_decision = 0
-            if self.budget.kind != "macs_per_image" and self._since_refit >= REFIT_IMAGES:
-                self._since_refit = 0
-                self._refit()
+            if self._since_refit >= REFIT_IMAGES:
+                self._refresh_model()
             self._move(*self.choose())
         return self.index
+
+    def _start_block(self, block: int) -> None:
+        self._block = block
+        self._block_images, self._block_seconds, self._block_macs, self._block_goal = 0, 0.0, 0.0, 0.0
+
+    def _refresh_model(self) -> None:
+        """Refit the time model, or for a MACs target re-measure the drift from val's MACs."""
+        self._since_refit = 0
+        if self.budget.kind == "macs_per_image":
+            self._drift = self._macs_drift()
+        else:
+            self._refit()
 
     def _move(self, to: int, reason: str) -> None:
         if to == self.index:
@@ -373,10 +397,11 @@ class BudgetController:
         """A new target mid-stream: the window's history stays (it is what the machine does now)."""
         self._check_static_reach(budget)
         log.info("image %d: new target %s (was %s)", self.images, budget, self.budget)
-        self.budget = budget
+        old_kind, self.budget = self.budget.kind, budget
+        if budget.kind != old_kind:  # the window so far is then held to the new target, in the new units
+            self._block_goal = self._goal_per_image() * self._block_images
         self._since_decision = 0
-        if budget.kind != "macs_per_image":
-            self._refit()
+        self._refresh_model()
         to, _ = self.choose()
         self._move(to, "new target")
 
@@ -390,8 +415,7 @@ class BudgetController:
     def finish_calibration(self) -> None:
         """After a few batches observed at chosen points: refuse a target no point reaches (beyond a 10 %
         tolerance, the hold's own), then start the stream from the window's history cleared."""
-        if self.budget.kind != "macs_per_image":
-            self._refit()
+        self._refresh_model()
         cheap, dear = self.reachable()
         unit = KINDS[self.budget.kind][0]
         v = self.budget.value
@@ -409,7 +433,7 @@ class BudgetController:
         self._history_images = 0
         self._fit = keep_fit
         self.images = self.batches = self._since_decision = self._since_refit = 0
-        self._block, self._block_spent = -1, 0.0
+        self._start_block(-1)
         # no window yet: pick as if the window stood exactly on the goal
         u = self.per_image_cost()
         if self.budget.kind == "p99_latency_ms":

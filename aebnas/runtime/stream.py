@@ -265,7 +265,8 @@ def run_controlled(model: AdaptiveModel, cost: NetworkCost, x: torch.Tensor, lab
 def window_summary(records: Mapping[str, Sequence[float]], window: int, kind: str = "images_per_s",
                    skip: int = 0, top_point: int | None = None) -> list[dict]:
     """Per window of ``window`` images (after the first ``skip``): the measured quantity against the target,
-    accuracy, MACs and the points used; ``within_10pct`` for the target's +-10 % band.
+    accuracy, MACs and the points used; ``within_10pct`` for the target's +-10 % band. A window holds the
+    batches that start in it, so with a batch size that does not divide ``window`` its image count varies.
 
     ``held`` also counts a window that beats the target while it ran only the most accurate point
     (``top_point``, the ladder's last index): there the controller has no dearer point to spend the slack on.
@@ -280,7 +281,9 @@ def window_summary(records: Mapping[str, Sequence[float]], window: int, kind: st
     edges = np.arange(skip, first[-1] + 1 if len(first) else 0, window) if len(first) else []
     for lo in edges:
         m = (first >= lo) & (first < lo + window)
-        if m.sum() == 0 or r["images"][m].sum() < window:
+        # a window holds the whole batches that start in it (at batch 64, 256 images or 192); only the stream's
+        # unfinished last window is left out
+        if m.sum() == 0 or (r["images"][m].sum() < window and not (first >= lo + window).any()):
             continue
         n, t = r["images"][m].sum(), r["seconds"][m].sum()
         value = {"images_per_s": n / t, "latency_ms": t / m.sum() * 1e3,
