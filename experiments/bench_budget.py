@@ -51,7 +51,8 @@ class BackgroundLoad:
     Each loop watches its parent and ends when the bench dies without reaching ``close()`` (killed from
     outside), so a cut-short run does not leave busy loops skewing the next measurement."""
 
-    # checks the parent every ~10**6 iterations (milliseconds), a cost lost in the load it makes
+    # checks its parent every 10**6 iterations (10-20 ms), a cost lost in the load it makes; a stopped loop (load
+    # off) checks when it is continued, and uses no CPU until then
     LOOP = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    for _ in range(10**6): pass\n"
 
     def __init__(self, n: int):

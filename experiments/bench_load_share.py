@@ -17,8 +17,13 @@ the budget controller and every fixed point by the same rule as ``bench_budget.p
 held within +-10 % of the target, or above it on the most accurate point), without timing noise between the
 variants compared. A clairvoyant schedule, which knows the share ahead and mixes the most accurate and the
 cheapest point per window, is scored by the same rule: a reference for how many windows a controller could
-hold under this load. ``--bin-ms 1`` keeps a single stalled image apart from its neighbours (the load's
+hold under this load; the windows it misses even on the cheapest point throughout are beyond any
+controller's reach. ``--bin-ms 1`` keeps a single stalled image apart from its neighbours (the load's
 stalls last a few milliseconds); 10 smooths them over.
+
+``--save-recording rec.npz`` keeps the timings of step 1 and 2; ``--recording rec.npz`` replays them again
+without timing anything, so two versions of the controller (another checkout of ``aebnas`` on
+``PYTHONPATH``, or other ``budget.*`` settings) are compared on the very same recording.
 """
 
 from __future__ import annotations
@@ -221,18 +226,9 @@ def summarise(runs: list[list[dict]]) -> dict:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--load-procs", type=int, default=2)
-    ap.add_argument("--point-images", type=int, default=600)
-    ap.add_argument("--share-images", type=int, default=10000)
-    ap.add_argument("--bin-ms", type=float, default=10.0)
-    ap.add_argument("--targets", default="1.5,3,2")
-    ap.add_argument("--replays", type=int, default=6)
-    ap.add_argument("overrides", nargs="*")
-    args = ap.parse_args()
-    settings, inputs, model = stream_network(args.overrides)
+def record(model: AdaptiveModel, inputs, settings, args) -> tuple:
+    """Static rate, ladder, and per-image times and MACs: every point load off and on, then the middle point
+    for ``--share-images`` with the load on."""
     saved = inputs.saved
     x, labels = prepare_stream(inputs.data.test, inputs.data.mean, inputs.data.std, settings.n_images, inputs.device)
     static = run_static(model, saved.cost, x[:2000], labels[:2000], 1, settings.warmup, progress=False)
@@ -254,6 +250,37 @@ def main() -> None:
         long_seconds, long_macs = record_point(model, x, paths[mid], args.share_images)
     finally:
         load.close()
+    return rate, ladder, seconds, macs, long_seconds, long_macs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--load-procs", type=int, default=2)
+    ap.add_argument("--point-images", type=int, default=600)
+    ap.add_argument("--share-images", type=int, default=10000)
+    ap.add_argument("--bin-ms", type=float, default=10.0)
+    ap.add_argument("--targets", default="1.5,3,2")
+    ap.add_argument("--replays", type=int, default=6)
+    ap.add_argument("--save-recording", help="write the timings recorded here (.npz) for later replays")
+    ap.add_argument("--recording", help="replay a saved recording of this network instead of timing anew")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+    settings, inputs, model = stream_network(args.overrides)
+    saved = inputs.saved
+    if args.recording:
+        rec = np.load(args.recording)
+        rate = float(rec["rate"])
+        ladder = BudgetController(inputs.points, Budget("images_per_s", rate), saved.cost).ladder
+        if [list(p.thresholds) for p in ladder] != json.loads(str(rec["thresholds"])):
+            raise SystemExit(f"--recording: {args.recording} was recorded on another ladder; record this network anew")
+        seconds, macs, long_seconds, long_macs = rec["seconds"], rec["macs"], rec["long_seconds"], rec["long_macs"]
+    else:
+        rate, ladder, seconds, macs, long_seconds, long_macs = record(model, inputs, settings, args)
+    if args.save_recording:
+        np.savez(args.save_recording, rate=rate, thresholds=json.dumps([list(p.thresholds) for p in ladder]),
+                 seconds=seconds, macs=macs, long_seconds=long_seconds, long_macs=long_macs)
+    mid = len(ladder) // 2
     bin_s = args.bin_ms / 1e3
     share = share_per_bin(long_seconds, long_macs, seconds[0, mid], macs[0, mid], bin_s)
     per_100ms = share_per_bin(long_seconds, long_macs, seconds[0, mid], macs[0, mid], 0.1)
@@ -273,14 +300,14 @@ def main() -> None:
     replays["clairvoyant"] = summarise([clairvoyant(seconds[0], share, bin_s, ladder, rate, multiples, n, s, window)
                                         for s in range(args.replays)])
     windows_on = {p: [float(window / seconds[1, p, s:s + window].sum())
-                      for s in range(0, args.point_images - window + 1, window)] for p in range(len(ladder))}
+                      for s in range(0, seconds.shape[2] - window + 1, window)] for p in range(len(ladder))}
     result = {
         "run": str(inputs.run_path), "device": _cpu_name(), "torch": torch.__version__,
         "num_threads": torch.get_num_threads(), "load_procs": args.load_procs, "static_images_per_s": rate,
         "ladder": [{"thresholds": list(p.thresholds), "val_accuracy": p.val_accuracy,
                     "val_expected_macs": p.expected_macs,
-                    "images_per_s_load_off": float(args.point_images / seconds[0, i].sum()),
-                    "images_per_s_load_on": float(args.point_images / seconds[1, i].sum()),
+                    "images_per_s_load_off": float(seconds.shape[2] / seconds[0, i].sum()),
+                    "images_per_s_load_on": float(seconds.shape[2] / seconds[1, i].sum()),
                     "images_per_s_load_on_per_window": windows_on[i]} for i, p in enumerate(ladder)],
         "share_per_100ms": {"percentiles_5_25_50_75_95": np.percentile(per_100ms, [5, 25, 50, 75, 95]).tolist(),
                             "lag1_autocorrelation": float(np.corrcoef(centred[:-1], centred[1:])[0, 1]),
@@ -299,6 +326,10 @@ def main() -> None:
               f"{r['held_load_on'][0]}/{r['held_load_on'][1]} | " + " ".join(
                   f"{g['target_x_static']:g}x{'L' if g['load'] else ''} {g['held']}/{g['windows']}"
                   for g in r["segments"]))
+    beyond = [g for g in replays["clairvoyant"]["segments"] if g["load"]]
+    print(f"  loaded windows beyond reach (short even on the cheapest point throughout): "
+          f"{sum(g['short_at_cheapest'] for g in beyond)}/{sum(g['windows'] for g in beyond)} | "
+          + " ".join(f"{g['target_x_static']:g}xL {g['short_at_cheapest']}" for g in beyond))
 
 
 if __name__ == "__main__":
