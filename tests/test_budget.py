@@ -274,8 +274,31 @@ def test_a_window_short_of_the_target_on_the_cheapest_point_is_marked_beyond_rea
     assert [w["short_at_cheapest"] for w in latency] == [True, True]
 
 
+@pytest.fixture
+def logging_restored():
+    """The tests below set logging up as aebnas-stream does; put the process's own set-up back afterwards."""
+    import logging
+
+    root, budget_log = logging.getLogger(), logging.getLogger("aebnas.runtime.budget")
+    saved = (root.handlers[:], root.level, budget_log.handlers[:], budget_log.propagate, budget_log.level)
+    yield
+    for handler in set(root.handlers + budget_log.handlers) - set(saved[0] + saved[2]):
+        handler.close()
+    root.handlers[:], budget_log.handlers[:] = saved[0], saved[2]
+    root.setLevel(saved[1])
+    budget_log.propagate, budget_log.level = saved[3], saved[4]
+
+
+def _flush_logs():
+    import logging
+
+    for handler in logging.getLogger().handlers + logging.getLogger("aebnas.runtime.budget").handlers:
+        handler.flush()
+
+
 @pytest.mark.parametrize("job_logging", ["default", "stdout"])
-def test_aebnas_stream_sends_the_switch_log_to_the_run_log_file_and_not_the_console(tmp_path, job_logging):
+def test_aebnas_stream_sends_the_switch_log_to_the_run_log_file_and_not_the_console(tmp_path, job_logging,
+                                                                                    logging_restored):
     """Deciding after every image, a batch-1 stream switches hundreds of times: under aebnas-stream's logging
     set-up each switch line lands in the run's log file, and the console (where the summary counts them) gets
     none. A set-up without a log file (``hydra/job_logging=stdout``) keeps them on the console."""
@@ -298,24 +321,14 @@ def test_aebnas_stream_sends_the_switch_log_to_the_run_log_file_and_not_the_cons
     setup = OmegaConf.to_container(cfg.hydra.job_logging, resolve=True)
     console = io.StringIO()
     setup["handlers"]["console"]["stream"] = console
-    root, budget_log = logging.getLogger(), logging.getLogger("aebnas.runtime.budget")
-    saved = (root.handlers[:], root.level, budget_log.handlers[:], budget_log.propagate, budget_log.level)
-    try:
-        logging.config.dictConfig(setup)
-        switch_log_to_files()
-        c = BudgetController(LADDER, Budget("images_per_s", 330.0))
-        sim = SimulatedStream(c, load=lambda i: 1.5 if i >= 600 else 1.0)
-        sim.calibrate()
-        sim.run(1200)
-        logging.getLogger("aebnas.runtime.stream").info("a line of the stream itself")
-        for handler in root.handlers + budget_log.handlers:
-            handler.flush()
-    finally:
-        for handler in set(root.handlers + budget_log.handlers) - set(saved[0] + saved[2]):
-            handler.close()
-        root.handlers[:], budget_log.handlers[:] = saved[0], saved[2]
-        root.setLevel(saved[1])
-        budget_log.propagate, budget_log.level = saved[3], saved[4]
+    logging.config.dictConfig(setup)
+    switch_log_to_files()
+    c = BudgetController(LADDER, Budget("images_per_s", 330.0))
+    sim = SimulatedStream(c, load=lambda i: 1.5 if i >= 600 else 1.0)
+    sim.calibrate()
+    sim.run(1200)
+    logging.getLogger("aebnas.runtime.stream").info("a line of the stream itself")
+    _flush_logs()
     on_console = [line for line in console.getvalue().splitlines() if " -> " in line]
     assert len(c.switches) > 10
     assert "a line of the stream itself" in console.getvalue()  # the rest of aebnas still reaches the console
@@ -356,7 +369,7 @@ def test_at_a_batch_size_that_does_not_divide_the_window_every_reported_window_i
     target = 330.0
     c = BudgetController(LADDER, Budget("images_per_s", target), batch_size=64)
     windows = window_summary(_batched_stream(c, 160, 64), 200, top_point=len(LADDER) - 1)
-    assert len(windows) == 50 and sorted({w["images"] for w in windows}) == [192, 256]  # none left out
+    assert len(windows) == 51 and sorted({w["images"] for w in windows}) == [192, 256]  # 10,240 images: none left out
     ratios = np.array([w["ratio"] for w in windows[1:]])
     assert np.all(np.abs(ratios - 1) <= 0.10), ratios
 
@@ -375,3 +388,54 @@ def test_a_change_of_target_kind_mid_window_holds_that_window_to_the_new_target_
     after = [w for w in window_summary(rec, 200, "macs_per_image") if w["first_image"] >= 2000]
     per_image = np.array([w["value"] for w in after]) / goal
     assert np.all(np.abs(per_image - 1) <= 0.10), per_image  # the mixed window too
+
+
+def test_a_change_of_kind_never_reuses_per_point_costs_in_the_old_units():
+    """Measured MACs exactly as val predicted keep the drift at 1.0, the value it has under a time target: the
+    per-point costs cached for the time target must still not answer for the MACs target."""
+    c = BudgetController(LADDER, Budget("images_per_s", 330.0))
+    for _ in range(300):
+        c.observe(1, _seconds_per_image(c.point), c.point.expected_macs)
+    goal = 2.0e6
+    c.set_budget(Budget("macs_per_image", goal))
+    assert c.point.expected_macs <= goal < LADDER[min(c.index + 1, len(LADDER) - 1)].expected_macs
+
+
+def test_a_batch_larger_than_the_controller_was_built_for_is_refused():
+    c = BudgetController(LADDER, Budget("images_per_s", 330.0), batch_size=8)
+    with pytest.raises(ValueError, match="batch of 16 images on a controller built for batch_size=8"):
+        c.observe(16, 0.01, 1e6)
+
+
+def test_a_window_whose_throughput_target_changes_is_scored_on_the_time_its_images_were_allowed():
+    """100 images at a 100 images/s target and 100 at 300, each taking exactly the time its target allows:
+    the window is on target (200 images in 4/3 s: 150 images/s), not at 0.75 of a 200 images/s average."""
+    from aebnas.runtime.stream import window_summary
+
+    targets = [100.0] * 100 + [300.0] * 100
+    rec = _records([1 / t for t in targets], [2] * 200, 0.0)
+    rec["target"] = targets
+    (w,) = window_summary(rec, 200)
+    assert w["target"] == pytest.approx(150.0) and w["ratio"] == pytest.approx(1.0) and w["within_10pct"]
+
+
+def test_the_switch_log_follows_each_job_to_its_own_log_file(tmp_path, logging_restored):
+    """A Hydra multirun sets logging up again for each job: the switch lines of the second job go to its own
+    file, not also to the first job's (whose handler is closed, and would reopen its file)."""
+    import logging
+
+    from aebnas.cli.stream import switch_log_to_files
+
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for job in ("a", "b"):
+        for handler in root.handlers[:]:
+            if isinstance(handler, logging.FileHandler):
+                handler.close()
+                root.removeHandler(handler)
+        root.addHandler(logging.FileHandler(tmp_path / f"{job}.log"))
+        switch_log_to_files()
+        logging.getLogger("aebnas.runtime.budget").info("job %s switches", job)
+    _flush_logs()
+    assert (tmp_path / "a.log").read_text() == "job a switches\n"
+    assert (tmp_path / "b.log").read_text() == "job b switches\n"

@@ -61,12 +61,14 @@ def switch_log_to_files() -> None:
     ``hydra/job_logging=stdout``, for one) the lines stay where the root logger sends them.
     """
     files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
-    if files:
-        switches = logging.getLogger("aebnas.runtime.budget")
-        switches.propagate = False
-        for handler in files:
-            if handler not in switches.handlers:
-                switches.addHandler(handler)
+    switches = logging.getLogger("aebnas.runtime.budget")
+    for handler in list(switches.handlers):  # an earlier job's file (a multirun): its lines must not go on there
+        if isinstance(handler, logging.FileHandler) and handler not in files:
+            switches.removeHandler(handler)
+    for handler in files:
+        if handler not in switches.handlers:
+            switches.addHandler(handler)
+    switches.propagate = not files
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="stream")

@@ -328,7 +328,7 @@ class BudgetController:
 
     def _ladder_costs(self) -> list[float]:
         """``per_image_cost`` as a list, kept until the time model (for MACs, the drift) is refreshed."""
-        key = (self._fit, self._drift)
+        key = (self.budget.kind, self._fit, self._drift)
         if self._costs_key != key:
             self._costs, self._costs_key = self.per_image_cost().tolist(), key
         return self._costs
@@ -339,6 +339,9 @@ class BudgetController:
         ``point``: the ladder index the batch ran at, when not the controller's own (a calibration batch).
         """
         at = self.index if point is None else int(point)
+        if images > self.batch_size:
+            raise ValueError(f"observe: a batch of {images} images on a controller built for batch_size="
+                             f"{self.batch_size}; build it with the stream's batch size")
         self._history.append((int(images), float(seconds), float(macs), float(self.macs[at] * images)))
         self._history_images += int(images)
         keep = max(self.settings.window, self.settings.fit_window)
@@ -428,7 +431,7 @@ class BudgetController:
             raise ConfigError(f"budget.{self.budget.kind}: {v:g} is below what any operating point reaches here "
                               f"(about {fastest:.4g}..{dear:.4g} {unit} at batch {self.batch_size}, measured in "
                               f"calibration); ask for at least {fastest:.4g}")
-        keep_fit = self._fit
+        keep_fit = self._fit  # the fit (and a MACs target's drift) measured in calibration carry into the stream
         self._history.clear()
         self._history_images = 0
         self._fit = keep_fit

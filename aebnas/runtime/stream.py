@@ -279,17 +279,21 @@ def window_summary(records: Mapping[str, Sequence[float]], window: int, kind: st
     first = np.cumsum(r["images"]) - r["images"]  # image index each batch starts at
     out = []
     edges = np.arange(skip, first[-1] + 1 if len(first) else 0, window) if len(first) else []
+    total = r["images"].sum()
     for lo in edges:
         m = (first >= lo) & (first < lo + window)
-        # a window holds the whole batches that start in it (at batch 64, 256 images or 192); only the stream's
-        # unfinished last window is left out
-        if m.sum() == 0 or (r["images"][m].sum() < window and not (first >= lo + window).any()):
+        # a window holds the whole batches that start in it (at batch 64, 256 images or 192); only a last window
+        # the stream ended inside is left out
+        if m.sum() == 0 or (r["images"][m].sum() < window and total < lo + window):
             continue
         n, t = r["images"][m].sum(), r["seconds"][m].sum()
         value = {"images_per_s": n / t, "latency_ms": t / m.sum() * 1e3,
                  "p99_latency_ms": float(np.percentile(r["seconds"][m], 99)) * 1e3,
                  "macs_per_image": r["macs"][m].sum() / n}[kind]
-        target = float(np.average(r["target"][m], weights=r["images"][m]))
+        if kind == "images_per_s":  # the rate that spends, image by image, the time each image's target allows
+            target = float(n / np.sum(r["images"][m] / r["target"][m]))
+        else:
+            target = float(np.average(r["target"][m], weights=r["images"][m]))
         within = bool(abs(value / target - 1) <= 0.10)
         points = sorted(set(int(p) for p in r["point"][m]))
         beats = bool(value > target if KINDS[kind][1] else value < target)
