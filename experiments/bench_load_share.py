@@ -17,8 +17,8 @@ the budget controller and every fixed point by the same rule as ``bench_budget.p
 held within +-10 % of the target, or above it on the most accurate point), without timing noise between the
 variants compared. A clairvoyant schedule, which knows the share ahead and mixes the most accurate and the
 cheapest point per window, is scored by the same rule: a reference for how many windows a controller could
-hold under this load; the windows it misses even on the cheapest point throughout are beyond any
-controller's reach. ``--bin-ms 1`` keeps a single stalled image apart from its neighbours (the load's
+hold under this load. The windows of its replay that fall short even on the cheapest point throughout
+measure how much of the load no choice of points could hold. ``--bin-ms 1`` keeps a single stalled image apart from its neighbours (the load's
 stalls last a few milliseconds); 10 smooths them over.
 
 ``--save-recording rec.npz`` keeps the timings of step 1 and 2; ``--recording rec.npz`` replays them again
@@ -268,9 +268,12 @@ def main() -> None:
     args = ap.parse_args()
     settings, inputs, model = stream_network(args.overrides)
     saved = inputs.saved
+    machine = {"device": _cpu_name(), "torch": torch.__version__, "num_threads": torch.get_num_threads(),
+               "load_procs": args.load_procs}
     if args.recording:
         rec = np.load(args.recording)
         rate = float(rec["rate"])
+        machine = json.loads(str(rec["machine"]))  # where the times were recorded, not where they are replayed
         ladder = BudgetController(inputs.points, Budget("images_per_s", rate), saved.cost).ladder
         if [list(p.thresholds) for p in ladder] != json.loads(str(rec["thresholds"])):
             raise SystemExit(f"--recording: {args.recording} was recorded on another ladder; record this network anew")
@@ -279,6 +282,7 @@ def main() -> None:
         rate, ladder, seconds, macs, long_seconds, long_macs = record(model, inputs, settings, args)
     if args.save_recording:
         np.savez(args.save_recording, rate=rate, thresholds=json.dumps([list(p.thresholds) for p in ladder]),
+                 machine=json.dumps(machine),
                  seconds=seconds, macs=macs, long_seconds=long_seconds, long_macs=long_macs)
     mid = len(ladder) // 2
     bin_s = args.bin_ms / 1e3
@@ -302,8 +306,7 @@ def main() -> None:
     windows_on = {p: [float(window / seconds[1, p, s:s + window].sum())
                       for s in range(0, seconds.shape[2] - window + 1, window)] for p in range(len(ladder))}
     result = {
-        "run": str(inputs.run_path), "device": _cpu_name(), "torch": torch.__version__,
-        "num_threads": torch.get_num_threads(), "load_procs": args.load_procs, "static_images_per_s": rate,
+        "run": str(inputs.run_path), **machine, "recording": args.recording, "static_images_per_s": rate,
         "ladder": [{"thresholds": list(p.thresholds), "val_accuracy": p.val_accuracy,
                     "val_expected_macs": p.expected_macs,
                     "images_per_s_load_off": float(seconds.shape[2] / seconds[0, i].sum()),
@@ -327,7 +330,7 @@ def main() -> None:
                   f"{g['target_x_static']:g}x{'L' if g['load'] else ''} {g['held']}/{g['windows']}"
                   for g in r["segments"]))
     beyond = [g for g in replays["clairvoyant"]["segments"] if g["load"]]
-    print(f"  loaded windows beyond reach (short even on the cheapest point throughout): "
+    print(f"  loaded windows short even on the cheapest point throughout (clairvoyant's replay): "
           f"{sum(g['short_at_cheapest'] for g in beyond)}/{sum(g['windows'] for g in beyond)} | "
           + " ".join(f"{g['target_x_static']:g}xL {g['short_at_cheapest']}" for g in beyond))
 
