@@ -18,8 +18,8 @@ held within +-10 % of the target, or above it on the most accurate point), witho
 variants compared. A clairvoyant schedule, which knows the share ahead and mixes the most accurate and the
 cheapest point per window, is scored by the same rule: a reference for how many windows a controller could
 hold under this load. The windows of its replay that fall short even on the cheapest point throughout
-measure how much of the load no choice of points could hold. ``--bin-ms 1`` keeps a single stalled image apart from its neighbours (the load's
-stalls last a few milliseconds); 10 smooths them over.
+measure how much of the load no choice of points could hold. ``--bin-ms 1`` keeps a single stalled image
+apart from its neighbours (the load's stalls last a few milliseconds); 10 smooths them over.
 
 ``--save-recording rec.npz`` keeps the timings of step 1 and 2; ``--recording rec.npz`` replays them again
 without timing anything, so two versions of the controller (another checkout of ``aebnas`` on
@@ -127,6 +127,14 @@ def replay(idle_seconds: np.ndarray, idle_macs: np.ndarray, share: np.ndarray, b
         rec["seconds"][i], rec["macs"][i] = take(controller.index, loaded)
         clock += rec["seconds"][i]
         controller.observe(1, rec["seconds"][i], rec["macs"][i])
+    return segment_rows(rec, segments, ladder, rate, window)
+
+
+def segment_rows(rec: dict, segments: list[tuple[int, int, float, bool]], ladder: list[OperatingPoint],
+                 rate: float, window: int) -> list[dict]:
+    """Per (target, load) segment of a replayed stream's per-image records: the whole windows inside it held
+    and short on the cheapest point (``window_summary``'s rule), rate / target, mean val accuracy of the
+    points run."""
     windows = window_summary(rec, window, "images_per_s", top_point=len(ladder) - 1)
     rows = []
     for lo, hi, target, on in segments:
@@ -143,8 +151,8 @@ def clairvoyant(idle_seconds: np.ndarray, share: np.ndarray, bin_s: float, ladde
     """A reference for what a controller could hold: the same replayed stream, scheduled by a rule that knows
     the share ahead. Each window runs the most accurate point for its first k images and the cheapest for the
     rest, k the largest multiple of 5 that keeps the window at or above 90 % of the target (found by trying
-    each k on the recorded share). Per segment, as ``replay``: windows held by the same rule, windows short
-    even on the cheapest point throughout, rate / target and mean val accuracy of the points run."""
+    each k on the recorded share); when no k does, the cheapest point throughout, and the window is short on
+    the cheapest point. Scored per segment as ``replay`` is."""
     rng = np.random.default_rng(seed)
     recorded, top = idle_seconds.shape[1], len(ladder) - 1
     cursor = rng.integers(0, recorded, size=len(ladder))
@@ -153,7 +161,8 @@ def clairvoyant(idle_seconds: np.ndarray, share: np.ndarray, bin_s: float, ladde
     target, loaded = np.empty(n), np.zeros(n, dtype=bool)
     for lo, hi, t, on in segments:
         target[lo:hi], loaded[lo:hi] = t, on
-    seconds, points = np.zeros(n), np.zeros(n, dtype=int)
+    rec = {k: np.zeros(n) for k in ("seconds", "images", "correct", "macs", "point", "target", "clock")}
+    rec["images"][:], rec["target"][:] = 1, target
 
     def run(first: int, clock: float, cur: np.ndarray, k: int, keep: bool = False) -> tuple[float, np.ndarray]:
         cur = cur.copy()
@@ -162,34 +171,22 @@ def clairvoyant(idle_seconds: np.ndarray, share: np.ndarray, bin_s: float, ladde
             t = idle_seconds[p, cur[p] % recorded]
             cur[p] += 1
             t = t / share[(int(clock / bin_s) + offset) % len(share)] if loaded[i] else t
-            clock += t
             if keep:
-                seconds[i], points[i] = t, p
+                rec["seconds"][i], rec["point"][i], rec["clock"][i] = t, p, clock
+            clock += t
         return clock, cur
 
-    clock, held, short = 0.0, [], []
+    clock = 0.0
     for first in range(0, n - window + 1, window):
         goal = float(target[first:first + window].mean())
-        k_best = None
+        k_best = 0
         for k in range(0, window + 1, 5):
             end, _ = run(first, clock, cursor, k)
             if window / (end - clock) < 0.9 * goal:
                 break
             k_best = k
-        end, cursor_next = run(first, clock, cursor, 0 if k_best is None else k_best, keep=True)
-        achieved = window / (end - clock)
-        held.append(k_best is not None and (achieved <= 1.1 * goal or k_best == window))
-        short.append(k_best is None)
-        clock, cursor = end, cursor_next
-    rows = []
-    for lo, hi, t, on in segments:
-        inside = [w for w in range(len(held)) if lo <= w * window and (w + 1) * window <= hi]
-        rows.append({"target_x_static": t / rate, "load": on, "held": int(sum(held[w] for w in inside)),
-                     "short_at_cheapest": int(sum(short[w] for w in inside)), "windows": len(inside),
-                     "rate_over_target": float((hi - lo) / seconds[lo:hi].sum() / t) if seconds[lo:hi].sum() else
-                     float("nan"),
-                     "val_accuracy_run": float(np.mean([ladder[p].val_accuracy for p in points[lo:hi]]))})
-    return rows
+        clock, cursor = run(first, clock, cursor, k_best, keep=True)
+    return segment_rows(rec, segments, ladder, rate, window)
 
 
 class FixedPoint(BudgetController):

@@ -431,16 +431,9 @@ class BudgetController:
             raise ConfigError(f"budget.{self.budget.kind}: {v:g} is below what any operating point reaches here "
                               f"(about {fastest:.4g}..{dear:.4g} {unit} at batch {self.batch_size}, measured in "
                               f"calibration); ask for at least {fastest:.4g}")
-        keep_fit = self._fit  # the fit (and a MACs target's drift) measured in calibration carry into the stream
+        # the fit (and a MACs target's drift) measured in calibration carry into the stream; its history does not
         self._history.clear()
         self._history_images = 0
-        self._fit = keep_fit
         self.images = self.batches = self._since_decision = self._since_refit = 0
         self._start_block(-1)
-        # no window yet: pick as if the window stood exactly on the goal
-        u = self.per_image_cost()
-        if self.budget.kind == "p99_latency_ms":
-            ok = np.flatnonzero(self.predicted() <= v * (1 - self.settings.margin))
-        else:
-            ok = np.flatnonzero(u <= self._goal_per_image())
-        self.index = int(ok.max()) if len(ok) else 0
+        self.index = self.choose()[0]  # no window yet: the choice as at any window's start, on the goal itself
