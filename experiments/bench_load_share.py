@@ -89,23 +89,42 @@ def share_per_bin(seconds: np.ndarray, macs: np.ndarray, idle_seconds: np.ndarra
     return np.array(share)
 
 
+def replay_start(seed: int, recorded: int, n_points: int, n_bins: int) -> tuple[np.ndarray, int]:
+    """Where a replay starts reading each point's recorded times, and the share's bin it starts at: drawn from
+    ``seed`` in one order, so the controller's replay and the clairvoyant schedule of one seed read the same."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, recorded, size=n_points), int(rng.integers(0, n_bins))
+
+
+def replayed_seconds(idle_seconds: np.ndarray, cursor: np.ndarray, p: int, share: np.ndarray, bin_s: float,
+                     offset: int, clock: float, loaded: bool) -> tuple[float, int]:
+    """Point ``p``'s next recorded idle time (its ``cursor`` moves on), divided under load by the share of a
+    core recorded at ``clock``: the one load model every replayed schedule runs on. Also the time's index."""
+    j = int(cursor[p] % idle_seconds.shape[1])
+    cursor[p] += 1
+    t = idle_seconds[p, j]
+    return (t / share[(int(clock / bin_s) + offset) % len(share)] if loaded else t), j
+
+
+def replay_records(n: int) -> dict[str, np.ndarray]:
+    """Per-image records of a replayed batch-1 stream, as ``window_summary`` reads them."""
+    rec = {k: np.zeros(n) for k in ("seconds", "images", "correct", "macs", "point", "target", "clock")}
+    rec["images"][:] = 1
+    return rec
+
+
 def replay(idle_seconds: np.ndarray, idle_macs: np.ndarray, share: np.ndarray, bin_s: float,
            ladder: list[OperatingPoint], rate: float, multiples: list[float], n: int,
            make: Callable[[list[OperatingPoint], Budget], BudgetController], seed: int, window: int = 200,
            calibration: int = 40) -> list[dict]:
     """One replayed stream; per (target, load) segment: windows held (``bench_budget.py``'s windows and rule),
     rate / target, mean val accuracy of the points run."""
-    rng = np.random.default_rng(seed)
-    recorded = idle_seconds.shape[1]
-    cursor = rng.integers(0, recorded, size=len(ladder))
-    offset = int(rng.integers(0, len(share)))
+    cursor, offset = replay_start(seed, idle_seconds.shape[1], len(ladder), len(share))
     clock = 0.0
 
     def take(p: int, loaded: bool) -> tuple[float, float]:
-        j = cursor[p] % recorded
-        cursor[p] += 1
-        t = idle_seconds[p, j]
-        return (t / share[(int(clock / bin_s) + offset) % len(share)] if loaded else t), idle_macs[p, j]
+        t, j = replayed_seconds(idle_seconds, cursor, p, share, bin_s, offset, clock, loaded)
+        return t, idle_macs[p, j]
 
     segments = load_segments(n, multiples, rate)
     controller = make(ladder, Budget("images_per_s", multiples[0] * rate))
@@ -114,8 +133,7 @@ def replay(idle_seconds: np.ndarray, idle_macs: np.ndarray, share: np.ndarray, b
         controller.observe(1, *take(at, False), point=at)
     if calibration:
         controller.finish_calibration()
-    rec = {k: np.zeros(n) for k in ("seconds", "images", "correct", "macs", "point", "target", "clock")}
-    rec["images"][:] = 1
+    rec = replay_records(n)
     loaded = False
     for i in range(n):
         for lo, _, target, on in segments:
@@ -153,24 +171,20 @@ def clairvoyant(idle_seconds: np.ndarray, share: np.ndarray, bin_s: float, ladde
     rest, k the largest multiple of 5 that keeps the window at or above 90 % of the target (found by trying
     each k on the recorded share); when no k does, the cheapest point throughout, and the window is short on
     the cheapest point. Scored per segment as ``replay`` is."""
-    rng = np.random.default_rng(seed)
-    recorded, top = idle_seconds.shape[1], len(ladder) - 1
-    cursor = rng.integers(0, recorded, size=len(ladder))
-    offset = int(rng.integers(0, len(share)))
+    top = len(ladder) - 1
+    cursor, offset = replay_start(seed, idle_seconds.shape[1], len(ladder), len(share))
     segments = load_segments(n, multiples, rate)
     target, loaded = np.empty(n), np.zeros(n, dtype=bool)
     for lo, hi, t, on in segments:
         target[lo:hi], loaded[lo:hi] = t, on
-    rec = {k: np.zeros(n) for k in ("seconds", "images", "correct", "macs", "point", "target", "clock")}
-    rec["images"][:], rec["target"][:] = 1, target
+    rec = replay_records(n)
+    rec["target"][:] = target
 
     def run(first: int, clock: float, cur: np.ndarray, k: int, keep: bool = False) -> tuple[float, np.ndarray]:
         cur = cur.copy()
         for i in range(first, first + window):
             p = top if i - first < k else 0
-            t = idle_seconds[p, cur[p] % recorded]
-            cur[p] += 1
-            t = t / share[(int(clock / bin_s) + offset) % len(share)] if loaded[i] else t
+            t, _ = replayed_seconds(idle_seconds, cur, p, share, bin_s, offset, clock, loaded[i])
             if keep:
                 rec["seconds"][i], rec["point"][i], rec["clock"][i] = t, p, clock
             clock += t
