@@ -35,7 +35,7 @@ import torch
 from bench_common import machine, stream_settings, write_json
 from aebnas.cost import NetworkCost
 from aebnas.exits.thresholds import METRICS, confidence, simulate_exits
-from aebnas.runtime.operating_points import (DEFAULT_NAMED_DROPS, GridOutcomes, compute_operating_points,
+from aebnas.runtime.operating_points import (NAMES, GridOutcomes, compute_operating_points,
                                              grid_outcomes, paired_standard_errors, path_costs_with)
 from aebnas.train import predict_logits
 
@@ -203,7 +203,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--halves", type=positive_int, default=20, help="random splits of the test set")
-    parser.add_argument("--point", default="max_accuracy", choices=sorted(DEFAULT_NAMED_DROPS),
+    parser.add_argument("--point", default="max_accuracy", choices=NAMES,
                         help="the named point chosen")
     parser.add_argument("--metric", choices=sorted(METRICS), default=None,
                         help="the exit confidence metric (default: the one the run was searched with)")

@@ -16,7 +16,8 @@ from aebnas.cost import NetworkCost
 from aebnas.nn import build_model
 from aebnas.runtime import (AdaptiveModel, OperatingPointError, OperatingPoints, compute_operating_points,
                             reference_exits)
-from aebnas.runtime.operating_points import (OperatingPoint, binomial_se, grid_outcomes, name_points,
+from aebnas.runtime.operating_points import (NAMES, OperatingPoint, binomial_se, bounded_loss_point, grid_outcomes,
+                                             name_points,
                                              paired_standard_errors, path_costs_with)
 from aebnas.config_checks import ConfigError
 from aebnas.exits import METRICS, confidence
@@ -129,6 +130,9 @@ def test_operating_points_by_hand(hand_points):
     assert hand_points.by_name("max_accuracy").thresholds == (0.9,)
     assert hand_points.by_name("balanced").thresholds == (0.9,)
     assert hand_points.by_name("min_energy").thresholds == (0.6,)
+    # bounded_loss: the cheap point loses 25 points against the final exit, far over the 0.5 allowed
+    assert hand_points.by_name("bounded_loss").thresholds == (0.9,)
+    assert hand_points.loss_bound == {"points": 0.5, "z": 1.0}
     assert hand_points.by_accuracy_floor(0.8).thresholds == (0.9,)
     assert hand_points.by_accuracy_floor(0.75).thresholds == (0.6,)
     assert hand_points.by_budget(50).thresholds == (0.6,)
@@ -188,6 +192,51 @@ def test_named_points_are_the_cheapest_within_k_standard_errors_of_the_best():
     assert set(name_points(flat, {"max_accuracy": 1.0, "balanced": 2.0, "min_energy": 4.0}).values()) == {5}
 
 
+def _anchored(acc, macs, se_vs_reference):
+    return OperatingPoint((0.5,), acc, macs, (0.5, 0.5), binomial_se(acc, 5000), 0.0, se_vs_reference)
+
+
+def test_bounded_loss_takes_the_cheapest_point_whose_loss_plus_z_errors_fits():
+    """Static network 0.9200 on val. A best point two images ahead of its cheaper neighbour with none in return
+    (5,000 val images: a gap of 0.0004 at a paired SE of sqrt(2)/5000) keeps max_accuracy at the best point;
+    bounded_loss, bounded against the static network, moves down the ladder as far as its allowance goes."""
+    n = 5000
+    points = [_anchored(0.9100, 1.0, 0.0030), _anchored(0.9160, 2.0, 0.0020), _anchored(0.9190, 3.0, 0.0012),
+              _anchored(0.9206, 4.0, 0.0010), _anchored(0.9210, 5.0, 0.0008)]
+    points = [dataclasses.replace(p, se_vs_best=se) for p, se in
+              zip(points, (0.0035, 0.0024, 0.0015, math.sqrt(2) / n, 0.0))]
+    assert name_points(points, {"max_accuracy": 1.0, "balanced": 2.0, "min_energy": 4.0})["max_accuracy"] == 4
+    # losses 1.00, 0.40, 0.10, -0.06, -0.10 points; plus one SE: 1.30, 0.60, 0.22, 0.04, -0.02
+    assert bounded_loss_point(points, 0.9200, 0.5, 1.0) == 2
+    assert bounded_loss_point(points, 0.9200, 0.65, 1.0) == 1     # 0.60 fits once 0.65 points are allowed
+    assert bounded_loss_point(points, 0.9200, 0.5, 0.0) == 1       # the loss alone: 0.40 <= 0.5
+    assert bounded_loss_point(points, 0.9200, 0.5, 4.0) == 3       # four SE: 0.10 + 0.48 > 0.5, -0.06 + 0.40 fits
+    # nothing fits (a static network far above every point): the most accurate point
+    assert bounded_loss_point(points, 0.9500, 0.5, 1.0) == 4
+    with pytest.raises(ValueError, match="se_vs_reference"):
+        bounded_loss_point([dataclasses.replace(points[0], se_vs_reference=None)], 0.92, 0.5, 1.0)
+
+
+@pytest.mark.parametrize("bound, fragment", [
+    ({"points": -0.5}, "loss_bound.points: expected a number >= 0, got -0.5"),
+    ({"z": float("nan")}, "loss_bound.z: expected a number >= 0, got nan"),
+    ({"point": 0.5}, "loss_bound: unknown key ['point']"),
+])
+def test_bad_loss_bounds_are_refused_in_one_line(bound, fragment):
+    with pytest.raises(ConfigError) as info:
+        compute_operating_points(HAND_LOGITS, HAND_LABELS, HAND_COST, loss_bound=bound)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_looser_loss_bound_moves_bounded_loss_to_the_cheap_point():
+    # the cheap point loses 25 points at a paired SE of 21.7: it fits 47 points allowed at z = 1, not 46
+    loose = compute_operating_points(HAND_LOGITS, HAND_LABELS, HAND_COST, grid=(0.6, 0.9), loss_bound={"points": 47})
+    assert loose.by_name("bounded_loss").thresholds == (0.6,) and loose.loss_bound == {"points": 47.0, "z": 1.0}
+    tight = compute_operating_points(HAND_LOGITS, HAND_LABELS, HAND_COST, grid=(0.6, 0.9), loss_bound={"points": 46})
+    assert tight.by_name("bounded_loss").thresholds == (0.9,)
+    assert OperatingPoints.from_dict(loose.to_dict()).loss_bound == loose.loss_bound
+
+
 def test_paired_standard_error_counts_only_the_images_two_points_disagree_on():
     ref = np.array([1, 1, 1, 1, 0, 1, 1, 1], dtype=bool)
     hit = np.array([1, 1, 0, 1, 1, 1, 0, 1], dtype=bool)
@@ -202,6 +251,8 @@ def test_paired_standard_error_counts_only_the_images_two_points_disagree_on():
     ({"max_accuracy": -1, "balanced": 2, "min_energy": 4}, "named_drops.max_accuracy: expected a number of "
                                                            "standard errors >= 0, got -1"),
     ({"balanced": 2, "min_energy": 4}, "named_drops: no drop for ['max_accuracy']"),
+    ({"max_accuracy": 1, "balanced": 2, "min_energy": 4, "bounded_loss": 1}, "named_drops.bounded_loss: that name "
+                                                                              "is stated against the static network"),
 ])
 def test_bad_named_drops_are_refused_in_one_line(drops, fragment):
     with pytest.raises(ConfigError) as info:
@@ -227,6 +278,9 @@ def test_operating_points_store_and_switch_at_run_time(hand_points, tmp_path, ti
     for p in older["points"]:
         del p["se_vs_reference"]
     assert [p.se_vs_reference for p in OperatingPoints.from_dict(older).points] == [None, None]
+    assert loaded.is_current
+    older["format"] = 2                     # written before bounded_loss: recomputed on first use
+    assert not OperatingPoints.from_dict(older).is_current
     net = _random_net(tiny_space, 1)
     n_early = net.n_exits - 1
     points = OperatingPoints(metric="max_softmax", reference_accuracy=1.0, static_macs=1.0, points=[
@@ -258,6 +312,10 @@ def test_operating_points_are_a_front_on_real_logits(tiny_space):
         assert pts.best.val_accuracy - p.val_accuracy <= k * p.se_vs_best + 1e-12
     costs = [pts.by_name(n).expected_macs for n in ("max_accuracy", "balanced", "min_energy")]
     assert costs == sorted(costs, reverse=True) and pts.n_val == 300
+    bounded = pts.by_name("bounded_loss")       # within half a point of the final exit, one paired SE included
+    assert (pts.reference_accuracy - bounded.val_accuracy) + bounded.se_vs_reference <= 0.005 + 1e-12
+    cheaper = [p for p in pts.points if p.expected_macs < bounded.expected_macs]
+    assert all((pts.reference_accuracy - p.val_accuracy) + p.se_vs_reference > 0.005 for p in cheaper)
 
 
 def test_torch_confidence_matches_the_numpy_rule():
@@ -395,7 +453,7 @@ def test_stream_cli_on_a_real_run(tiny_run, tmp_path):
         assert c["static"]["effective_macs"] == result["static_macs"]
     # the same images and thresholds give the same answers at batch 1 and batch 8
     assert result["comparisons"][0]["adaptive"]["accuracy"] == result["comparisons"][1]["adaptive"]["accuracy"]
-    assert [r["operating_point"] for r in result["operating_points"]] == ["max_accuracy", "balanced", "min_energy"]
+    assert [r["operating_point"] for r in result["operating_points"]] == list(NAMES)
     stored = OperatingPoints.load(next((tiny_run / "models").glob("00_*")))
     static_b1 = result["comparisons"][0]["static"]["accuracy"]
     for r in result["operating_points"]:
@@ -404,7 +462,9 @@ def test_stream_cli_on_a_real_run(tiny_run, tmp_path):
         assert r["test_points_lost_se"] >= 0 and "correct" not in r
         named = stored.points[stored.named[r["operating_point"]]]
         assert r["val_points_lost_se"] == pytest.approx(named.se_vs_reference * 100)
-    assert result["operating_point"]["val_se_vs_reference"] == stored.by_name("max_accuracy").se_vs_reference
+    assert result["operating_point_label"] == "bounded_loss"        # the default point
+    assert result["loss_bound"] == {"points": 0.5, "z": 1.0}
+    assert result["operating_point"]["val_se_vs_reference"] == stored.by_name("bounded_loss").se_vs_reference
     assert "points lost vs static: test" in proc.stdout
     assert (tmp_path / "out" / "stream.png").stat().st_size > 10_000
     model_dir = tiny_run / "models"
@@ -781,7 +841,7 @@ def test_shipped_stream_config_composes_and_is_accepted():
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "aebnas" / "conf")):
         cfg = compose("stream", overrides=["run=/some/run"])
     settings = StreamSettings.from_dict(OmegaConf.to_container(cfg, resolve=True))
-    assert settings.run == "/some/run" and settings.operating_point == "max_accuracy" and settings.num_threads == 2
+    assert settings.run == "/some/run" and settings.operating_point == "bounded_loss" and settings.num_threads == 2
     assert settings.budget.budget is None and settings.budget.window == 200
 
 

@@ -37,7 +37,8 @@ def plot_stream(result: Mapping[str, Any], path: str | Path | None = None):
     ax.legend(fontsize=8)
     ax = axes[1]
     if table:
-        ax.plot([r["images_per_second"] for r in table], [r["accuracy"] for r in table], "-o", c="tab:blue",
+        line = sorted(table, key=lambda r: r["images_per_second"])  # the names are not in order of speed
+        ax.plot([r["images_per_second"] for r in line], [r["accuracy"] for r in line], "-o", c="tab:blue",
                 label="test")
         if all("val_accuracy_se" in r for r in table):
             ax.errorbar([r["images_per_second"] for r in table], [r["val_accuracy"] for r in table],

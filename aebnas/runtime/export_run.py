@@ -52,7 +52,7 @@ class ExportSettings(RunChoiceSettings):
 
     section: ClassVar[str] = "export"
 
-    operating_point: str | None = operating_point_setting("max_accuracy")
+    operating_point: str | None = operating_point_setting("bounded_loss")
     formats: tuple[str, ...] = setting(("pt2", "torchscript"), check=_check_formats,
                                        allowed="some of " + " | ".join(FORMATS),
                                        help="pt2: torch.export of the adaptive model; torchscript: the same for "

@@ -17,6 +17,12 @@ its val accuracy is within ``k`` standard errors of the most accurate point's.
 The standard error used there is that of the *difference*, paired over the same
 val images: two points that route most images the same way share most of their
 noise, so their difference is known far better than either accuracy alone.
+
+One name, ``bounded_loss``, is anchored on the static network instead: the
+cheapest point whose val loss against the final exit, plus ``z`` paired
+standard errors, stays within an allowed loss. Its allowance does not vanish
+when the best point beats its neighbours by a handful of val images, which is
+where the rules relative to the best point pay dearly in MACs.
 """
 
 from __future__ import annotations
@@ -37,13 +43,17 @@ from aebnas.exits import METRICS, confidence, exit_indices
 from aebnas.config_checks import ConfigError
 
 FILE_NAME = "operating_points.json"
-FORMAT = 2  # 2: points carry standard errors and the names are stated in them
+FORMAT = 3  # 2: points carry standard errors and the names are stated in them; 3: adds bounded_loss
 DEFAULT_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999)
 # Named points: the cheapest point whose val accuracy is at most this many standard errors (of the paired
 # difference) under the most accurate point's. 1 SE: no evidence it is worse; 2 SE: about the edge of a
 # 95 % two-sided test; 4 SE: clearly worse, for when energy matters more than the last points.
 DEFAULT_NAMED_DROPS = {"max_accuracy": 1.0, "balanced": 2.0, "min_energy": 4.0}
-NAMES = ("max_accuracy", "balanced", "min_energy")
+# bounded_loss: the cheapest point whose val loss against the static network (the final exit alone), plus z
+# paired standard errors, is at most this many points of accuracy. An upper bound at z = 1 on a loss of half a
+# point keeps what the static network's users would notice small, on any val split size.
+DEFAULT_LOSS_BOUND = {"points": 0.5, "z": 1.0}
+NAMES = ("bounded_loss", "max_accuracy", "balanced", "min_energy")
 
 
 class OperatingPointError(ConfigError):
@@ -83,6 +93,8 @@ class OperatingPoints:
     genome: str = ""                    # the network these points belong to (canonical genome text)
     n_val: int = 0                      # val images the accuracies were measured on
     reference_accuracy_se: float = 0.0
+    loss_bound: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LOSS_BOUND))  # bounded_loss's rule
+    format: int = FORMAT                # of the file it came from (older formats are recomputed on first use)
 
     @property
     def best(self) -> OperatingPoint:
@@ -139,7 +151,10 @@ class OperatingPoints:
                 "reference_accuracy": self.reference_accuracy, "reference_accuracy_se": self.reference_accuracy_se,
                 "static_macs": self.static_macs, "named": self.named,
                 "named_rule": "cheapest point with best val accuracy - its val accuracy <= k * se_vs_best",
-                "named_drops": self.named_drops, "genome": self.genome,
+                "named_drops": self.named_drops,
+                "bounded_loss_rule": "cheapest point with (reference_accuracy - val accuracy) + z * se_vs_reference "
+                                     "<= points / 100; the most accurate point when none is",
+                "loss_bound": self.loss_bound, "genome": self.genome,
                 "points": [{**asdict(p), "thresholds": list(p.thresholds), "exit_rates": list(p.exit_rates)}
                            for p in self.points]}
 
@@ -153,12 +168,13 @@ class OperatingPoints:
         return cls(metric=d["metric"], reference_accuracy=float(d["reference_accuracy"]),
                    static_macs=float(d["static_macs"]), points=points, named=dict(d["named"]),
                    named_drops=dict(d["named_drops"]), genome=str(d.get("genome", "")), n_val=int(d.get("n_val", 0)),
-                   reference_accuracy_se=float(d.get("reference_accuracy_se", 0.0)))
+                   reference_accuracy_se=float(d.get("reference_accuracy_se", 0.0)),
+                   loss_bound=dict(d.get("loss_bound", DEFAULT_LOSS_BOUND)), format=int(d.get("format", 1)))
 
     @property
     def is_current(self) -> bool:
-        """Written in this format (older files have no standard errors and name points by other rules)."""
-        return self.n_val > 0
+        """Written in this format (older files lack standard errors or the ``bounded_loss`` name)."""
+        return self.format == FORMAT and self.n_val > 0
 
     def save(self, model_dir: str | Path) -> Path:
         path = Path(model_dir) / FILE_NAME
@@ -240,14 +256,17 @@ def grid_outcomes(exit_logits: np.ndarray, labels: np.ndarray, cost: NetworkCost
 
 def compute_operating_points(exit_logits: np.ndarray, labels: np.ndarray, cost: NetworkCost,
                              metric: str = "max_softmax", grid: Sequence[float] = DEFAULT_GRID,
-                             named_drops: Mapping[str, float] | None = None) -> OperatingPoints:
+                             named_drops: Mapping[str, float] | None = None,
+                             loss_bound: Mapping[str, float] | None = None) -> OperatingPoints:
     """Pareto set of threshold vectors (val accuracy vs expected MACs) over ``grid`` plus "off" per exit.
 
     ``exit_logits`` is [n_exits, N, C] (early exits first, final last), as
     :func:`aebnas.train.predict_logits` returns. Vectorised over samples; the
-    grid has ``(len(grid) + 1) ** n_early_exits`` points.
+    grid has ``(len(grid) + 1) ** n_early_exits`` points. ``named_drops`` sets the names stated against the
+    best point (in standard errors), ``loss_bound`` (``points``, ``z``) the one stated against the static network.
     """
     drops = check_named_drops(DEFAULT_NAMED_DROPS if named_drops is None else named_drops)
+    bound = check_loss_bound(DEFAULT_LOSS_BOUND if loss_bound is None else loss_bound)
     outcomes = grid_outcomes(exit_logits, labels, cost, metric, grid)
     hits, exp_cost, n = outcomes.hits, outcomes.expected_macs, outcomes.hits.shape[1]
     acc = outcomes.accuracy
@@ -260,9 +279,11 @@ def compute_operating_points(exit_logits: np.ndarray, labels: np.ndarray, cost: 
                              binomial_se(acc[g], n), float(se), float(se_ref))
               for g, se, se_ref in zip(keep, paired, vs_reference)]
     reference = float(outcomes.final_hits.mean())
+    named = {"bounded_loss": bounded_loss_point(points, reference, bound["points"], bound["z"]),
+             **name_points(points, drops)}
     return OperatingPoints(metric=metric, reference_accuracy=reference, static_macs=float(cost.static_macs),
-                           points=points, named=name_points(points, drops), named_drops=drops, n_val=int(n),
-                           reference_accuracy_se=binomial_se(reference, n))
+                           points=points, named=named, named_drops=drops, n_val=int(n),
+                           reference_accuracy_se=binomial_se(reference, n), loss_bound=bound)
 
 
 def binomial_se(accuracy: float, n: int) -> float:
@@ -284,12 +305,15 @@ def check_named_drops(drops: Mapping[str, float]) -> dict[str, float]:
     """Every name has a finite, non-negative drop in standard errors; the three standard names are present."""
     out = {}
     for name, k in drops.items():
+        if name == "bounded_loss":
+            raise ConfigError("named_drops.bounded_loss: that name is stated against the static network, not in "
+                              "standard errors of the best point; set it with loss_bound={points: ..., z: ...}")
         if isinstance(k, bool) or not isinstance(k, (int, float)) or not math.isfinite(k) or k < 0:
             raise ConfigError(f"named_drops.{name}: expected a number of standard errors >= 0, got {k!r}")
         out[str(name)] = float(k)
-    missing = [n for n in NAMES if n not in out]
+    missing = [n for n in DEFAULT_NAMED_DROPS if n not in out]
     if missing:
-        raise ConfigError(f"named_drops: no drop for {missing}; give each of {list(NAMES)} a number of "
+        raise ConfigError(f"named_drops: no drop for {missing}; give each of {list(DEFAULT_NAMED_DROPS)} a number of "
                           "standard errors, e.g. {max_accuracy: 1, balanced: 2, min_energy: 4}")
     return out
 
@@ -307,3 +331,35 @@ def name_points(points: Sequence[OperatingPoint], drops: Mapping[str, float]) ->
         ok = [i for i, p in enumerate(points) if top - p.val_accuracy <= k * p.se_vs_best + 1e-12]
         named[name] = min(ok, key=lambda i: (points[i].expected_macs, -points[i].val_accuracy))
     return named
+
+
+def check_loss_bound(bound: Mapping[str, float]) -> dict[str, float]:
+    """``points`` (allowed loss, in points of accuracy) and ``z`` (standard errors added to the loss), both >= 0."""
+    unknown = sorted(set(bound) - set(DEFAULT_LOSS_BOUND))
+    if unknown:
+        raise ConfigError(f"loss_bound: unknown key {unknown}; give points (allowed loss in points of accuracy) and z "
+                          "(paired standard errors added to it), e.g. {points: 0.5, z: 1}")
+    out = dict(DEFAULT_LOSS_BOUND)
+    for key, value in bound.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ConfigError(f"loss_bound.{key}: expected a number >= 0, got {value!r}")
+        out[key] = float(value)
+    return out
+
+
+def bounded_loss_point(points: Sequence[OperatingPoint], reference_accuracy: float, allowed_points: float,
+                       z: float) -> int:
+    """The cheapest point whose val loss against the static network plus ``z`` paired standard errors is within
+    ``allowed_points``; the most accurate point when none is (a val split too small to bound any loss).
+
+    Anchored on the static network, the allowance does not shrink to nothing when the best point beats its
+    cheaper neighbours by a few val images: a ladder of nested thresholds often has such a best point, and the
+    rules stated against it then keep the dearest thresholds for a gain the val split cannot show.
+    """
+    if any(p.se_vs_reference is None for p in points):
+        raise ValueError("bounded_loss_point: every point needs se_vs_reference (recompute the operating points)")
+    ok = [i for i, p in enumerate(points)
+          if (reference_accuracy - p.val_accuracy) + z * p.se_vs_reference <= allowed_points / 100 + 1e-12]
+    if not ok:
+        return max(range(len(points)), key=lambda i: (points[i].val_accuracy, -points[i].expected_macs))
+    return min(ok, key=lambda i: (points[i].expected_macs, -points[i].val_accuracy))

@@ -371,11 +371,11 @@ class StreamSettings(RunChoiceSettings):
                                                      "[256,1024,4096] (a GPU's throughput depends on it).")
     batch_one: bool = setting(True, help="Also stream at batch 1 (false: batched only).")
     warmup: int = setting(20, lo=0, help="Untimed batches before timing.")
-    operating_point_table: bool = setting(True, help="Also time the three named operating points at batch 1.")
+    operating_point_table: bool = setting(True, help="Also time each named operating point at batch 1.")
     progress: bool = setting(True, help="Progress bars.")
     fold_batchnorm: bool = setting(True, help="Run both networks with BatchNorm folded into the convolutions, as a "
                                               "deployment would (answers change only by float rounding).")
-    operating_point: str | None = operating_point_setting("max_accuracy")
+    operating_point: str | None = operating_point_setting("bounded_loss")
     budget: BudgetSettings = setting(BudgetSettings(), check=_budget_settings, allowed="a budget section",
                                      help="A target held at run time by switching operating points "
                                           "(budget.images_per_s=..., budget.latency_ms=..., ...): see BudgetSettings.")
@@ -446,6 +446,7 @@ def run_stream(settings: StreamSettings, out_dir: Path) -> dict:
                                                             "val_se_vs_reference": point.se_vs_reference,
                                                             "val_expected_macs": point.expected_macs},
         "val_images": inputs.points.n_val, "named_drops_se": inputs.points.named_drops,
+        "loss_bound": inputs.points.loss_bound,
         "static_macs": saved.cost.static_macs, "path_macs": list(saved.cost.path_macs), **bench,
     }
     if controlled is not None:
