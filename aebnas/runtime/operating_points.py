@@ -99,7 +99,7 @@ class OperatingPoints:
     @property
     def best(self) -> OperatingPoint:
         """The most accurate point on val (the cheapest of equals)."""
-        return max(self.points, key=lambda p: (p.val_accuracy, -p.expected_macs))
+        return self.points[most_accurate(self.points)]
 
     def reachable(self) -> str:
         """What the stored points span, for error messages."""
@@ -318,14 +318,18 @@ def check_named_drops(drops: Mapping[str, float]) -> dict[str, float]:
     return out
 
 
+def most_accurate(points: Sequence[OperatingPoint]) -> int:
+    """Index of the most accurate point on val, the cheapest of equals: what every name falls back to."""
+    return max(range(len(points)), key=lambda i: (points[i].val_accuracy, -points[i].expected_macs))
+
+
 def name_points(points: Sequence[OperatingPoint], drops: Mapping[str, float]) -> dict[str, int]:
     """Each name: the cheapest point whose val accuracy is within ``drop`` standard errors of the best point's.
 
     The standard error is the point's ``se_vs_best`` (paired over the val images). The best point
     always qualifies (its difference is zero), so every name is defined.
     """
-    best = max(range(len(points)), key=lambda i: (points[i].val_accuracy, -points[i].expected_macs))
-    top = points[best].val_accuracy
+    top = points[most_accurate(points)].val_accuracy
     named = {}
     for name, k in drops.items():
         ok = [i for i, p in enumerate(points) if top - p.val_accuracy <= k * p.se_vs_best + 1e-12]
@@ -361,5 +365,5 @@ def bounded_loss_point(points: Sequence[OperatingPoint], reference_accuracy: flo
     ok = [i for i, p in enumerate(points)
           if (reference_accuracy - p.val_accuracy) + z * p.se_vs_reference <= allowed_points / 100 + 1e-12]
     if not ok:
-        return max(range(len(points)), key=lambda i: (points[i].val_accuracy, -points[i].expected_macs))
+        return most_accurate(points)
     return min(ok, key=lambda i: (points[i].expected_macs, -points[i].val_accuracy))
